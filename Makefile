@@ -1,0 +1,44 @@
+# The two commands of the README: `make serve` and `make test`. Both build .venv from the pins.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: serve test lint proto seed clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Server only: no torch.
+$(VENV)/.base: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+# Everything: the export stage (torch CPU wheel) and the dev tools.
+$(VENV)/.dev: $(VENV)/.base
+	@echo "Installing the export and dev extras (torch CPU wheel) ..."
+	$(PIP) -e '.[export,dev]'
+	touch $@
+
+serve: $(VENV)/.base
+	$(BIN)/lstm-serve --repository models
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+# Regenerates the Python code for proto/ (never edit it by hand).
+proto: $(VENV)/.dev
+	$(BIN)/python scripts/gen_proto.py
+
+# Re-exports the shipped seed model (input 2, layers 64 32, seed 0).
+seed: $(VENV)/.dev
+	$(BIN)/lstm-export --input-size 2 --layers 64 32 --seed 0 --name seed --version 1 \
+		--repository models --force
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

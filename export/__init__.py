@@ -1,0 +1,10 @@
+"""Export stage: a stacked LSTM in PyTorch -> a verified ONNX model in a model repository.
+
+The only package that imports torch; the server never does.
+"""
+
+from export.model import StackedLSTM
+from export.onnx_graph import build_model
+from export.verify import VerificationReport, verify
+
+__all__ = ["StackedLSTM", "VerificationReport", "build_model", "verify"]

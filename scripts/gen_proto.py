@@ -1,0 +1,52 @@
+"""Generates the Python code for proto/ (messages, gRPC stubs and typed stubs).
+
+The one way generated code is made; never edit its output by hand. A test runs this
+into a temporary folder and fails when the committed files differ.
+Usage: python scripts/gen_proto.py [OUT_DIR]   (default: proto/, next to the sources)
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "proto"
+PROTOS = ["lstm/v1/lstm.proto"]
+
+
+def _plugin(name: str) -> str:
+    """mypy-protobuf's plugins live next to the running interpreter."""
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: install the dev extra (mypy-protobuf)")
+    return found
+
+
+def generate(out_dir: Path) -> list[Path]:
+    """Writes *_pb2.py, *_pb2_grpc.py and their .pyi stubs under out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_DIR}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--python_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        f"--mypy_out={out_dir}",
+        f"--mypy_grpc_out={out_dir}",
+        *PROTOS,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    return sorted(p for p in out_dir.rglob("*_pb2*") if p.is_file())
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else PROTO_DIR
+    for path in generate(target):
+        print(path.relative_to(target))
