@@ -1,0 +1,217 @@
+"""The dynamic batcher: concurrent requests in, one padded ONNX Runtime run, rows back out.
+
+Knows numpy and asyncio only, no protocol. One per loaded model version. Requests wait in a
+bounded FIFO queue; a background task takes the oldest, adds more until the batch holds
+`max_batch_size` sequences or `max_queue_delay` has passed since the oldest arrived, pads to
+the longest length in the batch, runs it in a worker thread and hands each caller its own
+rows. Lengths go to the LSTM as `sequence_lens`, so no caller's answer depends on what else
+shared its batch (bit for bit). A request larger than `max_batch_size` runs as its own batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], Arrays]
+
+
+@dataclass
+class _Request:
+    inputs: np.ndarray  # [b, t, features] float32
+    lengths: np.ndarray  # [b] int32, each in 1..t
+    outputs: tuple[str, ...]
+    deadline: float | None  # time.monotonic() value, or None for no deadline
+    future: asyncio.Future[Arrays]
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        name: str,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+    ) -> None:
+        self._run_fn = run
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._arrival = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.batches_run = 0  # ONNX Runtime runs so far; requests / batches = mean batching
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batch-{self.name}")
+
+    async def stop(self) -> None:
+        """Stops taking requests; those still queued are answered UNAVAILABLE."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._queue:
+            self._fail(self._queue.popleft(), Unavailable(f"model {self.name} is shutting down"))
+        self._queued_rows = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def submit(
+        self,
+        inputs: np.ndarray,
+        lengths: np.ndarray,
+        outputs: Sequence[str],
+        deadline: float | None = None,
+    ) -> Arrays:
+        """Queues one request and waits for its own rows of the requested outputs."""
+        if self._task is None:
+            raise Unavailable(f"model {self.name} is not accepting requests (shutting down)")
+        if len(self._queue) >= self.max_queue_size:
+            raise ResourceExhausted(
+                f"model {self.name} has {len(self._queue)} requests queued (the limit, "
+                "--max-queue-size): retry with backoff"
+            )
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(inputs, lengths, tuple(outputs), deadline, future))
+        self._queued_rows += inputs.shape[0]
+        self._arrival.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._arrival.clear()
+                await self._arrival.wait()
+                continue
+            close_at = self._queue[0].arrived + self.max_queue_delay_s
+            while self._queued_rows < self.max_batch_size:
+                remaining = close_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrival.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrival.wait(), remaining)
+            batch = self._take()
+            if batch:
+                await self._run(batch)
+
+    def _take(self) -> list[_Request]:
+        """The oldest requests that fit; drops cancelled ones and those past their deadline."""
+        batch: list[_Request] = []
+        rows = 0
+        now = time.monotonic()
+        while self._queue:
+            request = self._queue[0]
+            if batch and rows + request.rows > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= request.rows
+            if request.future.done():  # the caller went away
+                continue
+            if request.deadline is not None and request.deadline <= now:
+                self._fail(
+                    request,
+                    DeadlineExceeded(
+                        f"deadline passed after {now - request.arrived:.3f}s in the queue of "
+                        f"model {self.name}; not computed"
+                    ),
+                )
+                continue
+            batch.append(request)
+            rows += request.rows
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        inputs, lengths = _pad(batch)
+        self.batches_run += 1
+        outputs = sorted({name for request in batch for name in request.outputs})
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._run_fn, inputs, lengths, outputs
+            )
+            for name in outputs:
+                rows = results[name].shape[1 if name.startswith("final_") else 0]
+                if rows != inputs.shape[0]:
+                    raise RuntimeError(f"{name} has {rows} rows for a batch of {inputs.shape[0]}")
+        except Exception as exc:
+            log.exception("batch of %d requests on model %s failed", len(batch), self.name)
+            for request in batch:
+                self._fail(request, exc)
+            return
+        start = 0
+        for request in batch:
+            if not request.future.done():
+                request.future.set_result(_rows(results, request, start))
+            start += request.rows
+
+    @staticmethod
+    def _fail(request: _Request, exc: Exception) -> None:
+        if not request.future.done():
+            request.future.set_exception(exc)
+
+
+def _pad(batch: list[_Request]) -> tuple[np.ndarray, np.ndarray]:
+    """One [B, T, F] array, T the longest length in the batch (not the longest time axis)."""
+    lengths = np.concatenate([request.lengths for request in batch]).astype(np.int32)
+    time_steps = int(lengths.max())
+    if len(batch) == 1 and batch[0].inputs.shape[1] == time_steps:
+        return np.ascontiguousarray(batch[0].inputs, dtype=np.float32), lengths
+    features = batch[0].inputs.shape[2]
+    inputs = np.zeros((lengths.shape[0], time_steps, features), dtype=np.float32)
+    start = 0
+    for request in batch:
+        steps = min(time_steps, request.inputs.shape[1])
+        inputs[start : start + request.rows, :steps] = request.inputs[:, :steps]
+        start += request.rows
+    return inputs, lengths
+
+
+def _rows(results: Arrays, request: _Request, start: int) -> Arrays:
+    """This request's rows of its requested outputs, `sequence` restored to its own time axis."""
+    rows = slice(start, start + request.rows)
+    own: Arrays = {}
+    for name in request.outputs:
+        if name == "sequence":
+            batch_seq = results[name]
+            steps = request.inputs.shape[1]
+            sequence = np.zeros((request.rows, steps, batch_seq.shape[2]), dtype=np.float32)
+            shared = min(steps, batch_seq.shape[1])
+            sequence[:, :shared] = batch_seq[rows, :shared]  # zeros past each length
+            own[name] = sequence
+        elif name.startswith("final_"):  # [directions, batch, units]
+            own[name] = np.ascontiguousarray(results[name][:, rows])
+        else:
+            own[name] = np.ascontiguousarray(results[name][rows])
+    return own

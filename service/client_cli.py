@@ -1,0 +1,160 @@
+"""`lstm-client`: talk to an lstm-serve from the shell. Tables by default, --json for machines.
+
+Exit status: 0 ok, 1 the server answered with an error (its status code is printed),
+2 bad usage, 3 health is not SERVING.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+
+from service.architecture import Architecture, LayerSpec
+from service.client import OUTPUTS, LstmClient, Prediction
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lstm-client", description="Client for lstm-serve.")
+    p.add_argument("--target", default="localhost:50051", help="HOST:PORT of the server")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list loaded models and versions")
+    describe = sub.add_parser("describe", help="layers, shapes, provider and limits of a model")
+    describe.add_argument("name")
+    describe.add_argument("--version", type=int, default=0, help="0: newest")
+    predict = sub.add_parser("predict", help="run a prediction")
+    predict.add_argument("name")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help=".npy file of shape [batch, time, features]")
+    source.add_argument("--random", metavar="B,T", help="random normal input of B sequences of T")
+    predict.add_argument("--lengths", type=int, nargs="+", help="one length per sequence")
+    predict.add_argument("--output", choices=tuple(OUTPUTS), default="last_hidden")
+    predict.add_argument("--return-state", action="store_true", help="also each layer's (h, c)")
+    predict.add_argument("--version", type=int, default=0, help="0: newest")
+    predict.add_argument("--seed", type=int, default=0, help="seed for --random")
+    health = sub.add_parser("health", help="SERVING or NOT_SERVING; exit 3 unless SERVING")
+    health.add_argument("--service", default="", help="one service, e.g. lstm.v1.LstmService")
+    return p.parse_args(argv)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _describe_text(d: Any) -> str:
+    arch = Architecture(
+        input_size=d.input_size,
+        layers=tuple(
+            LayerSpec(la.units, la.direction, la.input_size, la.parameters, la.keras_parameters)
+            for la in d.layers
+        ),
+        opset=0,
+    )
+    b = d.batching
+    return "\n".join(
+        [
+            f"Model {d.name} version {d.version} "
+            f"(loaded: {', '.join(map(str, d.loaded_versions))})",
+            f"Provider: {d.execution_provider}",
+            f"Batching: max {b.max_batch_size} sequences, delay {b.max_queue_delay_ms:g} ms, "
+            f"queue {b.max_queue_size} requests, time <= {b.max_sequence_length}",
+            "",
+            arch.summary(),
+        ]
+    )
+
+
+def _prediction_dict(p: Prediction) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": p.model, "version": p.version}
+    if p.last_hidden is not None:
+        out["last_hidden"] = p.last_hidden.tolist()
+    if p.sequence is not None:
+        out["sequence"] = p.sequence.tolist()
+    if p.states:
+        out["state"] = [{"h": h.tolist(), "c": c.tolist()} for h, c in p.states]
+    return out
+
+
+def _prediction_text(p: Prediction) -> str:
+    lines = [f"model {p.model} version {p.version}"]
+    with np.printoptions(precision=4, suppress=True, threshold=200, linewidth=100):
+        for name in ("last_hidden", "sequence"):
+            value = getattr(p, name)
+            if value is not None:
+                lines += [f"{name} {list(value.shape)}:", str(value)]
+        for k, (h, c) in enumerate(p.states):
+            lines += [f"layer {k} final h {list(h.shape)}:", str(h), f"layer {k} final c:", str(c)]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, client: LstmClient) -> int:
+    if args.command == "health":
+        status = client.health(args.service)
+        print(json.dumps({"status": status}) if args.json else status)
+        return 0 if status == "SERVING" else 3
+    if args.command == "models":
+        models = client.list_models()
+        if args.json:
+            print(json.dumps(models))
+        else:
+            rows = [["MODEL", "VERSIONS"]]
+            rows += [[n, ", ".join(map(str, v))] for n, v in models.items()]
+            print(_table(rows))
+        return 0
+    if args.command == "describe":
+        d = client.describe(args.name, args.version)
+        print(json.dumps(MessageToDict(d)) if args.json else _describe_text(d))
+        return 0
+    if args.input is not None:
+        try:
+            inputs = np.load(args.input, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            print(f"lstm-client: cannot read {args.input} as a .npy array: {exc}", file=sys.stderr)
+            return 2
+    else:
+        try:
+            batch, steps = (int(v) for v in args.random.split(","))
+        except ValueError:
+            print(
+                f"lstm-client: --random takes B,T (e.g. 4,10), got {args.random!r}", file=sys.stderr
+            )
+            return 2
+        features = client.describe(args.name, args.version).input_size
+        rng = np.random.default_rng(args.seed)
+        inputs = rng.standard_normal((batch, steps, features)).astype(np.float32)
+    p = client.predict(
+        args.name,
+        inputs,
+        lengths=args.lengths,
+        output=args.output,
+        version=args.version,
+        return_state=args.return_state,
+    )
+    print(json.dumps(_prediction_dict(p)) if args.json else _prediction_text(p))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with LstmClient(args.target, timeout=args.timeout) as client:
+        try:
+            return run(args, client)
+        except grpc.RpcError as exc:
+            print(f"lstm-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

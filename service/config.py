@@ -1,0 +1,116 @@
+"""The one Settings object: every flag of `lstm-serve`, each with an LSTM_SERVE_* variable.
+
+Precedence: command-line flag, then environment variable, then the default here.
+Nothing is read at import time; `parse_settings` reads argv and the environment it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "LSTM_SERVE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    repository: Path = field(
+        default=Path("models"),
+        metadata={"help": "model repository: DIR/<name>/<version>/model.onnx"},
+    )
+    host: str = field(default="0.0.0.0", metadata={"help": "address to listen on"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free one)"})
+    metrics_port: int = field(
+        default=8002, metadata={"help": "Prometheus /metrics port (reserved; 0 disables)"}
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "cpu, cuda (fail if CUDA is unusable), or auto (CUDA when usable)",
+            "choices": ("cpu", "cuda", "auto"),
+        },
+    )
+    workers: int = field(
+        default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"}
+    )
+    intra_op_threads: int = field(
+        default=0, metadata={"help": "ONNX Runtime threads per worker (0: cores / workers)"}
+    )
+    max_batch_size: int = field(
+        default=64, metadata={"help": "most sequences in one batch; a larger request runs alone"}
+    )
+    max_queue_delay_ms: float = field(
+        default=0.0,
+        metadata={
+            "help": "how long a request waits for others to join its batch "
+            "(0: batch what queued while the previous batch ran)"
+        },
+    )
+    max_queue_size: int = field(
+        default=1024,
+        metadata={"help": "requests waiting per model before RESOURCE_EXHAUSTED"},
+    )
+    max_sequence_length: int = field(
+        default=2048, metadata={"help": "longest time dimension accepted"}
+    )
+    grace_period: float = field(
+        default=10.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"}
+    )
+    log_level: str = field(
+        default="info",
+        metadata={"help": "logging level", "choices": ("debug", "info", "warning", "error")},
+    )
+
+    def threads_per_worker(self, cpu_count: int | None = None) -> int:
+        if self.intra_op_threads > 0:
+            return self.intra_op_threads
+        return max(1, (cpu_count or os.cpu_count() or 1) // self.workers)
+
+
+_POSITIVE = ("workers", "max_batch_size", "max_queue_size", "max_sequence_length")
+_NON_NEGATIVE = ("port", "metrics_port", "intra_op_threads", "max_queue_delay_ms", "grace_period")
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Builds Settings from flags and LSTM_SERVE_* variables; exits 2 with a message on error."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="lstm-serve",
+        description="Serve stacked LSTM models over gRPC with dynamic batching.",
+        epilog=f"Every flag can also be set as {ENV_PREFIX}<FLAG>, "
+        f"e.g. {ENV_PREFIX}MAX_BATCH_SIZE=32.",
+    )
+    for f in fields(Settings):
+        env_name = ENV_PREFIX + f.name.upper()
+        kind = type(f.default) if f.default is not MISSING else str
+        default: Any = f.default
+        if env_name in environ:
+            try:
+                default = kind(environ[env_name])
+            except ValueError:
+                parser.error(f"{env_name}={environ[env_name]!r} is not a valid {kind.__name__}")
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=default,
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata['help']} (env {env_name}; default {f.default})",
+        )
+    args = vars(parser.parse_args(argv))
+    for name in _POSITIVE:
+        if args[name] < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {args[name]}")
+    for name in _NON_NEGATIVE:
+        if args[name] < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {args[name]}")
+    for f in fields(Settings):  # argparse checks choices on flags only, not on env defaults
+        choices = f.metadata.get("choices")
+        if choices and args[f.name] not in choices:
+            parser.error(f"{ENV_PREFIX}{f.name.upper()} must be one of {', '.join(choices)}")
+    return Settings(**args)

@@ -1,0 +1,137 @@
+"""ONNX Runtime behind one small class: sessions, execution providers, model files, warm-up.
+
+The only module of the server that imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.architecture import METADATA_KEY, Architecture
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class ModelLoadError(Exception):
+    """A model file that cannot be served; the message says which file and why."""
+
+
+class ProviderError(Exception):
+    """The requested device cannot be used; the message says how to fix it."""
+
+
+def choose_providers(device: str) -> list[str]:
+    """Providers to ask ONNX Runtime for, most preferred first."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise ProviderError(
+            f"--device cuda: ONNX Runtime {ort.__version__} has no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}). Install the onnxruntime-gpu package in place "
+            "of onnxruntime, with a matching CUDA and cuDNN, or use --device cpu."
+        )
+    log.info("device auto: CUDAExecutionProvider not available, using CPU")
+    return [CPU]
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    version: int
+    path: Path
+
+
+def scan_repository(root: Path) -> list[ModelFile]:
+    """Every ROOT/<name>/<version>/model.onnx, version a positive integer; sorted.
+
+    Raises ModelLoadError when there is nothing to serve.
+    """
+    if not root.is_dir():
+        raise ModelLoadError(f"model repository {root} is not a directory")
+    found = [
+        ModelFile(path.parent.parent.name, int(path.parent.name), path)
+        for path in root.glob("*/*/model.onnx")
+        if path.parent.name.isdigit() and int(path.parent.name) > 0
+    ]
+    if not found:
+        raise ModelLoadError(
+            f"no models in {root}: expected {root}/<name>/<version>/model.onnx "
+            "(make one with lstm-export)"
+        )
+    return sorted(found, key=lambda m: (m.name, m.version))
+
+
+class Model:
+    """One loaded model version: runs padded batches with their lengths as sequence_lens."""
+
+    def __init__(self, file: ModelFile, device: str = "cpu", intra_op_threads: int = 1) -> None:
+        self.name, self.version, self.path = file.name, file.version, file.path
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # ORT's warnings go to stderr unformatted otherwise
+        providers = choose_providers(device)
+        try:
+            self.session = ort.InferenceSession(str(file.path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ModelLoadError(f"{file.path}: ONNX Runtime cannot load it: {exc}") from exc
+        self.provider = self.session.get_providers()[0]
+        if device == "cuda" and self.provider != CUDA:
+            raise ProviderError(
+                f"--device cuda: the session for {file.path} fell back to {self.provider} "
+                "(CUDA or cuDNN libraries missing?). Check onnxruntime-gpu's CUDA requirements."
+            )
+        self.architecture = self._read_architecture()
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _read_architecture(self) -> Architecture:
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in metadata:
+            raise ModelLoadError(
+                f"{self.path}: no {METADATA_KEY} metadata; export models with lstm-export"
+            )
+        try:
+            arch = Architecture.from_json(metadata[METADATA_KEY])
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.path}: {exc}") from exc
+        inputs = {i.name for i in self.session.get_inputs()}
+        expected = {"input", "lengths"} | {
+            f"initial_{s}_{k}" for k in range(len(arch.layers)) for s in "hc"
+        }
+        if inputs != expected:
+            raise ModelLoadError(
+                f"{self.path}: graph inputs {sorted(inputs)} do not match its architecture "
+                f"(expected {sorted(expected)})"
+            )
+        return arch
+
+    def run(
+        self, inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """inputs [B, T, F] float32, lengths [B] int32 in 1..T; returns the named outputs."""
+        batch = inputs.shape[0]
+        feeds = {"input": inputs, "lengths": lengths}
+        for k, layer in enumerate(self.architecture.layers):
+            zeros = np.zeros((layer.directions, batch, layer.units), dtype=np.float32)
+            feeds[f"initial_h_{k}"] = feeds[f"initial_c_{k}"] = zeros
+        return dict(zip(outputs, self.session.run(list(outputs), feeds), strict=True))
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Runs a few shapes once so the first real requests don't pay for allocation."""
+        features = self.architecture.input_size
+        for batch in sorted({1, max_batch_size}):
+            for time in (1, 16):
+                x = np.zeros((batch, time, features), dtype=np.float32)
+                self.run(x, np.full(batch, time, dtype=np.int32), self.output_names)

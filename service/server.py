@@ -1,0 +1,170 @@
+"""`lstm-serve`: wiring of the gRPC server, health, reflection, signals and worker processes.
+
+Start-up order: listen with health NOT_SERVING, load and warm every model in a thread, then
+SERVING. On SIGTERM/SIGINT: NOT_SERVING at once, refuse new calls, let in-flight ones finish
+within --grace-period, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lstm.v1 import lstm_pb2, lstm_pb2_grpc
+
+from service.config import Settings, parse_settings
+from service.registry import Registry, load_models, serve_models
+from service.runtime import ModelLoadError, ProviderError, scan_repository
+from service.servicers import LstmServicer
+
+log = logging.getLogger("lstm-serve")
+
+LSTM_SERVICE = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
+SERVICES = (LSTM_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class LstmServer:
+    """One server process: grpc.aio server, health, and the models it serves."""
+
+    def __init__(self, settings: Settings, reuse_port: bool = False) -> None:
+        self.settings = settings
+        self.registry = Registry()
+        self.health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+        lstm_pb2_grpc.add_LstmServiceServicer_to_server(
+            LstmServicer(self.registry, settings), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(SERVICES, self._server)
+        self.port = 0
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", LSTM_SERVICE):
+            await self.health.set(service, status)
+
+    async def start(self) -> int:
+        """Listens (health NOT_SERVING); returns the bound port."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        target = address(self.settings.host, self.settings.port)
+        try:
+            self.port = self._server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {target}: {exc} (is the port in use?)") from exc
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {target} (is the port in use?)")
+        await self._server.start()
+        return self.port
+
+    async def load(self) -> None:
+        """Loads and warms the models off the event loop, then reports SERVING."""
+        models = await asyncio.to_thread(load_models, self.settings)
+        serve_models(self.registry, models, self.settings)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("SERVING on %s", address(self.settings.host, self.port))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains: NOT_SERVING, refuse new calls, finish in-flight ones, stop the batchers."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.grace_period if grace is None else grace)
+        await self.registry.stop()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings, reuse_port: bool = False) -> None:
+    """Runs one server process until SIGTERM or SIGINT."""
+    server = LstmServer(settings, reuse_port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    await server.load()
+    await stopping.wait()
+    log.info("draining (grace period %.1fs)", settings.grace_period)
+    await server.stop()
+    log.info("stopped")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host.strip("[]"), 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(settings: Settings) -> None:
+    _run_process(settings, reuse_port=True)
+
+
+def _run_process(settings: Settings, reuse_port: bool) -> None:
+    try:
+        asyncio.run(serve(settings, reuse_port))
+    except (StartupError, ModelLoadError, ProviderError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+def _run_workers(settings: Settings) -> int:
+    """Forks the workers before any gRPC server or ONNX Runtime session exists."""
+    if settings.port == 0:
+        settings = Settings(**{**settings.__dict__, "port": _free_port(settings.host)})
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=_worker, args=(settings,), name=f"worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for process in workers:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in workers:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("started %d workers on port %d", len(workers), settings.port)
+    codes = []
+    for process in workers:
+        process.join()
+        codes.append(process.exitcode or 0)
+    return max(codes, key=abs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+    try:  # fail fast, before forking, on a repository with nothing to serve
+        scan_repository(settings.repository)
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return 1
+    if settings.workers > 1:
+        return _run_workers(settings)
+    _run_process(settings, reuse_port=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""A real lstm-serve (grpc.aio, ONNX Runtime) on an ephemeral port, and a client for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.client import AsyncLstmClient
+from service.config import Settings
+from service.server import LstmServer
+
+
+async def start_server(**overrides: object) -> LstmServer:
+    settings = Settings(**{"host": "127.0.0.1", "port": 0, "device": "cpu", **overrides})  # type: ignore[arg-type]
+    server = LstmServer(settings)
+    await server.start()
+    await server.load()
+    return server
+
+
+@pytest.fixture(scope="module")
+async def server(seed_repository: Path) -> AsyncIterator[LstmServer]:
+    """Batching forced on (5 ms delay) so concurrent requests share batches."""
+    server = await start_server(
+        repository=seed_repository, max_queue_delay_ms=5.0, max_batch_size=32
+    )
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+async def client(server: LstmServer) -> AsyncIterator[AsyncLstmClient]:
+    async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
+        yield client
