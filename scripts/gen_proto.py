@@ -15,7 +15,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-PROTOS = ["lstm/v1/lstm.proto"]
+PROTOS = ["lstm/v1/lstm.proto", "lstm/kserve/v2/grpc_predict_v2.proto"]
 
 
 def _plugin(name: str) -> str:

@@ -12,9 +12,9 @@ from typing import Any, Self
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
+
 from lstm.v1 import lstm_pb2 as pb
 from lstm.v1 import lstm_pb2_grpc as pb_grpc
-
 from service import codec
 
 OUTPUTS = {

@@ -9,8 +9,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from lstm.v1 import lstm_pb2 as pb
 
+from lstm.v1 import lstm_pb2 as pb
 from service.architecture import Architecture
 from service.errors import InvalidArgument
 
@@ -56,12 +56,12 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     raise InvalidArgument(f"{field}: neither data nor values is set")
 
 
-def decode_input(tensor: pb.Tensor, arch: Architecture, max_sequence_length: int) -> np.ndarray:
-    """The request's [batch, time, features] input, checked against the model."""
-    shape = list(tensor.shape)
+def check_input_shape(shape: Sequence[int], arch: Architecture, max_sequence_length: int) -> None:
+    """[batch, time, features] against the model, before any bytes are decoded."""
+    shape = list(shape)
     if len(shape) != 3:
         raise InvalidArgument(
-            f"input.shape {shape} has rank {len(shape)}; expected [batch, time, {arch.input_size}]"
+            f"input shape {shape} has rank {len(shape)}; expected [batch, time, {arch.input_size}]"
         )
     batch, steps, features = shape
     if batch == 0:
@@ -70,18 +70,26 @@ def decode_input(tensor: pb.Tensor, arch: Architecture, max_sequence_length: int
         raise InvalidArgument("input has no time steps (shape[1] == 0)")
     if features != arch.input_size:
         raise InvalidArgument(
-            f"input.shape[2] is {features} features; this model takes {arch.input_size}"
+            f"input shape[2] is {features} features; this model takes {arch.input_size}"
         )
     if steps > max_sequence_length:
         raise InvalidArgument(
-            f"input.shape[1] is {steps} time steps; the limit is {max_sequence_length} "
+            f"input shape[1] is {steps} time steps; the limit is {max_sequence_length} "
             "(--max-sequence-length)"
         )
-    array = tensor_to_array(tensor, "input")
+
+
+def check_finite(array: np.ndarray) -> np.ndarray:
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0].tolist()
         raise InvalidArgument(f"input holds NaN or Inf (first at index {bad})")
     return array
+
+
+def decode_input(tensor: pb.Tensor, arch: Architecture, max_sequence_length: int) -> np.ndarray:
+    """The request's [batch, time, features] input, checked against the model."""
+    check_input_shape(tensor.shape, arch, max_sequence_length)
+    return check_finite(tensor_to_array(tensor, "input"))
 
 
 def decode_lengths(lengths: Sequence[int], batch: int, steps: int) -> np.ndarray:

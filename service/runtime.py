@@ -35,6 +35,9 @@ def choose_providers(device: str) -> list[str]:
     if device == "cpu":
         return [CPU]
     if CUDA in available:
+        # onnxruntime-gpu finds CUDA and cuDNN installed as nvidia-* pip packages this way.
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
         return [CUDA, CPU]
     if device == "cuda":
         raise ProviderError(

@@ -19,9 +19,11 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lstm.v1 import lstm_pb2, lstm_pb2_grpc
 
+from lstm.kserve.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from lstm.v1 import lstm_pb2, lstm_pb2_grpc
 from service.config import Settings, parse_settings
+from service.kserve import InferenceServicer
 from service.registry import Registry, load_models, serve_models
 from service.runtime import ModelLoadError, ProviderError, scan_repository
 from service.servicers import LstmServicer
@@ -29,7 +31,8 @@ from service.servicers import LstmServicer
 log = logging.getLogger("lstm-serve")
 
 LSTM_SERVICE = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
-SERVICES = (LSTM_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+V2_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICES = (LSTM_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
 class StartupError(Exception):
@@ -51,12 +54,15 @@ class LstmServer:
         lstm_pb2_grpc.add_LstmServiceServicer_to_server(
             LstmServicer(self.registry, settings), self._server
         )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.registry, settings), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(SERVICES, self._server)
         self.port = 0
 
     async def _set_health(self, status: int) -> None:
-        for service in ("", LSTM_SERVICE):
+        for service in ("", LSTM_SERVICE, V2_SERVICE):
             await self.health.set(service, status)
 
     async def start(self) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lstm.v1 import lstm_pb2 as pb
 
+from lstm.v1 import lstm_pb2 as pb
 from service import codec
 from service.architecture import Architecture
 from service.errors import InvalidArgument

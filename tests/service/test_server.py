@@ -10,9 +10,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from lstm.v1 import lstm_pb2 as pb
 from lstm.v1 import lstm_pb2_grpc as pb_grpc
-
 from service.client import AsyncLstmClient, Prediction, predict_request
 from service.config import Settings
 from service.server import LstmServer

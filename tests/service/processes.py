@@ -1,0 +1,64 @@
+"""Real lstm-serve and lstm-client processes for tests: start, wait for SERVING, stop."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import BIN
+
+SERVE = str(BIN / "lstm-serve")
+CLIENT = str(BIN / "lstm-client")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def client(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLIENT, "--target", f"127.0.0.1:{port}", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def wait_serving(process: subprocess.Popen[str], port: int, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            _, err = process.communicate()
+            raise AssertionError(f"lstm-serve exited {process.returncode}: {err}")
+        if client(port, "--timeout", "1", "health").stdout.strip() == "SERVING":
+            return
+        time.sleep(0.2)
+    raise AssertionError("lstm-serve did not report SERVING in time")
+
+
+def start(repository: Path, port: int, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            SERVE,
+            "--repository",
+            str(repository),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    return process.returncode, err
