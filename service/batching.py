@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -27,6 +28,26 @@ log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], Arrays]
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (the metrics implement it); called on the event loop."""
+
+    def queue_changed(self, depth: int) -> None: ...
+
+    def batch_ran(
+        self, lengths: np.ndarray, waits: Sequence[float], compute_seconds: float
+    ) -> None: ...
+
+
+class _Unobserved:
+    def queue_changed(self, depth: int) -> None:
+        pass
+
+    def batch_ran(
+        self, lengths: np.ndarray, waits: Sequence[float], compute_seconds: float
+    ) -> None:
+        pass
 
 
 @dataclass
@@ -52,8 +73,10 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         max_queue_size: int,
+        observer: BatchObserver | None = None,
     ) -> None:
         self._run_fn = run
+        self._observer: BatchObserver = observer or _Unobserved()
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -105,6 +128,7 @@ class Batcher:
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(inputs, lengths, tuple(outputs), deadline, future))
         self._queued_rows += inputs.shape[0]
+        self._observer.queue_changed(len(self._queue))
         self._arrival.set()
         return await future
 
@@ -123,6 +147,7 @@ class Batcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrival.wait(), remaining)
             batch = self._take()
+            self._observer.queue_changed(len(self._queue))
             if batch:
                 await self._run(batch)
 
@@ -157,10 +182,12 @@ class Batcher:
         self.batches_run += 1
         outputs = sorted({name for request in batch for name in request.outputs})
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             results = await loop.run_in_executor(
                 self._executor, self._run_fn, inputs, lengths, outputs
             )
+            compute = time.monotonic() - started
             for name in outputs:
                 rows = results[name].shape[1 if name.startswith("final_") else 0]
                 if rows != inputs.shape[0]:
@@ -175,6 +202,7 @@ class Batcher:
             if not request.future.done():
                 request.future.set_result(_rows(results, request, start))
             start += request.rows
+        self._observer.batch_ran(lengths, [started - r.arrived for r in batch], compute)
 
     @staticmethod
     def _fail(request: _Request, exc: Exception) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,10 +17,8 @@ import grpc
 from lstm.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from service import kserve_codec
-from service.config import Settings
 from service.errors import ServingError
-from service.registry import Registry
-from service.servicers import Context, answers_errors, deadline_of, status_of
+from service.servicers import Context, ObservedServicer, answers_errors, deadline_of, status_of
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +26,7 @@ SERVER_NAME = "lstm-serving"
 SERVER_VERSION = "0.1.0"
 
 
-class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, registry: Registry, settings: Settings) -> None:
-        self._registry = registry
-        self._max_sequence_length = settings.max_sequence_length
-
+class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
     @answers_errors
     async def ServerLive(
         self, request: v2.ServerLiveRequest, context: Context
@@ -77,7 +72,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             request.model_name, kserve_codec.parse_version(request.model_version)
         )
         call = kserve_codec.decode_infer_request(
-            request, served.model.architecture, self._max_sequence_length
+            request, served.model.architecture, self._settings.max_sequence_length
         )
         results = await served.batcher.submit(call.inputs, call.lengths, call.outputs, deadline)
         return kserve_codec.encode_infer_response(
@@ -122,12 +117,14 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     async def _stream_one(
         self, request: v2.ModelInferRequest, deadline: float | None
     ) -> v2.ModelStreamInferResponse:
+        started = time.perf_counter()
         try:
-            return v2.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
+            response = await self._infer(request, deadline)
         except Exception as exc:
             code, message = status_of(exc)
             if code == grpc.StatusCode.INTERNAL:
                 log.error("ModelStreamInfer request failed", exc_info=exc)
+            self.record("ModelStreamInfer", request, None, code, time.perf_counter() - started)
             return v2.ModelStreamInferResponse(
                 error_message=f"{code.name}: {message}",
                 infer_response=v2.ModelInferResponse(
@@ -136,3 +133,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                     id=request.id,
                 ),
             )
+        self.record(
+            "ModelStreamInfer", request, response, grpc.StatusCode.OK, time.perf_counter() - started
+        )
+        return v2.ModelStreamInferResponse(infer_response=response)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from service.batching import Batcher
 from service.config import Settings
 from service.errors import NotFound, Unavailable
+from service.metrics import Metrics
 from service.runtime import Model, scan_repository
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def load_models(settings: Settings) -> list[Model]:
     return models
 
 
-def serve_models(registry: Registry, models: list[Model], settings: Settings) -> None:
+def serve_models(
+    registry: Registry, models: list[Model], settings: Settings, metrics: Metrics
+) -> None:
     """Gives each model a running batcher and opens the registry; needs a running loop."""
     for model in models:
         batcher = Batcher(
@@ -85,7 +88,9 @@ def serve_models(registry: Registry, models: list[Model], settings: Settings) ->
             max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000,
             max_queue_size=settings.max_queue_size,
+            observer=metrics.batch_observer(model.name, model.provider),
         )
+        metrics.model_info.labels(model.name, str(model.version), model.provider).set(1)
         batcher.start()
         registry.add(ServedModel(model, batcher))
     registry.ready = True

@@ -10,11 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +29,15 @@ from lstm.kserve.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from lstm.v1 import lstm_pb2, lstm_pb2_grpc
 from service.config import Settings, parse_settings
 from service.kserve import InferenceServicer
+from service.metrics import (
+    MULTIPROC_ENV,
+    Metrics,
+    MetricsEndpoint,
+    aggregate_registry,
+    mark_worker_dead,
+    multiprocess_mode,
+    reset_multiprocess_dir,
+)
 from service.registry import Registry, load_models, serve_models
 from service.runtime import ModelLoadError, ProviderError, scan_repository
 from service.servicers import LstmServicer
@@ -32,6 +46,7 @@ log = logging.getLogger("lstm-serve")
 
 LSTM_SERVICE = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
 V2_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+METRICS_TMP_PREFIX = "lstm-serve-metrics-"
 SERVICES = (LSTM_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
@@ -49,17 +64,20 @@ class LstmServer:
     def __init__(self, settings: Settings, reuse_port: bool = False) -> None:
         self.settings = settings
         self.registry = Registry()
+        self.metrics = Metrics()
         self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
         lstm_pb2_grpc.add_LstmServiceServicer_to_server(
-            LstmServicer(self.registry, settings), self._server
+            LstmServicer(self.registry, settings, self.metrics), self._server
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.registry, settings), self._server
+            InferenceServicer(self.registry, settings, self.metrics), self._server
         )
+        self._metrics_http: MetricsEndpoint | None = None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(SERVICES, self._server)
         self.port = 0
+        self._reuse_port = reuse_port  # a worker: the parent serves /metrics for all
 
     async def _set_health(self, status: int) -> None:
         for service in ("", LSTM_SERVICE, V2_SERVICE):
@@ -76,12 +94,17 @@ class LstmServer:
         if self.port == 0:
             raise StartupError(f"cannot listen on {target} (is the port in use?)")
         await self._server.start()
+        if self.settings.metrics_port and not self._reuse_port:
+            registry = aggregate_registry() if multiprocess_mode() else self.metrics.registry
+            self._metrics_http = MetricsEndpoint(
+                self.settings.metrics_port, self.settings.host, registry
+            )
         return self.port
 
     async def load(self) -> None:
         """Loads and warms the models off the event loop, then reports SERVING."""
         models = await asyncio.to_thread(load_models, self.settings)
-        serve_models(self.registry, models, self.settings)
+        serve_models(self.registry, models, self.settings, self.metrics)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING on %s", address(self.settings.host, self.port))
 
@@ -90,6 +113,8 @@ class LstmServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_period if grace is None else grace)
         await self.registry.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.close()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -129,9 +154,15 @@ def _run_process(settings: Settings, reuse_port: bool) -> None:
 
 
 def _run_workers(settings: Settings) -> int:
-    """Forks the workers before any gRPC server or ONNX Runtime session exists."""
+    """Forks the workers before any gRPC server, ONNX Runtime session or thread exists.
+
+    The parent serves the summed /metrics, forwards SIGTERM/SIGINT, and marks each worker
+    that exits as dead in the metrics. Returns the worst exit code.
+    """
     if settings.port == 0:
         settings = Settings(**{**settings.__dict__, "port": _free_port(settings.host)})
+    if settings.metrics_port:
+        reset_multiprocess_dir()
     context = multiprocessing.get_context("fork")
     workers = [
         context.Process(target=_worker, args=(settings,), name=f"worker-{i}")
@@ -139,20 +170,51 @@ def _run_workers(settings: Settings) -> int:
     ]
     for process in workers:
         process.start()
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for process in workers:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    metrics_http = None
+    if settings.metrics_port:  # after the fork: the workers must not inherit its socket
+        metrics_http = MetricsEndpoint(settings.metrics_port, settings.host, aggregate_registry())
     log.info("started %d workers on port %d", len(workers), settings.port)
+    alive = {process.sentinel: process for process in workers}
     codes = []
-    for process in workers:
-        process.join()
-        codes.append(process.exitcode or 0)
+    while alive:
+        for sentinel in multiprocessing.connection.wait(list(alive)):
+            process = alive.pop(cast(int, sentinel))  # we waited on the sentinels (ints)
+            process.join()
+            codes.append(process.exitcode or 0)
+            if multiprocess_mode() and process.pid is not None:
+                mark_worker_dead(process.pid)
+            if not stopping:
+                log.error(
+                    "%s (pid %s) exited with code %s; %d workers left",
+                    process.name,
+                    process.pid,
+                    process.exitcode,
+                    len(alive),
+                )
+    if metrics_http is not None:
+        metrics_http.close()
+        directory = Path(os.environ[MULTIPROC_ENV])
+        if directory.name.startswith(METRICS_TMP_PREFIX):  # ours, from the restart below
+            shutil.rmtree(directory, ignore_errors=True)
     return max(codes, key=abs)
+
+
+def _restart_with_multiprocess_metrics(argv: Sequence[str] | None) -> None:
+    """prometheus-client picks its multiprocess mode at import: set it, then start afresh."""
+    os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix=METRICS_TMP_PREFIX)
+    args = list(sys.argv[1:] if argv is None else argv)
+    os.execv(sys.executable, [sys.executable, "-m", "service.server", *args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     if settings.workers > 1:
+        if settings.metrics_port and not multiprocess_mode():
+            _restart_with_multiprocess_metrics(argv)
         return _run_workers(settings)
     _run_process(settings, reuse_port=False)
     return 0

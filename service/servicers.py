@@ -25,6 +25,7 @@ from service.errors import (
     ServingError,
     Unavailable,
 )
+from service.metrics import Metrics
 from service.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -51,19 +52,56 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
 
 
+class ObservedServicer:
+    """Base of both protocols' servicers: the models, and the per-call metrics."""
+
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._metrics = metrics
+
+    def record(
+        self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, seconds: float
+    ) -> None:
+        """Counts one answered call. Unknown model names become "_unknown" (bounded labels)."""
+        name = next((getattr(request, f) for f in _MODEL_FIELDS if hasattr(request, f)), "")
+        if name and name not in self._registry.versions():
+            name = "_unknown"
+        version = next(
+            (
+                str(getattr(response, f))
+                for f in _VERSION_FIELDS
+                if response is not None and hasattr(response, f)
+            ),
+            "",
+        )
+        self._metrics.requests.labels(name, version, rpc, code.name).inc()
+        self._metrics.request_duration.labels(name, rpc).observe(seconds)
+
+
+_MODEL_FIELDS = ("model", "model_name", "name")
+_VERSION_FIELDS = ("version", "model_version")
+
+
 def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turns a handler's exceptions into gRPC statuses, logging the unexpected ones."""
+    """Turns a handler's exceptions into gRPC statuses (logging unexpected ones); records it."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Req, context: Context) -> Resp:
+    async def wrapper(self: ObservedServicer, request: Req, context: Context) -> Resp:
+        started = time.perf_counter()
         try:
-            return await handler(self, request, context)
+            response = await handler(self, request, context)
         except Exception as exc:
             code, message = status_of(exc)
             if code == grpc.StatusCode.INTERNAL:
                 log.error("%s failed", handler.__name__, exc_info=exc)
+            self.record(handler.__name__, request, None, code, time.perf_counter() - started)
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
+        self.record(
+            handler.__name__, request, response, grpc.StatusCode.OK, time.perf_counter() - started
+        )
+        return response
 
     return wrapper
 
@@ -74,9 +112,9 @@ def deadline_of(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-class LstmServicer(pb_grpc.LstmServiceServicer):
-    def __init__(self, registry: Registry, settings: Settings) -> None:
-        self._registry = registry
+class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(registry, settings, metrics)
         self._limits = pb.BatchingLimits(
             max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,8 +13,11 @@ from service.config import Settings
 from service.server import LstmServer
 
 
-async def start_server(**overrides: object) -> LstmServer:
-    settings = Settings(**{"host": "127.0.0.1", "port": 0, "device": "cpu", **overrides})  # type: ignore[arg-type]
+async def start_server(**overrides: Any) -> LstmServer:
+    """Loopback, ephemeral port, no /metrics endpoint (tests read the registry directly)."""
+    settings = Settings(
+        **{"host": "127.0.0.1", "port": 0, "metrics_port": 0, "device": "cpu", **overrides}
+    )
     server = LstmServer(settings)
     await server.start()
     await server.load()

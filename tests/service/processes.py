@@ -50,6 +50,8 @@ def start(repository: Path, port: int, *args: str) -> subprocess.Popen[str]:
             str(port),
             "--device",
             "cpu",
+            "--metrics-port",
+            "0",
             *args,
         ],
         stdout=subprocess.PIPE,

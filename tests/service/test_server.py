@@ -211,7 +211,7 @@ async def test_reflection_lists_services(client: AsyncLstmClient) -> None:
 
 async def test_health_transitions(seed_repository: Path) -> None:
     server = LstmServer(
-        Settings(repository=seed_repository, host="127.0.0.1", port=0, device="cpu")
+        Settings(repository=seed_repository, host="127.0.0.1", port=0, metrics_port=0, device="cpu")
     )
     await server.start()  # listening, models not loaded yet
     async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
