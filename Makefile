@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint proto seed clean
+.PHONY: serve test lint system-deps proto seed clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,17 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# nginx and promtool, for the load-balancer and Prometheus-config tests (they skip, saying
+# why, where these cannot be installed: not root, or no apt-get).
+system-deps:
+	@if command -v nginx >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing nginx and prometheus (promtool) from Debian ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends nginx prometheus >/dev/null; \
+	else echo "note: nginx/promtool missing and not installable here; their tests will skip"; fi
+
+test: lint system-deps
 	$(BIN)/pytest
 
 # Regenerates the Python code for proto/ (never edit it by hand).

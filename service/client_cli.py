@@ -1,12 +1,14 @@
 """`lstm-client`: talk to an lstm-serve from the shell. Tables by default, --json for machines.
 
-Exit status: 0 ok, 1 the server answered with an error (its status code is printed),
-2 bad usage, 3 health is not SERVING.
+Exit status: 0 ok, 1 the server answered with an error (its status code is printed; for
+`load`, any request failed), 2 bad usage, 3 health is not SERVING.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
+from service import loadgen
 from service.architecture import Architecture, LayerSpec
 from service.client import OUTPUTS, LstmClient, Prediction
 
@@ -41,6 +44,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     predict.add_argument("--return-state", action="store_true", help="also each layer's (h, c)")
     predict.add_argument("--version", type=int, default=0, help="0: newest")
     predict.add_argument("--seed", type=int, default=0, help="seed for --random")
+    load = sub.add_parser("load", help="closed-loop load test: a table per concurrency level")
+    load.add_argument("name")
+    load.add_argument("--concurrency", default="1,16,64", help="levels, e.g. 1,16,64")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    load.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    load.add_argument("--batch-size", type=int, default=1, help="sequences per request")
+    load.add_argument("--time", type=int, default=10, help="time steps per sequence")
+    load.add_argument("--output", choices=tuple(OUTPUTS), default="last_hidden")
+    load.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="gRPC channels (connections); workers split connections",
+    )
+    load.add_argument("--json-file", type=Path, help="also write the results as JSON here")
     health = sub.add_parser("health", help="SERVING or NOT_SERVING; exit 3 unless SERVING")
     health.add_argument("--service", default="", help="one service, e.g. lstm.v1.LstmService")
     return p.parse_args(argv)
@@ -113,6 +131,8 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
             rows += [[n, ", ".join(map(str, v))] for n, v in models.items()]
             print(_table(rows))
         return 0
+    if args.command == "load":
+        return run_load(args, client.describe(args.name).input_size)
     if args.command == "describe":
         d = client.describe(args.name, args.version)
         print(json.dumps(MessageToDict(d)) if args.json else _describe_text(d))
@@ -144,6 +164,36 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
     )
     print(json.dumps(_prediction_dict(p)) if args.json else _prediction_text(p))
     return 0
+
+
+def run_load(args: argparse.Namespace, features: int) -> int:
+    try:
+        levels = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        print(
+            f"lstm-client: --concurrency takes numbers like 1,16,64, got {args.concurrency!r}",
+            file=sys.stderr,
+        )
+        return 2
+    spec = loadgen.LoadSpec(
+        target=args.target,
+        model=args.name,
+        batch_size=args.batch_size,
+        time_steps=args.time,
+        features=features,
+        output=args.output,
+        duration=args.duration,
+        warmup=args.warmup,
+        channels=args.channels,
+    )
+    results = [
+        asyncio.run(loadgen.run_level(spec, level, progress=not args.json)) for level in levels
+    ]
+    report = {"spec": dataclasses.asdict(spec), "levels": [r.as_dict() for r in results]}
+    if args.json_file:
+        args.json_file.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report) if args.json else loadgen.table(results))
+    return 1 if any(r.errors for r in results) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

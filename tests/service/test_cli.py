@@ -157,3 +157,38 @@ def test_env_variables_configure_the_server(seed_repository: Path) -> None:
         assert described["batching"]["maxBatchSize"] == 7
     finally:
         assert stop(process)[0] == 0
+
+
+def test_load_generator_smoke(served: int, tmp_path: Path) -> None:
+    out = client(
+        served,
+        "--json",
+        "load",
+        "seed",
+        "--concurrency",
+        "1,4",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.3",
+        "--batch-size",
+        "3",
+        "--time",
+        "7",
+        "--json-file",
+        str(tmp_path / "load.json"),
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert json.loads((tmp_path / "load.json").read_text()) == report
+    assert [level["concurrency"] for level in report["levels"]] == [1, 4]
+    for level in report["levels"]:
+        assert level["errors"] == {} and level["requests"] > 20
+        assert level["sequences"] == 3 * level["requests"]
+        assert level["requests_per_second"] == pytest.approx(level["requests"] / level["seconds"])
+        latency = level["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    table = client(
+        served, "load", "seed", "--concurrency", "2", "--duration", "0.5", "--warmup", "0.1"
+    )
+    assert table.returncode == 0 and "req/s" in table.stdout and "p99 ms" in table.stdout

@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# Images of lstm-serving, one build per target:
+#   server      the gRPC server: onnxruntime, grpcio, prometheus-client, numpy; no torch
+#   server-gpu  the same on onnxruntime-gpu (CUDA 13 and cuDNN from pip); run with a GPU
+#   export      lstm-export with the CPU build of torch, to write models into a repository
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS base
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+RUN useradd --system --uid 10001 --user-group --no-create-home lstm \
+ && mkdir -p /models && chown lstm:lstm /models
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY proto ./proto
+COPY service ./service
+COPY export ./export
+
+FROM base AS server
+RUN pip install -c constraints.txt . && python -c "import service.server"
+USER lstm
+EXPOSE 50051 8002
+HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 \
+  CMD ["lstm-client", "--target", "localhost:50051", "--timeout", "3", "health"]
+ENTRYPOINT ["lstm-serve"]
+CMD ["--repository", "/models", "--host", "0.0.0.0"]
+
+FROM server AS server-gpu
+USER root
+RUN pip uninstall -y onnxruntime && pip install "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+USER lstm
+CMD ["--repository", "/models", "--host", "0.0.0.0", "--device", "cuda"]
+
+FROM base AS export
+# The CPU wheel of torch: PyPI's default build would pull several GB of CUDA libraries.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install -c constraints.txt ".[export]"
+USER lstm
+ENTRYPOINT ["lstm-export"]

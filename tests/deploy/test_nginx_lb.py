@@ -1,0 +1,125 @@
+"""The load balancer's own nginx config, for real: two lstm-serve processes behind it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from service import loadgen
+from service.client import LstmClient
+from tests.conftest import ROOT
+from tests.service.processes import free_port, start, stop, wait_serving
+from tests.service.test_metrics import scrape, value
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+def render(directory: Path, listen_port: int, upstream_ports: list[int]) -> Path:
+    """deploy/nginx/nginx.conf with only its listen address made local; our own upstream list."""
+    conf = (ROOT / "deploy/nginx/nginx.conf").read_text()
+    assert conf.count("listen 50051 http2;") == 1
+    (directory / "nginx.conf").write_text(
+        conf.replace("listen 50051 http2;", f"listen 127.0.0.1:{listen_port} http2;")
+    )
+    (directory / "upstream.conf").write_text(
+        "".join(f"server 127.0.0.1:{p};\n" for p in upstream_ports)
+    )
+    return directory / "nginx.conf"
+
+
+@pytest.fixture(scope="module")
+def balanced(
+    seed_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, list[int]]]:
+    if NGINX is None:
+        pytest.skip(
+            "nginx not installed (Debian package nginx; `make test` installs it when "
+            "it runs as root with apt-get)"
+        )
+    directory = tmp_path_factory.mktemp("nginx")
+    ports = [free_port(), free_port()]
+    metrics_ports = [free_port(), free_port()]
+    servers = [
+        start(seed_repository, p, "--metrics-port", str(m))
+        for p, m in zip(ports, metrics_ports, strict=True)
+    ]
+    lb_port = free_port()
+    conf = render(directory, lb_port, ports)
+    nginx = None
+    try:
+        for server, port in zip(servers, ports, strict=True):
+            wait_serving(server, port)
+        nginx = subprocess.Popen(
+            [
+                NGINX,
+                "-p",
+                str(directory),
+                "-c",
+                str(conf),
+                "-g",
+                f"daemon off; pid {directory}/nginx.pid; error_log {directory}/error.log notice;",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.3)
+        assert nginx.poll() is None, f"nginx exited: {nginx.communicate()[1]}"
+        with grpc.insecure_channel(f"127.0.0.1:{lb_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=15)
+        yield lb_port, metrics_ports
+    finally:
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(timeout=15)
+        for server in servers:
+            code, err = stop(server)
+            assert code == 0, err
+
+
+def test_answers_through_nginx_equal_direct_ones_and_both_replicas_serve(
+    balanced: tuple[int, list[int]], seed_repository: Path
+) -> None:
+    lb_port, metrics_ports = balanced
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((2, 6, 2)).astype(np.float32) for _ in range(40)]
+    with LstmClient(f"127.0.0.1:{lb_port}") as through_lb:  # one channel: nginx spreads calls
+        answers = [through_lb.predict("seed", x, lengths=[6, 3], output="both") for x in inputs]
+    from service.runtime import Model, ModelFile
+
+    model = Model(ModelFile("seed", 1, seed_repository / "seed/1/model.onnx"))
+    for x, answer in zip(inputs, answers, strict=True):
+        expected = model.run(x, np.array([6, 3], np.int32), ["last_hidden", "sequence"])
+        assert answer.last_hidden is not None and answer.sequence is not None
+        assert answer.last_hidden.tobytes() == expected["last_hidden"].tobytes()
+        assert answer.sequence.tobytes() == expected["sequence"].tobytes()
+    served = [
+        value(scrape(m), "lstm_requests_total", model="seed", version="1", rpc="Predict", code="OK")
+        for m in metrics_ports
+    ]
+    assert sum(served) == 40 and min(served) >= 10, served
+
+
+async def test_load_through_nginx_has_no_errors(balanced: tuple[int, list[int]]) -> None:
+    lb_port, metrics_ports = balanced
+    before = [
+        value(scrape(m), "lstm_requests_total", model="seed", version="1", rpc="Predict", code="OK")
+        for m in metrics_ports
+    ]
+    spec = loadgen.LoadSpec(target=f"127.0.0.1:{lb_port}", model="seed", duration=2.0, warmup=0.5)
+    started = time.monotonic()
+    result = await loadgen.run_level(spec, concurrency=8, progress=False)
+    assert time.monotonic() - started < 30
+    assert result.errors == {} and result.requests > 100
+    after = [
+        value(scrape(m), "lstm_requests_total", model="seed", version="1", rpc="Predict", code="OK")
+        for m in metrics_ports
+    ]
+    assert all(a > b for a, b in zip(after, before, strict=True))  # both took part
