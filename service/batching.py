@@ -36,8 +36,14 @@ class BatchObserver(Protocol):
     def queue_changed(self, depth: int) -> None: ...
 
     def batch_ran(
-        self, lengths: np.ndarray, waits: Sequence[float], compute_seconds: float
-    ) -> None: ...
+        self,
+        lengths: np.ndarray,
+        waits: Sequence[float],
+        longest: Sequence[int],
+        compute_seconds: float,
+    ) -> None:
+        """lengths: every sequence run; waits and longest: per request, queue time and its
+        longest sequence."""
 
 
 class _Unobserved:
@@ -45,7 +51,11 @@ class _Unobserved:
         pass
 
     def batch_ran(
-        self, lengths: np.ndarray, waits: Sequence[float], compute_seconds: float
+        self,
+        lengths: np.ndarray,
+        waits: Sequence[float],
+        longest: Sequence[int],
+        compute_seconds: float,
     ) -> None:
         pass
 
@@ -202,7 +212,12 @@ class Batcher:
             if not request.future.done():
                 request.future.set_result(_rows(results, request, start))
             start += request.rows
-        self._observer.batch_ran(lengths, [started - r.arrived for r in batch], compute)
+        self._observer.batch_ran(
+            lengths,
+            [started - r.arrived for r in batch],
+            [int(r.lengths.max()) for r in batch],
+            compute,
+        )
 
     @staticmethod
     def _fail(request: _Request, exc: Exception) -> None:

@@ -135,15 +135,19 @@ class BatchMetrics:
         self._queue_depth.set(depth)
 
     def batch_ran(
-        self, lengths: np.ndarray, waits: Sequence[float], compute_seconds: float
+        self,
+        lengths: np.ndarray,
+        waits: Sequence[float],
+        longest: Sequence[int],
+        compute_seconds: float,
     ) -> None:
+        """A few observations per request, none per sequence: cheap next to the run itself."""
         steps = int(lengths.max()) * len(lengths)
         self._inference.observe(compute_seconds)
         self._batch_size.observe(len(lengths))
         self._padding.observe(1.0 - float(lengths.sum()) / steps)
-        for wait in waits:
+        for wait, length in zip(waits, longest, strict=True):
             self._queue_duration.observe(wait)
-        for length in lengths.tolist():
             self._length.observe(length)
 
 

@@ -81,8 +81,8 @@ async def test_counts_labels_and_sums_after_known_requests(seed_repository: Path
     assert value(samples, duration + "_count", model="seed", rpc="Predict") == 7
     assert 0 < value(samples, duration + "_sum", model="seed", rpc="Predict") < 7
     assert value(samples, duration + "_bucket", model="seed", rpc="Predict", le="5e-05") <= 7
-    assert value(samples, "lstm_sequence_length_count", model="seed") == len(lengths_sent)
-    assert value(samples, "lstm_sequence_length_sum", model="seed") == sum(lengths_sent)
+    assert value(samples, "lstm_sequence_length_count", model="seed") == 8  # per request
+    assert value(samples, "lstm_sequence_length_sum", model="seed") == 5 * 4 + 3 * 6
     assert value(samples, "lstm_batch_size_sum", model="seed") == len(lengths_sent)
     assert value(samples, "lstm_batch_size_count", model="seed") == batches == 8
     assert value(samples, "lstm_queue_duration_seconds_count", model="seed") == 8

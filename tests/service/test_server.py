@@ -236,3 +236,32 @@ async def test_stop_finishes_in_flight_requests(seed_repository: Path) -> None:
         await server.stop(grace=5)
         result = await pending
         assert result.last_hidden is not None
+
+
+async def test_full_queue_and_expired_deadlines_end_to_end(seed_repository: Path) -> None:
+    """A tiny queue answers RESOURCE_EXHAUSTED at once; a deadline inside the batching delay
+    is DEADLINE_EXCEEDED and never computed; the server then answers normally."""
+    server = await start_server(
+        repository=seed_repository, max_queue_size=2, max_queue_delay_ms=300.0
+    )
+    x = np.ones((1, 3, 2), np.float32)
+    async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
+        results = await asyncio.gather(
+            *(client.predict("seed", x) for _ in range(6)), return_exceptions=True
+        )
+        codes = sorted(
+            r.code().name if isinstance(r, grpc.aio.AioRpcError) else "OK" for r in results
+        )
+        assert codes == ["OK", "OK"] + ["RESOURCE_EXHAUSTED"] * 4
+        exhausted = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
+        assert "--max-queue-size" in str(exhausted.details())
+        batches = server.registry.resolve("seed").batcher.batches_run
+        hurried = AsyncLstmClient(f"127.0.0.1:{server.port}", timeout=0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await hurried.predict("seed", x)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await hurried.close()
+        await asyncio.sleep(0.4)  # past the batching delay: the expired request was dropped
+        assert server.registry.resolve("seed").batcher.batches_run == batches
+        assert (await client.predict("seed", x)).last_hidden is not None
+    await server.stop(grace=1)
