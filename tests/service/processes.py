@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -38,7 +39,11 @@ def wait_serving(process: subprocess.Popen[str], port: int, timeout: float = 30)
     raise AssertionError("lstm-serve did not report SERVING in time")
 
 
-def start(repository: Path, port: int, *args: str) -> subprocess.Popen[str]:
+def start(
+    repository: Path, port: int | None, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """lstm-serve on loopback, CPU, no /metrics unless args say otherwise; port None: from env."""
+    port_args = [] if port is None else ["--port", str(port)]
     return subprocess.Popen(
         [
             SERVE,
@@ -46,8 +51,7 @@ def start(repository: Path, port: int, *args: str) -> subprocess.Popen[str]:
             str(repository),
             "--host",
             "127.0.0.1",
-            "--port",
-            str(port),
+            *port_args,
             "--device",
             "cpu",
             "--metrics-port",
@@ -57,7 +61,13 @@ def start(repository: Path, port: int, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def worker_pids(process: subprocess.Popen[str]) -> list[str]:
+    found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+    return found.stdout.split()
 
 
 def stop(process: subprocess.Popen[str]) -> tuple[int, str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.service.processes import SERVE, client, free_port, start, stop, wait_serving
+from tests.service.processes import client, free_port, start, stop, wait_serving, worker_pids
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +128,7 @@ def test_two_workers_share_the_port(seed_repository: Path) -> None:
     process = start(seed_repository, port, "--workers", "2")
     try:
         wait_serving(process, port)
-        pids = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
-        assert len(pids.stdout.split()) == 2
+        assert len(worker_pids(process)) == 2
         for _ in range(5):  # a fresh connection each time: the kernel spreads connections
             out = client(port, "predict", "seed", "--random", "1,3")
             assert out.returncode == 0, out.stderr
@@ -143,14 +140,8 @@ def test_two_workers_share_the_port(seed_repository: Path) -> None:
 
 def test_env_variables_configure_the_server(seed_repository: Path) -> None:
     port = free_port()
-    env = {**os.environ, "LSTM_SERVE_MAX_BATCH_SIZE": "7", "LSTM_SERVE_PORT": str(port)}
-    process = subprocess.Popen(
-        [SERVE, "--repository", str(seed_repository), "--host", "127.0.0.1", "--device", "cpu"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    env = {"LSTM_SERVE_MAX_BATCH_SIZE": "7", "LSTM_SERVE_PORT": str(port)}
+    process = start(seed_repository, None, env=env)
     try:
         wait_serving(process, port)
         described = json.loads(client(port, "--json", "describe", "seed").stdout)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ from lstm.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from service.client import AsyncLstmClient, LstmClient
 from tests.service.conftest import start_server
-from tests.service.processes import SERVE, free_port, start, stop, wait_serving
+from tests.service.processes import free_port, start, stop, wait_serving, worker_pids
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -138,27 +137,14 @@ def test_two_workers_sum_in_one_scrape_and_dead_ones_are_marked(
     seed_repository: Path, tmp_path: Path
 ) -> None:
     port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
-    process = subprocess.Popen(
-        [
-            SERVE,
-            "--repository",
-            str(seed_repository),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-            "--workers",
-            "2",
-            "--metrics-port",
-            str(metrics_port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    process = start(
+        seed_repository,
+        port,
+        "--workers",
+        "2",
+        "--metrics-port",
+        str(metrics_port),
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")},
     )
     try:
         wait_serving(process, port)
@@ -174,9 +160,7 @@ def test_two_workers_sum_in_one_scrape_and_dead_ones_are_marked(
         )
         assert value(samples, "lstm_batch_size_sum", model="seed") == 20
         assert len(list((tmp_path / "prom").glob("counter_*.db"))) == 2  # both workers served
-        workers = subprocess.run(
-            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
-        ).stdout.split()
+        workers = worker_pids(process)
         assert len(workers) == 2
         live_files = {f.name for f in (tmp_path / "prom").glob("gauge_live*.db")}
         assert any(workers[0] in name for name in live_files)
