@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint system-deps proto seed clean
+.PHONY: serve test lint system-deps proto seed bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ system-deps:
 test: lint system-deps
 	$(BIN)/pytest
 
+# The side-by-side benchmark (about 10 minutes): writes BENCHMARKS.md and benchmarks/*.
+# MLServer goes into .venv-mlserver, a venv of its own.
+$(VENV)/.bench: $(VENV)/.dev
+	$(PIP) -e '.[export,dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/run.py
+
 # Regenerates the Python code for proto/ (never edit it by hand).
 proto: $(VENV)/.dev
 	$(BIN)/python scripts/gen_proto.py
@@ -51,4 +60,4 @@ seed: $(VENV)/.dev
 		--repository models --force
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-mlserver .pytest_cache .mypy_cache .ruff_cache *.egg-info

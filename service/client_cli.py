@@ -1,13 +1,12 @@
 """`lstm-client`: talk to an lstm-serve from the shell. Tables by default, --json for machines.
 
 Exit status: 0 ok, 1 the server answered with an error (its status code is printed; for
-`load`, any request failed), 2 bad usage, 3 health is not SERVING.
+`load`: a request failed or a verified answer was wrong), 2 bad usage, 3 not SERVING.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import sys
@@ -19,7 +18,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from service import loadgen
+from service import loadgen, loadwork
 from service.architecture import Architecture, LayerSpec
 from service.client import OUTPUTS, LstmClient, Prediction
 
@@ -44,19 +43,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     predict.add_argument("--return-state", action="store_true", help="also each layer's (h, c)")
     predict.add_argument("--version", type=int, default=0, help="0: newest")
     predict.add_argument("--seed", type=int, default=0, help="seed for --random")
-    load = sub.add_parser("load", help="closed-loop load test: a table per concurrency level")
+    load = sub.add_parser("load", help="load test: a table per concurrency or rate level")
     load.add_argument("name")
-    load.add_argument("--concurrency", default="1,16,64", help="levels, e.g. 1,16,64")
+    load.add_argument(
+        "--concurrency",
+        default="1,16,64",
+        help="closed-loop levels, e.g. 1,16,64 (for v2-stream: in flight)",
+    )
+    load.add_argument("--rate", help="open-loop levels in requests/s, e.g. 500,2000")
+    load.add_argument("--protocol", choices=loadwork.PROTOCOLS, default="lstm")
     load.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     load.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     load.add_argument("--batch-size", type=int, default=1, help="sequences per request")
     load.add_argument("--time", type=int, default=10, help="time steps per sequence")
+    load.add_argument(
+        "--lengths", default="full", help="full, uniform:LO:HI or list:A,B,... (per sequence)"
+    )
     load.add_argument("--output", choices=tuple(OUTPUTS), default="last_hidden")
     load.add_argument(
-        "--channels",
-        type=int,
-        default=1,
-        help="gRPC channels (connections); workers split connections",
+        "--channels", type=int, default=1, help="gRPC channels (connections) per process"
+    )
+    load.add_argument("--processes", type=int, default=1, help="client processes")
+    load.add_argument("--metrics-url", help="server's /metrics: adds queue vs compute split")
+    load.add_argument(
+        "--verify",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="check sampled answers against ONNX Runtime on this model file",
+    )
+    load.add_argument(
+        "--features", type=int, help="input features (default: asked with lstm.v1 DescribeModel)"
     )
     load.add_argument("--json-file", type=Path, help="also write the results as JSON here")
     health = sub.add_parser("health", help="SERVING or NOT_SERVING; exit 3 unless SERVING")
@@ -132,7 +148,7 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
             print(_table(rows))
         return 0
     if args.command == "load":
-        return run_load(args, client.describe(args.name).input_size)
+        return run_load(args, args.features or client.describe(args.name).input_size)
     if args.command == "describe":
         d = client.describe(args.name, args.version)
         print(json.dumps(MessageToDict(d)) if args.json else _describe_text(d))
@@ -168,32 +184,81 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
 
 def run_load(args: argparse.Namespace, features: int) -> int:
     try:
-        levels = [int(c) for c in args.concurrency.split(",")]
-    except ValueError:
-        print(
-            f"lstm-client: --concurrency takes numbers like 1,16,64, got {args.concurrency!r}",
-            file=sys.stderr,
+        levels = (
+            [(0, float(r)) for r in args.rate.split(",")]
+            if args.rate
+            else [(int(c), 0.0) for c in args.concurrency.split(",")]
         )
+        loadwork.parse_lengths(args.lengths, args.time, 1, np.random.default_rng())
+    except ValueError as exc:
+        print(f"lstm-client: bad --concurrency, --rate or --lengths: {exc}", file=sys.stderr)
         return 2
     spec = loadgen.LoadSpec(
         target=args.target,
         model=args.name,
+        protocol=args.protocol,
         batch_size=args.batch_size,
         time_steps=args.time,
+        lengths=args.lengths,
         features=features,
         output=args.output,
         duration=args.duration,
         warmup=args.warmup,
         channels=args.channels,
     )
-    results = [
-        asyncio.run(loadgen.run_level(spec, level, progress=not args.json)) for level in levels
-    ]
-    report = {"spec": dataclasses.asdict(spec), "levels": [r.as_dict() for r in results]}
+    sample = 200 if args.verify else 0
+    results: list[loadgen.LevelResult] = []
+    report_levels: list[dict[str, Any]] = []
+    for concurrency, rate in levels:
+        before = loadgen.scrape(args.metrics_url) if args.metrics_url else {}
+        result = loadgen.run_level_in_processes(
+            spec, args.processes, concurrency, rate, not args.json, sample
+        )
+        level = result.as_dict()
+        if args.metrics_url:
+            level["server"] = loadgen.server_split(before, loadgen.scrape(args.metrics_url))
+        if args.verify:
+            work = loadwork.Workload(
+                spec.model,
+                spec.protocol,
+                spec.batch_size,
+                spec.time_steps,
+                spec.lengths,
+                features,
+                spec.output,
+                spec.variants,
+            )
+            level["verify"] = dataclasses.asdict(loadwork.verify(work, result.answers, args.verify))
+        results.append(result)
+        report_levels.append(level)
+    report = {
+        "spec": dataclasses.asdict(spec),
+        "processes": args.processes,
+        "levels": report_levels,
+    }
     if args.json_file:
         args.json_file.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report) if args.json else loadgen.table(results))
-    return 1 if any(r.errors for r in results) else 0
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(loadgen.table(results))
+        for level in report_levels:
+            name = f"{level['rate']:g}/s" if level["rate"] else f"c={level['concurrency']}"
+            if "server" in level:
+                split = level["server"]
+                print(
+                    f"{name}: server queue {split['queue_ms']:.3f} ms, compute "
+                    f"{split['compute_ms_per_batch']:.3f} ms/batch, mean batch "
+                    f"{split['mean_batch_size']:.1f}, padding {split['padding_ratio']:.1%}"
+                )
+            if "verify" in level:
+                check = level["verify"]
+                print(
+                    f"{name}: verified {check['checked']} answers, {check['wrong']} wrong "
+                    f"(max abs diff {check['max_abs_diff']:.3g})"
+                )
+    wrong = any(level.get("verify", {}).get("wrong") for level in report_levels)
+    return 1 if wrong or any(r.errors for r in results) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,7 +46,14 @@ class GatedModel:
 @pytest.fixture
 async def model_and_batcher() -> AsyncIterator[tuple[GatedModel, Batcher]]:
     model = GatedModel()
-    batcher = Batcher(model, name="test", max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=4)
+    batcher = Batcher(  # inline_steps=0: the gated model must run on the worker thread
+        model,
+        name="test",
+        max_batch_size=8,
+        max_queue_delay_s=0.0,
+        max_queue_size=4,
+        inline_steps=0,
+    )
     batcher.start()
     yield model, batcher
     model.release.set()
@@ -182,7 +189,9 @@ async def test_run_failure_reaches_every_caller_and_the_batcher_goes_on(
 
 async def test_max_queue_delay_gathers_requests() -> None:
     model = GatedModel()
-    batcher = Batcher(model, name="t", max_batch_size=4, max_queue_delay_s=5.0, max_queue_size=9)
+    batcher = Batcher(
+        model, name="t", max_batch_size=4, max_queue_delay_s=5.0, max_queue_size=9, inline_steps=0
+    )
     batcher.start()
     started = time.monotonic()
     results = await asyncio.gather(
@@ -193,9 +202,36 @@ async def test_max_queue_delay_gathers_requests() -> None:
     await batcher.stop()
 
 
+async def test_small_batch_with_nobody_waiting_runs_inline_larger_ones_on_the_thread() -> None:
+    threads: list[str] = []
+
+    def run(
+        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return {"last_hidden": inputs[:, -1]}
+
+    batcher = Batcher(
+        run, name="t", max_batch_size=64, max_queue_delay_s=0.0, max_queue_size=9, inline_steps=20
+    )
+    batcher.start()
+    await batcher.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])  # 20 steps
+    await batcher.submit(_x(3, 10), np.full(3, 10, np.int32), ["last_hidden"])  # 30 steps
+    await batcher.stop()
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("ort-t")
+
+
 async def test_stop_answers_queued_requests_unavailable() -> None:
     model = GatedModel()
-    batcher = Batcher(model, name="t", max_batch_size=4, max_queue_delay_s=30.0, max_queue_size=9)
+    batcher = Batcher(
+        model,
+        name="t",
+        max_batch_size=4,
+        max_queue_delay_s=30.0,
+        max_queue_size=9,
+        inline_steps=0,
+    )
     batcher.start()
     pending = asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["sequence"]))
     await asyncio.sleep(0.01)

@@ -1,0 +1,490 @@
+"""The side-by-side benchmark: one command, one machine, one load generator, every server.
+
+    python benchmarks/run.py [--repeats 3] [--duration 4] [--quick]      (or: make bench)
+
+Measures, interleaving the servers (their order rotates each repeat) and taking medians:
+  raw ONNX Runtime in process (the limit), a bare grpc.aio echo server (the Python gRPC
+  ceiling), lstm-serve in several configurations, and Seldon MLServer 1.7.1 with adaptive
+  batching and an ONNX Runtime runtime (benchmarks/mlserver/), in its own virtual environment.
+Writes BENCHMARKS.md, benchmarks/results.json and benchmarks/throughput.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MLSERVER_VENV = ROOT / ".venv-mlserver"
+SEED = ROOT / "models/seed/1/model.onnx"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    model: str
+    args: tuple[str, ...]
+    levels: tuple[int, ...]
+    servers: tuple[str, ...]
+    verify: bool = False
+
+
+SCENARIOS = (
+    Scenario(
+        "B=1 unary",
+        "seed",
+        ("--batch-size", "1", "--time", "10"),
+        (1, 16, 64),
+        (
+            "echo",
+            "lstm-serve",
+            "lstm-serve (v2)",
+            "lstm-serve, batching off",
+            "lstm-serve, 2 workers",
+            "mlserver",
+        ),
+    ),
+    Scenario(
+        "B=32 unary",
+        "seed",
+        ("--batch-size", "32", "--time", "10"),
+        (16,),
+        ("echo", "lstm-serve", "lstm-serve (v2)", "lstm-serve, 2 workers", "mlserver"),
+    ),
+    Scenario(
+        "B=1 v2 stream",
+        "seed",
+        ("--batch-size", "1", "--time", "10", "--protocol", "v2-stream"),
+        (64,),
+        ("lstm-serve",),
+    ),
+    Scenario(
+        "large B=16",
+        "large",
+        ("--batch-size", "16", "--time", "100"),
+        (4,),
+        ("lstm-serve", "mlserver"),
+    ),
+    Scenario(
+        "mixed lengths B=4",
+        "seed",
+        ("--batch-size", "4", "--time", "20", "--lengths", "uniform:1:20"),
+        (16,),
+        ("lstm-serve", "lstm-serve (v2)", "mlserver"),
+        verify=True,
+    ),
+)
+
+
+@dataclass
+class Server:
+    """How to start one server under test, and what protocol the load generator speaks."""
+
+    name: str
+    start: Callable[[int, int], subprocess.Popen[bytes]]
+    protocol: str = "lstm"
+    channels: int = 1
+    metrics: bool = True
+    pids: list[int] = field(default_factory=list)
+
+
+def lstm_serve(repository: Path, *flags: str) -> Callable[[int, int], subprocess.Popen[bytes]]:
+    def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                str(BIN / "lstm-serve"),
+                "--repository",
+                str(repository),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--metrics-port",
+                str(metrics_port),
+                "--device",
+                "cpu",
+                "--log-level",
+                "warning",
+                *flags,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    return start
+
+
+def echo(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks/echo_server.py"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def mlserver(folder: Path) -> Callable[[int, int], subprocess.Popen[bytes]]:
+    def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
+        (folder / "settings.json").write_text(
+            json.dumps(
+                {
+                    "grpc_port": port,
+                    "http_port": free_port(),
+                    "metrics_port": metrics_port,
+                    "debug": False,
+                }
+            )
+        )
+        return subprocess.Popen(
+            [str(MLSERVER_VENV / "bin/mlserver"), "start", str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    return start
+
+
+def mlserver_folder(models: dict[str, Path], directory: Path) -> Path:
+    for name, path in models.items():
+        model_dir = directory / name
+        model_dir.mkdir(parents=True)
+        shutil.copy(ROOT / "benchmarks/mlserver/runtime.py", model_dir / "runtime.py")
+        (model_dir / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "implementation": "runtime.OnnxLstm",
+                    "max_batch_size": 32,
+                    "max_batch_time": 0.002,  # adaptive batching on
+                    "parameters": {"uri": str(path)},
+                }
+            )
+        )
+    return directory
+
+
+def wait_ready(
+    target: str, protocol: str, process: subprocess.Popen[bytes], timeout: float = 60
+) -> float:
+    """Seconds until the server answers a readiness check."""
+    import grpc
+
+    sys.path[:0] = [str(ROOT / "proto")]
+    from lstm.kserve.v2 import grpc_predict_v2_pb2 as v2
+    from lstm.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+    from lstm.v1 import lstm_pb2 as pb
+    from lstm.v1 import lstm_pb2_grpc as pb_grpc
+
+    began = time.monotonic()
+    with grpc.insecure_channel(target) as channel:
+        while time.monotonic() - began < timeout:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                if protocol == "lstm":
+                    pb_grpc.LstmServiceStub(channel).DescribeModel(
+                        pb.DescribeModelRequest(model="seed"), timeout=1
+                    )
+                    return time.monotonic() - began
+                elif (
+                    v2_grpc.GRPCInferenceServiceStub(channel)
+                    .ModelReady(v2.ModelReadyRequest(name="seed"), timeout=1)
+                    .ready
+                ):
+                    return time.monotonic() - began
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"{target} not ready after {timeout}s")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (workers), in MiB."""
+    total = 0.0
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    for p in [pid, *map(int, children.stdout.split())]:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        total += (
+            int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            / 1024
+        )
+    return total
+
+
+@contextmanager
+def running(server: Server) -> Iterator[tuple[str, str | None, float]]:
+    port, metrics_port = free_port(), free_port()
+    process = server.start(port, metrics_port)
+    try:
+        ready = wait_ready(f"127.0.0.1:{port}", server.protocol, process)
+        url = f"http://127.0.0.1:{metrics_port}/metrics" if server.metrics else None
+        server.pids.append(process.pid)
+        yield f"127.0.0.1:{port}", url, ready
+    finally:
+        try:
+            os.killpg(
+                process.pid, signal.SIGTERM
+            ) if server.name == "mlserver" else process.terminate()
+            process.wait(timeout=30)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            process.kill()
+
+
+def load(
+    target: str,
+    server: Server,
+    scenario: Scenario,
+    level: int,
+    duration: float,
+    metrics_url: str | None,
+    model_file: Path,
+) -> dict[str, Any]:
+    protocol = server.protocol
+    args = list(scenario.args)
+    if "--protocol" in args:
+        protocol = args.pop(args.index("--protocol") + 1)
+        args.remove("--protocol")
+    command = [
+        str(BIN / "lstm-client"),
+        "--target",
+        target,
+        "--json",
+        "load",
+        scenario.model,
+        "--protocol",
+        protocol,
+        "--concurrency",
+        str(level),
+        "--duration",
+        str(duration),
+        "--warmup",
+        "1",
+        "--channels",
+        str(server.channels),
+        "--features",
+        "64" if scenario.model == "large" else "2",
+        *args,
+    ]
+    if metrics_url and server.name.startswith("lstm-serve"):
+        command += ["--metrics-url", metrics_url]
+    if scenario.verify:
+        command += ["--verify", str(model_file)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration * 10 + 120)
+    if not out.stdout:
+        return {"failed": out.stderr[-500:]}
+    result: dict[str, Any] = json.loads(out.stdout)["levels"][0]
+    return result
+
+
+def raw_ort(model_file: Path, batch: int, steps: int, threads: int, seconds: float) -> float:
+    """Sequences/s of Model.run in process: the most any server can give."""
+    code = f"""
+import time, numpy as np
+from pathlib import Path
+from service.runtime import Model, ModelFile
+m = Model(ModelFile("m", 1, Path({str(model_file)!r})), "cpu", {threads})
+x = np.random.default_rng(0).standard_normal(({batch}, {steps}, m.architecture.input_size))
+x = x.astype(np.float32); n = np.full({batch}, {steps}, np.int32)
+for _ in range(3): m.run(x, n, ["last_hidden"])
+count, began = 0, time.perf_counter()
+while time.perf_counter() - began < {seconds}:
+    m.run(x, n, ["last_hidden"]); count += 1
+print(count * {batch} / (time.perf_counter() - began))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return float(out.stdout)
+
+
+def export_large(repository: Path) -> Path:
+    subprocess.run(
+        [
+            str(BIN / "lstm-export"),
+            "--input-size",
+            "64",
+            "--layers",
+            "256",
+            "256",
+            "256",
+            "--name",
+            "large",
+            "--version",
+            "1",
+            "--repository",
+            str(repository),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return repository / "large/1/model.onnx"
+
+
+def ensure_mlserver_venv() -> bool:
+    if (MLSERVER_VENV / "bin/mlserver").exists():
+        return True
+    print("creating .venv-mlserver (mlserver 1.7.1, uvloop 0.21.0) ...", file=sys.stderr)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+        subprocess.run(
+            [
+                str(MLSERVER_VENV / "bin/pip"),
+                "install",
+                "-q",
+                "mlserver==1.7.1",
+                "uvloop==0.21.0",
+                "onnxruntime==1.32.0",
+                "numpy<2.5",
+            ],
+            check=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        print(f"MLServer could not be installed ({exc}); it is left out", file=sys.stderr)
+        return False
+    return True
+
+
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if "failed" not in r]
+    if not ok:
+        return {"failed": runs[0].get("failed", "no run")}
+    rps = [r["requests_per_second"] for r in ok]
+    row = {
+        "requests_per_second": statistics.median(rps),
+        "sequences_per_second": statistics.median(r["sequences_per_second"] for r in ok),
+        "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in ok),
+        "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in ok),
+        "spread": (min(rps), max(rps)),
+        "errors": sum(sum(r["errors"].values()) for r in ok),
+        "runs": len(ok),
+    }
+    if "server" in ok[0]:
+        row["server_side"] = {
+            k: statistics.median(r["server"][k] for r in ok) for k in ok[0]["server"]
+        }
+    if "verify" in ok[0]:
+        row["verify"] = {
+            "checked": sum(r["verify"]["checked"] for r in ok),
+            "wrong": sum(r["verify"]["wrong"] for r in ok),
+            "max_abs_diff": max(r["verify"]["max_abs_diff"] for r in ok),
+        }
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per level")
+    parser.add_argument("--quick", action="store_true", help="1 repeat of 2 s: a smoke run")
+    parser.add_argument("--no-mlserver", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT)
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.duration = 1, 2.0
+    work = Path(tempfile.mkdtemp(prefix="lstm-bench-"))
+    repository = work / "models"
+    shutil.copytree(ROOT / "models", repository)
+    print("exporting the large model (3 x 256, 64 features) ...", file=sys.stderr)
+    large = export_large(repository)
+    files = {"seed": SEED, "large": large}
+    servers = [
+        Server("echo", echo, metrics=False),
+        Server("lstm-serve", lstm_serve(repository)),
+        Server("lstm-serve (v2)", lstm_serve(repository), protocol="v2"),
+        Server("lstm-serve, batching off", lstm_serve(repository, "--max-batch-size", "1")),
+        Server("lstm-serve, 2 workers", lstm_serve(repository, "--workers", "2"), channels=2),
+    ]
+    if not args.no_mlserver and ensure_mlserver_venv():
+        servers.append(
+            Server(
+                "mlserver",
+                mlserver(mlserver_folder(files, work / "mlserver")),
+                protocol="v2",
+                metrics=False,
+            )
+        )
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    facts: dict[str, dict[str, list[float]]] = {}
+    for repeat in range(args.repeats):
+        order = servers[repeat % len(servers) :] + servers[: repeat % len(servers)]
+        for server in order:
+            print(f"[{repeat + 1}/{args.repeats}] {server.name}", file=sys.stderr)
+            with running(server) as (target, metrics_url, ready):
+                fact = facts.setdefault(server.name, {"start_s": [], "rss_mib": []})
+                fact["start_s"].append(ready)
+                for scenario in SCENARIOS:
+                    if server.name not in scenario.servers:
+                        continue
+                    for level in scenario.levels:
+                        runs.setdefault((scenario.name, server.name, level), []).append(
+                            load(
+                                target,
+                                server,
+                                scenario,
+                                level,
+                                args.duration,
+                                metrics_url,
+                                files[scenario.model],
+                            )
+                        )
+                fact["rss_mib"].append(rss_mib(server.pids[-1]))
+    limits = {
+        f"seed B={b}, {t} thread{'s' * (t > 1)}": raw_ort(SEED, b, 10, t, args.duration)
+        for b in (1, 32)
+        for t in (1, 2)
+    }
+    limits["large B=16, 2 threads"] = raw_ort(large, 16, 100, 2, args.duration)
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "repeats": args.repeats,
+        "duration_s": args.duration,
+        "limits_sequences_per_second": limits,
+        "rows": [
+            {"scenario": s, "server": n, "level": c, **median_row(r)}
+            for (s, n, c), r in runs.items()
+        ],
+        "servers": {n: {k: statistics.median(v) for k, v in f.items()} for n, f in facts.items()},
+    }
+    (args.out / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks/results.json").write_text(json.dumps(results, indent=2))
+    from benchmarks.report import plot, write_markdown
+
+    plot(results, args.out / "benchmarks/throughput.png")
+    write_markdown(results, args.out / "BENCHMARKS.md")
+    print((args.out / "BENCHMARKS.md").read_text())
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

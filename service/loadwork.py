@@ -1,0 +1,200 @@
+"""What the load generator sends: prebuilt requests per protocol, and their verification.
+
+Each of `variants` requests has its own random input and per-sequence lengths, kept so that
+answers can be checked against a local ONNX Runtime run of the same model file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+
+from lstm.kserve.v2 import grpc_predict_v2_pb2 as v2
+from lstm.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm.v1 import lstm_pb2_grpc as pb_grpc
+from service.client import predict_request
+from service.codec import tensor_to_array
+
+PROTOCOLS = ("lstm", "v2", "v2-stream")
+V2_OUTPUTS = {
+    "last_hidden": ["last_hidden"],
+    "sequence": ["sequence"],
+    "both": ["last_hidden", "sequence"],
+}
+
+
+class Recorder(Protocol):
+    def ok(self, started: float, index: int, response: object) -> None: ...
+
+    def failed(self, code: str) -> None: ...
+
+
+def parse_lengths(spec: str, time_steps: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """full: all `time_steps`; uniform:LO:HI: each uniform in LO..HI; list:A,B,..: cycled."""
+    kind, _, args = spec.partition(":")
+    if kind == "full":
+        return np.full(batch, time_steps, np.int32)
+    if kind == "uniform":
+        low, high = (int(v) for v in args.split(":"))
+        return rng.integers(low, high + 1, size=batch).astype(np.int32)
+    if kind == "list":
+        values = [int(v) for v in args.split(",")]
+        start = int(rng.integers(0, len(values)))
+        return np.array([values[(start + i) % len(values)] for i in range(batch)], np.int32)
+    raise ValueError(f"lengths {spec!r}: use full, uniform:LO:HI or list:A,B,...")
+
+
+@dataclass(frozen=True)
+class Case:
+    inputs: np.ndarray  # [batch, time, features]; time = the longest length
+    lengths: np.ndarray  # [batch] int32
+
+
+class Workload:
+    def __init__(
+        self,
+        model: str,
+        protocol: str,
+        batch_size: int,
+        time_steps: int,
+        lengths: str,
+        features: int,
+        output: str,
+        variants: int,
+        seed: int = 0,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        rng = np.random.default_rng(seed)
+        self.protocol, self.output = protocol, output
+        self.cases = []
+        for _ in range(variants):
+            lens = parse_lengths(lengths, time_steps, batch_size, rng)
+            x = rng.standard_normal((batch_size, int(lens.max()), features)).astype(np.float32)
+            self.cases.append(Case(x, lens))
+        if protocol == "lstm":
+            self.requests: list[Any] = [
+                predict_request(model, c.inputs, lengths=c.lengths, output=output)
+                for c in self.cases
+            ]
+        else:
+            self.requests = [self._v2_request(model, c, str(i)) for i, c in enumerate(self.cases)]
+        self._stubs: dict[int, Any] = {}
+
+    def _v2_request(self, model: str, case: Case, request_id: str) -> v2.ModelInferRequest:
+        request = v2.ModelInferRequest(model_name=model, id=request_id)
+        request.inputs.add(name="input", datatype="FP32", shape=case.inputs.shape)
+        request.inputs.add(name="lengths", datatype="INT32", shape=case.lengths.shape)
+        request.raw_input_contents.extend(
+            [case.inputs.astype("<f4").tobytes(), case.lengths.astype("<i4").tobytes()]
+        )
+        for name in V2_OUTPUTS[self.output]:
+            request.outputs.add(name=name)
+        return request
+
+    def _stub(self, channel: grpc.aio.Channel) -> Any:
+        key = id(channel)
+        if key not in self._stubs:
+            make = (
+                pb_grpc.LstmServiceStub
+                if self.protocol == "lstm"
+                else v2_grpc.GRPCInferenceServiceStub
+            )
+            self._stubs[key] = make(channel)
+        return self._stubs[key]
+
+    async def call(self, channel: grpc.aio.Channel, index: int, rpc_timeout: float) -> object:
+        request = self.requests[index % len(self.requests)]
+        stub = self._stub(channel)
+        if self.protocol == "lstm":
+            return await stub.Predict(request, timeout=rpc_timeout)
+        return await stub.ModelInfer(request, timeout=rpc_timeout)
+
+    async def stream(
+        self,
+        channel: grpc.aio.Channel,
+        in_flight: int,
+        stop_at: Callable[[], float],
+        record: Recorder,
+        rpc_timeout: float,
+    ) -> None:
+        """Pipelines requests on one stream with `in_flight` unanswered at most."""
+        call = self._stub(channel).ModelStreamInfer(timeout=rpc_timeout + 3600)
+        window = asyncio.Semaphore(in_flight)
+        sent: deque[tuple[float, int]] = deque()
+
+        async def write() -> None:
+            index = 0
+            while time.perf_counter() < stop_at():
+                await window.acquire()
+                sent.append((time.perf_counter(), index))
+                await call.write(self.requests[index % len(self.requests)])
+                index += 1
+            await call.done_writing()
+
+        writer = asyncio.ensure_future(write())
+        async for message in call:
+            started, index = sent.popleft()
+            window.release()
+            if message.error_message:
+                record.failed(message.error_message.split(":", 1)[0])
+            else:
+                record.ok(started, index, message.infer_response)
+        await writer
+
+    def outputs(self, response: Any) -> dict[str, np.ndarray]:
+        if self.protocol == "lstm":
+            return {
+                name: tensor_to_array(getattr(response, name), name)
+                for name in ("last_hidden", "sequence")
+                if response.HasField(name)
+            }
+        return {
+            o.name: np.frombuffer(raw, "<f4").reshape(o.shape)
+            for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+        }
+
+
+@dataclass
+class Verification:
+    checked: int = 0
+    wrong: int = 0
+    max_abs_diff: float = 0.0
+
+
+def verify(
+    work: Workload, answers: list[tuple[int, object]], model_file: Path, tolerance: float = 1e-5
+) -> Verification:
+    """Each answer against ONNX Runtime (CPU) on the same input, in this process."""
+    from service.runtime import Model, ModelFile
+
+    model = Model(ModelFile(model_file.parent.parent.name, 1, model_file), "cpu", 1)
+    result = Verification()
+    for index, response in answers:
+        case = work.cases[index % len(work.cases)]
+        got = work.outputs(response)
+        expected = model.run(case.inputs, case.lengths, list(got) or ["last_hidden"])
+        diff = (
+            max(
+                (
+                    float(np.abs(got[n] - expected[n]).max())
+                    if got[n].shape == expected[n].shape
+                    else float("inf")
+                )
+                for n in expected
+            )
+            if got
+            else float("inf")
+        )
+        result.checked += 1
+        result.wrong += diff > tolerance
+        result.max_abs_diff = max(result.max_abs_diff, diff)
+    return result
