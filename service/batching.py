@@ -102,6 +102,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.batches_run = 0  # ONNX Runtime runs so far; requests / batches = mean batching
+        self._idle = asyncio.Event()  # set while nothing is queued or running
+        self._idle.set()
 
     @property
     def queue_depth(self) -> int:
@@ -125,6 +127,11 @@ class Batcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
+    async def drain(self) -> None:
+        """Finishes every queued request, then stops (for a version being removed)."""
+        await self._idle.wait()
+        await self.stop()
+
     async def submit(
         self,
         inputs: np.ndarray,
@@ -143,6 +150,7 @@ class Batcher:
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(inputs, lengths, tuple(outputs), deadline, future))
         self._queued_rows += inputs.shape[0]
+        self._idle.clear()
         self._observer.queue_changed(len(self._queue))
         self._arrival.set()
         return await future
@@ -150,6 +158,7 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             if not self._queue:
+                self._idle.set()
                 self._arrival.clear()
                 await self._arrival.wait()
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from google.protobuf.json_format import MessageToDict
 
 from service import loadgen, loadwork
 from service.architecture import Architecture, LayerSpec
-from service.client import OUTPUTS, LstmClient, Prediction
+from service.client import OUTPUTS, LstmClient, Prediction, Security
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -28,6 +29,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--target", default="localhost:50051", help="HOST:PORT of the server")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--tls-ca", type=Path, help="PEM CA of the server's certificate: use TLS")
+    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    p.add_argument(
+        "--token-file", type=Path, help="file holding a bearer token (or set LSTM_CLIENT_TOKEN)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list loaded models and versions")
     describe = sub.add_parser("describe", help="layers, shapes, provider and limits of a model")
@@ -261,9 +268,18 @@ def run_load(args: argparse.Namespace, features: int) -> int:
     return 1 if wrong or any(r.errors for r in results) else 0
 
 
+def security(args: argparse.Namespace) -> Security:
+    token = (
+        args.token_file.read_text().strip()
+        if args.token_file
+        else os.environ.get("LSTM_CLIENT_TOKEN")
+    )
+    return Security(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token=token or None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with LstmClient(args.target, timeout=args.timeout) as client:
+    with LstmClient(args.target, timeout=args.timeout, security=security(args)) as client:
         try:
             return run(args, client)
         except grpc.RpcError as exc:

@@ -56,8 +56,10 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     raise InvalidArgument(f"{field}: neither data nor values is set")
 
 
-def check_input_shape(shape: Sequence[int], arch: Architecture, max_sequence_length: int) -> None:
-    """[batch, time, features] against the model, before any bytes are decoded."""
+def check_input_shape(
+    shape: Sequence[int], arch: Architecture, max_sequence_length: int, max_sequences: int
+) -> None:
+    """[batch, time, features] against the model and the limits, before bytes are decoded."""
     shape = list(shape)
     if len(shape) != 3:
         raise InvalidArgument(
@@ -66,6 +68,11 @@ def check_input_shape(shape: Sequence[int], arch: Architecture, max_sequence_len
     batch, steps, features = shape
     if batch == 0:
         raise InvalidArgument("input is an empty batch (shape[0] == 0): send >= 1 sequence")
+    if batch > max_sequences:
+        raise InvalidArgument(
+            f"input shape[0] is {batch} sequences; the limit is {max_sequences} per request "
+            "(--max-request-sequences): split it"
+        )
     if steps == 0:
         raise InvalidArgument("input has no time steps (shape[1] == 0)")
     if features != arch.input_size:
@@ -86,9 +93,11 @@ def check_finite(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def decode_input(tensor: pb.Tensor, arch: Architecture, max_sequence_length: int) -> np.ndarray:
-    """The request's [batch, time, features] input, checked against the model."""
-    check_input_shape(tensor.shape, arch, max_sequence_length)
+def decode_input(
+    tensor: pb.Tensor, arch: Architecture, max_sequence_length: int, max_sequences: int
+) -> np.ndarray:
+    """The request's [batch, time, features] input, checked against the model and limits."""
+    check_input_shape(tensor.shape, arch, max_sequence_length, max_sequences)
     return check_finite(tensor_to_array(tensor, "input"))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,46 @@ class Settings:
     max_sequence_length: int = field(
         default=2048, metadata={"help": "longest time dimension accepted"}
     )
+    max_request_sequences: int = field(
+        default=1024, metadata={"help": "most sequences one request may carry"}
+    )
+    max_message_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={"help": "largest gRPC message received or sent, in bytes"},
+    )
     grace_period: float = field(
         default=10.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"}
+    )
+    reload_interval: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds between scans of the repository for new or removed versions "
+            "(0: only on SIGHUP)"
+        },
+    )
+    reflection: bool = field(
+        default=True, metadata={"help": "serve gRPC server reflection (--no-reflection: off)"}
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata={"help": "PEM certificate chain: serve TLS", "type": Path}
+    )
+    tls_key: Path | None = field(
+        default=None, metadata={"help": "PEM private key of --tls-cert", "type": Path}
+    )
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata={
+            "help": "PEM CA bundle: require client certificates it signed (mTLS)",
+            "type": Path,
+        },
+    )
+    auth_token_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "file of accepted bearer tokens, one per line: calls without one get "
+            "UNAUTHENTICATED (health stays open)",
+            "type": Path,
+        },
     )
     log_level: str = field(
         default="info",
@@ -71,8 +109,31 @@ class Settings:
         return max(1, (cpu_count or os.cpu_count() or 1) // self.workers)
 
 
-_POSITIVE = ("workers", "max_batch_size", "max_queue_size", "max_sequence_length")
-_NON_NEGATIVE = ("port", "metrics_port", "intra_op_threads", "max_queue_delay_ms", "grace_period")
+_POSITIVE = (
+    "workers",
+    "max_batch_size",
+    "max_queue_size",
+    "max_sequence_length",
+    "max_request_sequences",
+    "max_message_bytes",
+)
+_NON_NEGATIVE = (
+    "port",
+    "metrics_port",
+    "intra_op_threads",
+    "max_queue_delay_ms",
+    "grace_period",
+    "reload_interval",
+)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _env_value(kind: type, text: str) -> Any:
+    if kind is bool:
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(text)
+        return text.lower() in _TRUE
+    return kind(text)
 
 
 def parse_settings(
@@ -88,20 +149,23 @@ def parse_settings(
     )
     for f in fields(Settings):
         env_name = ENV_PREFIX + f.name.upper()
-        kind = type(f.default) if f.default is not MISSING else str
+        kind = f.metadata.get("type", type(f.default))
         default: Any = f.default
         if env_name in environ:
             try:
-                default = kind(environ[env_name])
+                default = _env_value(kind, environ[env_name])
             except ValueError:
                 parser.error(f"{env_name}={environ[env_name]!r} is not a valid {kind.__name__}")
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=kind,
-            default=default,
-            choices=f.metadata.get("choices"),
-            help=f"{f.metadata['help']} (env {env_name}; default {f.default})",
-        )
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (env {env_name}; default {f.default})"
+        if kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, type=kind, default=default, choices=f.metadata.get("choices"), help=help_text
+            )
     args = vars(parser.parse_args(argv))
     for name in _POSITIVE:
         if args[name] < 1:
@@ -113,4 +177,11 @@ def parse_settings(
         choices = f.metadata.get("choices")
         if choices and args[f.name] not in choices:
             parser.error(f"{ENV_PREFIX}{f.name.upper()} must be one of {', '.join(choices)}")
+    if (args["tls_cert"] is None) != (args["tls_key"] is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args["tls_client_ca"] is not None and args["tls_cert"] is None:
+        parser.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+        if args[name] is not None and not args[name].is_file():
+            parser.error(f"--{name.replace('_', '-')} {args[name]}: no such file")
     return Settings(**args)

@@ -72,7 +72,10 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
             request.model_name, kserve_codec.parse_version(request.model_version)
         )
         call = kserve_codec.decode_infer_request(
-            request, served.model.architecture, self._settings.max_sequence_length
+            request,
+            served.model.architecture,
+            self._settings.max_sequence_length,
+            self._settings.max_request_sequences,
         )
         results = await served.batcher.submit(call.inputs, call.lengths, call.outputs, deadline)
         return kserve_codec.encode_infer_response(

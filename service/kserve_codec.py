@@ -81,7 +81,10 @@ def _decode_tensor(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | N
 
 
 def decode_infer_request(
-    request: v2.ModelInferRequest, arch: Architecture, max_sequence_length: int
+    request: v2.ModelInferRequest,
+    arch: Architecture,
+    max_sequence_length: int,
+    max_sequences: int,
 ) -> InferCall:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
@@ -103,7 +106,7 @@ def decode_infer_request(
                 f"input {tensor.name!r} sets contents while raw_input_contents is used"
             )
         if tensor.name == "input":
-            codec.check_input_shape(tensor.shape, arch, max_sequence_length)
+            codec.check_input_shape(tensor.shape, arch, max_sequence_length, max_sequences)
         tensors[tensor.name] = _decode_tensor(tensor, raw[i] if raw else None)
     if "input" not in tensors:
         raise InvalidArgument(f"input 'input' (FP32 [batch, time, {arch.input_size}]) is missing")

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from service.client import Security, aio_channel
 from service.loadwork import Workload
 
 PERCENTILES = (50, 90, 95, 99)
@@ -40,6 +41,7 @@ class LoadSpec:
     channels: int = 1
     variants: int = 64  # distinct random requests cycled through
     timeout: float = 30.0
+    security: Security | None = None  # TLS and token, as for LstmClient
 
 
 @dataclass
@@ -127,13 +129,14 @@ async def run_level(
         spec.variants,
         seed,
     )
-    channels = [grpc.aio.insecure_channel(spec.target) for _ in range(spec.channels)]
+    channels = [aio_channel(spec.target, spec.security) for _ in range(spec.channels)]
+    metadata = (spec.security or Security()).metadata()
     record = _Recorder(keep_answers)
     stop_at = float("inf")
 
     async def call(channel_index: int, index: int, started: float) -> None:
         try:
-            response = await work.call(channels[channel_index], index, spec.timeout)
+            response = await work.call(channels[channel_index], index, spec.timeout, metadata)
             record.ok(started, index, response)
         except grpc.aio.AioRpcError as exc:
             record.failed(exc.code().name)
@@ -157,7 +160,7 @@ async def run_level(
 
     async def stream(channel_index: int) -> None:
         await work.stream(
-            channels[channel_index], concurrency, lambda: stop_at, record, spec.timeout
+            channels[channel_index], concurrency, lambda: stop_at, record, spec.timeout, metadata
         )
 
     try:

@@ -111,12 +111,18 @@ class Workload:
             self._stubs[key] = make(channel)
         return self._stubs[key]
 
-    async def call(self, channel: grpc.aio.Channel, index: int, rpc_timeout: float) -> object:
+    async def call(
+        self,
+        channel: grpc.aio.Channel,
+        index: int,
+        rpc_timeout: float,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> object:
         request = self.requests[index % len(self.requests)]
         stub = self._stub(channel)
         if self.protocol == "lstm":
-            return await stub.Predict(request, timeout=rpc_timeout)
-        return await stub.ModelInfer(request, timeout=rpc_timeout)
+            return await stub.Predict(request, timeout=rpc_timeout, metadata=metadata)
+        return await stub.ModelInfer(request, timeout=rpc_timeout, metadata=metadata)
 
     async def stream(
         self,
@@ -125,9 +131,10 @@ class Workload:
         stop_at: Callable[[], float],
         record: Recorder,
         rpc_timeout: float,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Pipelines requests on one stream with `in_flight` unanswered at most."""
-        call = self._stub(channel).ModelStreamInfer(timeout=rpc_timeout + 3600)
+        call = self._stub(channel).ModelStreamInfer(timeout=rpc_timeout + 3600, metadata=metadata)
         window = asyncio.Semaphore(in_flight)
         sent: deque[tuple[float, int]] = deque()
 

@@ -116,6 +116,13 @@ class Metrics:
             registry=r,
         )
 
+        self.reloads = Counter(
+            "lstm_model_reloads",
+            "Versions loaded, rejected or removed after start-up.",
+            ["model", "result"],
+            registry=r,
+        )
+
     def batch_observer(self, model: str, provider: str) -> BatchMetrics:
         return BatchMetrics(self, model, provider)
 

@@ -9,7 +9,7 @@ from service.batching import Batcher
 from service.config import Settings
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics
-from service.runtime import Model, scan_repository
+from service.runtime import Model, ModelFile, scan_repository
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,17 @@ class Registry:
 
     def add(self, served: ServedModel) -> None:
         self._models.setdefault(served.model.name, {})[served.model.version] = served
+
+    def remove(self, name: str, version: int) -> ServedModel:
+        """Unpublishes a version at once; the caller drains its batcher."""
+        versions = self._models[name]
+        served = versions.pop(version)
+        if not versions:
+            del self._models[name]
+        return served
+
+    def loaded(self) -> set[tuple[str, int]]:
+        return {(name, v) for name, versions in self._models.items() for v in versions}
 
     def versions(self) -> dict[str, list[int]]:
         return {name: sorted(versions) for name, versions in sorted(self._models.items())}
@@ -59,22 +70,23 @@ class Registry:
 
 def load_models(settings: Settings) -> list[Model]:
     """Loads and warms every version in the repository; raises on the first that fails."""
-    files = scan_repository(settings.repository)
+    return [load_model(file, settings) for file in scan_repository(settings.repository)]
+
+
+def load_model(file: ModelFile, settings: Settings) -> Model:
+    """Loads, checks and warms one version (blocking: call it off the event loop)."""
     threads = settings.threads_per_worker()
-    models = []
-    for file in files:
-        model = Model(file, settings.device, threads)
-        model.warm_up(settings.max_batch_size)
-        log.info(
-            "loaded %s version %d (%s, %d threads): %s",
-            model.name,
-            model.version,
-            model.provider,
-            threads,
-            file.path,
-        )
-        models.append(model)
-    return models
+    model = Model(file, settings.device, threads)
+    model.warm_up(settings.max_batch_size)
+    log.info(
+        "loaded %s version %d (%s, %d threads): %s",
+        model.name,
+        model.version,
+        model.provider,
+        threads,
+        file.path,
+    )
+    return model
 
 
 def serve_models(

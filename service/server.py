@@ -38,8 +38,9 @@ from service.metrics import (
     multiprocess_mode,
     reset_multiprocess_dir,
 )
-from service.registry import Registry, load_models, serve_models
+from service.registry import Registry, load_model, load_models, serve_models
 from service.runtime import ModelLoadError, ProviderError, scan_repository
+from service.security import BearerTokenInterceptor, read_tokens, server_credentials
 from service.servicers import LstmServicer
 
 log = logging.getLogger("lstm-serve")
@@ -66,7 +67,17 @@ class LstmServer:
         self.registry = Registry()
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+        interceptors = []
+        if settings.auth_token_file is not None:
+            interceptors.append(BearerTokenInterceptor(read_tokens(settings.auth_token_file)))
+        self._server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.so_reuseport", int(reuse_port)),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+            ],
+        )
         lstm_pb2_grpc.add_LstmServiceServicer_to_server(
             LstmServicer(self.registry, settings, self.metrics), self._server
         )
@@ -75,9 +86,12 @@ class LstmServer:
         )
         self._metrics_http: MetricsEndpoint | None = None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(SERVICES, self._server)
+        if settings.reflection:
+            reflection.enable_server_reflection(SERVICES, self._server)
         self.port = 0
         self._reuse_port = reuse_port  # a worker: the parent serves /metrics for all
+        self._reload_lock = asyncio.Lock()
+        self._rejected: dict[tuple[str, int], tuple[float, int]] = {}  # file stat when refused
 
     async def _set_health(self, status: int) -> None:
         for service in ("", LSTM_SERVICE, V2_SERVICE):
@@ -87,8 +101,12 @@ class LstmServer:
         """Listens (health NOT_SERVING); returns the bound port."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         target = address(self.settings.host, self.settings.port)
+        credentials = server_credentials(self.settings)
         try:
-            self.port = self._server.add_insecure_port(target)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(target)
+            else:
+                self.port = self._server.add_secure_port(target, credentials)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {target}: {exc} (is the port in use?)") from exc
         if self.port == 0:
@@ -106,7 +124,51 @@ class LstmServer:
         models = await asyncio.to_thread(load_models, self.settings)
         serve_models(self.registry, models, self.settings, self.metrics)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("SERVING on %s", address(self.settings.host, self.port))
+        security = [
+            name
+            for name, on in (
+                ("TLS", self.settings.tls_cert),
+                ("client certificates", self.settings.tls_client_ca),
+                ("bearer tokens", self.settings.auth_token_file),
+            )
+            if on
+        ]
+        log.info(
+            "SERVING on %s%s",
+            address(self.settings.host, self.port),
+            f" ({', '.join(security)})" if security else "",
+        )
+
+    async def reload(self) -> None:
+        """Serves versions new to the repository, drains removed ones; a bad file changes
+        nothing (logged, counted in lstm_model_reloads_total{result="rejected"})."""
+        async with self._reload_lock:
+            try:
+                files = {(f.name, f.version): f for f in scan_repository(self.settings.repository)}
+            except ModelLoadError as exc:
+                log.error("reload skipped, nothing changed: %s", exc)
+                return
+            loaded = self.registry.loaded()
+            for key in sorted(files.keys() - loaded):
+                stat = files[key].path.stat()
+                if self._rejected.get(key) == (stat.st_mtime, stat.st_size):
+                    continue  # refused before and unchanged since
+                try:
+                    model = await asyncio.to_thread(load_model, files[key], self.settings)
+                except (ModelLoadError, ProviderError) as exc:
+                    self._rejected[key] = (stat.st_mtime, stat.st_size)
+                    self.metrics.reloads.labels(key[0], "rejected").inc()
+                    log.error("rejected %s version %d, still serving the others: %s", *key, exc)
+                    continue
+                serve_models(self.registry, [model], self.settings, self.metrics)
+                self.metrics.reloads.labels(key[0], "loaded").inc()
+                log.info("now serving %s version %d", *key)
+            for name, version in sorted(loaded - files.keys()):
+                served = self.registry.remove(name, version)
+                self.metrics.model_info.remove(name, str(version), served.model.provider)
+                await served.batcher.drain()
+                self.metrics.reloads.labels(name, "removed").inc()
+                log.info("removed %s version %d (drained)", name, version)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: NOT_SERVING, refuse new calls, finish in-flight ones, stop the batchers."""
@@ -127,12 +189,21 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload()))
     await server.start()
     await server.load()
+    poller = loop.create_task(_poll(server, settings.reload_interval))
     await stopping.wait()
+    poller.cancel()
     log.info("draining (grace period %.1fs)", settings.grace_period)
     await server.stop()
     log.info("stopped")
+
+
+async def _poll(server: LstmServer, interval: float) -> None:
+    while interval > 0:
+        await asyncio.sleep(interval)
+        await server.reload()
 
 
 def _free_port(host: str) -> int:
@@ -174,13 +245,13 @@ def _run_workers(settings: Settings) -> int:
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True
+        stopping = stopping or signum != signal.SIGHUP
         for process in workers:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
     metrics_http = None
     if settings.metrics_port:  # after the fork: the workers must not inherit its socket
         metrics_http = MetricsEndpoint(settings.metrics_port, settings.host, aggregate_registry())
@@ -191,23 +262,28 @@ def _run_workers(settings: Settings) -> int:
         for sentinel in multiprocessing.connection.wait(list(alive)):
             process = alive.pop(cast(int, sentinel))  # we waited on the sentinels (ints)
             process.join()
-            codes.append(process.exitcode or 0)
             if multiprocess_mode() and process.pid is not None:
                 mark_worker_dead(process.pid)
-            if not stopping:
-                log.error(
-                    "%s (pid %s) exited with code %s; %d workers left",
-                    process.name,
-                    process.pid,
-                    process.exitcode,
-                    len(alive),
-                )
+            if stopping:
+                codes.append(process.exitcode or 0)
+                continue
+            log.error(
+                "%s (pid %s) exited with code %s; starting a new one",
+                process.name,
+                process.pid,
+                process.exitcode,
+            )
+            workers.remove(process)
+            replacement = context.Process(target=_worker, args=(settings,), name=process.name)
+            replacement.start()
+            workers.append(replacement)
+            alive[replacement.sentinel] = replacement
     if metrics_http is not None:
         metrics_http.close()
         directory = Path(os.environ[MULTIPROC_ENV])
         if directory.name.startswith(METRICS_TMP_PREFIX):  # ours, from the restart below
             shutil.rmtree(directory, ignore_errors=True)
-    return max(codes, key=abs)
+    return max(codes, key=abs, default=0)
 
 
 def _restart_with_multiprocess_metrics(argv: Sequence[str] | None) -> None:

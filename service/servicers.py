@@ -128,7 +128,12 @@ class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
         arch = served.model.architecture
         if not request.HasField("input"):
             raise InvalidArgument("input is not set: send a [batch, time, features] Tensor")
-        inputs = codec.decode_input(request.input, arch, self._limits.max_sequence_length)
+        inputs = codec.decode_input(
+            request.input,
+            arch,
+            self._settings.max_sequence_length,
+            self._settings.max_request_sequences,
+        )
         lengths = codec.decode_lengths(request.lengths, inputs.shape[0], inputs.shape[1])
         outputs = codec.requested_outputs(request.output, request.return_state, len(arch.layers))
         results = await served.batcher.submit(inputs, lengths, outputs, deadline_of(context))

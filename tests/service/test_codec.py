@@ -47,19 +47,20 @@ def test_tensor_mismatches(tensor: pb.Tensor, message: str) -> None:
         ([1, 0, 2], "no time steps"),
         ([1, 2, 3], "3 features; this model takes 2"),
         ([1, 11, 2], "11 time steps; the limit is 10"),
+        ([4, 2, 2], "4 sequences; the limit is 3 per request"),
     ],
 )
 def test_input_shape_checks(shape: list[int], message: str) -> None:
     tensor = pb.Tensor(shape=shape, values=[0.0] * int(np.prod(shape)))
     with pytest.raises(InvalidArgument, match=message):
-        codec.decode_input(tensor, ARCH, max_sequence_length=10)
+        codec.decode_input(tensor, ARCH, max_sequence_length=10, max_sequences=3)
 
 
 def test_non_finite_input_names_the_index() -> None:
     values = [0.0] * 8
     values[5] = float("-inf")
     with pytest.raises(InvalidArgument, match=r"first at index \[1, 0, 1\]"):
-        codec.decode_input(pb.Tensor(shape=[2, 2, 2], values=values), ARCH, 10)
+        codec.decode_input(pb.Tensor(shape=[2, 2, 2], values=values), ARCH, 10, 3)
 
 
 def test_lengths() -> None:
