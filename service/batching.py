@@ -27,9 +27,9 @@ from service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
-# A batch this small (sequences x steps) with nobody else waiting runs on the event loop: the
-# hop to the worker thread and back costs more than the run itself (~0.1 ms).
-INLINE_STEPS = 256
+# A batch expected to run this fast (from the measured cost of a step), with nobody else
+# waiting, runs on the event loop: the hop to the worker thread and back costs about as much.
+INLINE_SECONDS = 1e-4
 RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], Arrays]
 
 
@@ -87,11 +87,12 @@ class Batcher:
         max_queue_delay_s: float,
         max_queue_size: int,
         observer: BatchObserver | None = None,
-        inline_steps: int = INLINE_STEPS,
+        inline_seconds: float = INLINE_SECONDS,
     ) -> None:
         self._run_fn = run
         self._observer: BatchObserver = observer or _Unobserved()
-        self._inline_steps = inline_steps
+        self._inline_seconds = inline_seconds
+        self._step_seconds = float("inf")  # measured: seconds per sequence-step of a run
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -127,9 +128,12 @@ class Batcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
     async def drain(self) -> None:
         """Finishes every queued request, then stops (for a version being removed)."""
-        await self._idle.wait()
+        await self.wait_idle()
         await self.stop()
 
     async def submit(
@@ -208,13 +212,20 @@ class Batcher:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            if not self._queue and inputs.shape[0] * inputs.shape[1] <= self._inline_steps:
+            steps = inputs.shape[0] * inputs.shape[1]
+            if not self._queue and steps * self._step_seconds <= self._inline_seconds:
                 results = self._run_fn(inputs, lengths, outputs)
             else:
                 results = await loop.run_in_executor(
                     self._executor, self._run_fn, inputs, lengths, outputs
                 )
             compute = time.monotonic() - started
+            per_step = compute / steps
+            self._step_seconds = (
+                per_step
+                if self._step_seconds == float("inf")
+                else (0.8 * self._step_seconds + 0.2 * per_step)
+            )
             for name in outputs:
                 rows = results[name].shape[1 if name.startswith("final_") else 0]
                 if rows != inputs.shape[0]:

@@ -30,11 +30,21 @@ def array_to_tensor(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(shape=array.shape, data=array.tobytes())
 
 
+MAX_DIMENSION = 2**31 - 1
+
+
+def check_dimensions(shape: Sequence[int], field: str) -> None:
+    """Each dimension in 0..2^31-1: numpy cannot even describe larger arrays."""
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"{field} shape {list(shape)} has a negative dimension")
+    if any(d > MAX_DIMENSION for d in shape):
+        raise InvalidArgument(f"{field} shape {list(shape)} has a dimension over 2^31 - 1")
+
+
 def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     """Decodes a Tensor whose data or values match its shape; raises InvalidArgument."""
     shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"{field}.shape {list(shape)} has a negative dimension")
+    check_dimensions(shape, field)
     count = math.prod(shape)  # Python ints: a huge dimension cannot overflow
     has_data, has_values = len(tensor.data) > 0, len(tensor.values) > 0
     if has_data and has_values:

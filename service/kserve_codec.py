@@ -61,8 +61,7 @@ def _decode_tensor(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | N
     if dtype != expected:
         raise InvalidArgument(f"input {name!r} has datatype {dtype!r}; expected {expected}")
     shape = list(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"input {name!r} shape {shape} has a negative dimension")
+    codec.check_dimensions(shape, f"input {name!r}")
     count = math.prod(shape)
     if raw is not None:
         if len(raw) != count * 4:

@@ -62,6 +62,11 @@ class Registry:
     def all(self) -> list[ServedModel]:
         return [served for versions in self._models.values() for served in versions.values()]
 
+    async def wait_idle(self) -> None:
+        """Until no batcher has a request queued or running."""
+        for served in self.all():
+            await served.batcher.wait_idle()
+
     async def stop(self) -> None:
         self.ready = False
         for served in self.all():

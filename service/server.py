@@ -8,6 +8,7 @@ within --grace-period, exit 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -48,6 +50,7 @@ log = logging.getLogger("lstm-serve")
 LSTM_SERVICE = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
 V2_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 METRICS_TMP_PREFIX = "lstm-serve-metrics-"
+REFUSAL_WINDOW_S = 0.5  # on shutdown: new calls get UNAVAILABLE this long before the port closes
 SERVICES = (LSTM_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
@@ -171,9 +174,20 @@ class LstmServer:
                 log.info("removed %s version %d (drained)", name, version)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drains: NOT_SERVING, refuse new calls, finish in-flight ones, stop the batchers."""
+        """Drains: NOT_SERVING, refuse new calls, finish in-flight ones, stop the batchers.
+
+        New calls are refused by the servicers (UNAVAILABLE, retryable) for a moment before
+        the listener closes: a call that reaches gRPC while it shuts down is CANCELLED
+        instead, and a caller cannot tell whether it ran.
+        """
+        grace = self.settings.grace_period if grace is None else grace
+        deadline = time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(self.settings.grace_period if grace is None else grace)
+        self.registry.ready = False
+        await asyncio.sleep(min(REFUSAL_WINDOW_S, grace / 4))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.registry.wait_idle(), max(0.0, deadline - time.monotonic()))
+        await self._server.stop(max(0.0, deadline - time.monotonic()))
         await self.registry.stop()
         if self._metrics_http is not None:
             self._metrics_http.close()

@@ -46,13 +46,13 @@ class GatedModel:
 @pytest.fixture
 async def model_and_batcher() -> AsyncIterator[tuple[GatedModel, Batcher]]:
     model = GatedModel()
-    batcher = Batcher(  # inline_steps=0: the gated model must run on the worker thread
+    batcher = Batcher(  # inline_seconds=0.0: the gated model must run on the worker thread
         model,
         name="test",
         max_batch_size=8,
         max_queue_delay_s=0.0,
         max_queue_size=4,
-        inline_steps=0,
+        inline_seconds=0.0,
     )
     batcher.start()
     yield model, batcher
@@ -190,7 +190,12 @@ async def test_run_failure_reaches_every_caller_and_the_batcher_goes_on(
 async def test_max_queue_delay_gathers_requests() -> None:
     model = GatedModel()
     batcher = Batcher(
-        model, name="t", max_batch_size=4, max_queue_delay_s=5.0, max_queue_size=9, inline_steps=0
+        model,
+        name="t",
+        max_batch_size=4,
+        max_queue_delay_s=5.0,
+        max_queue_size=9,
+        inline_seconds=0.0,
     )
     batcher.start()
     started = time.monotonic()
@@ -202,7 +207,7 @@ async def test_max_queue_delay_gathers_requests() -> None:
     await batcher.stop()
 
 
-async def test_small_batch_with_nobody_waiting_runs_inline_larger_ones_on_the_thread() -> None:
+async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
     threads: list[str] = []
 
     def run(
@@ -212,14 +217,39 @@ async def test_small_batch_with_nobody_waiting_runs_inline_larger_ones_on_the_th
         return {"last_hidden": inputs[:, -1]}
 
     batcher = Batcher(
-        run, name="t", max_batch_size=64, max_queue_delay_s=0.0, max_queue_size=9, inline_steps=20
+        run,
+        name="t",
+        max_batch_size=64,
+        max_queue_delay_s=0.0,
+        max_queue_size=9,
+        inline_seconds=1.0,
     )
     batcher.start()
-    await batcher.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])  # 20 steps
-    await batcher.submit(_x(3, 10), np.full(3, 10, np.int32), ["last_hidden"])  # 30 steps
+    for _ in range(2):  # the first run is measured on the worker thread, the next inline
+        await batcher.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
+
+    def slow_run(
+        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        time.sleep(0.02)
+        return run(inputs, lengths, outputs)
+
+    slow = Batcher(
+        slow_run,
+        name="s",
+        max_batch_size=64,
+        max_queue_delay_s=0.0,
+        max_queue_size=9,
+        inline_seconds=1e-3,
+    )
+    slow.start()
+    for _ in range(2):  # 20 ms a run: never inline
+        await slow.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
     await batcher.stop()
-    assert threads[0] == threading.current_thread().name
-    assert threads[1].startswith("ort-t")
+    await slow.stop()
+    main = threading.current_thread().name
+    assert threads[0].startswith("ort-t") and threads[1] == main
+    assert threads[2].startswith("ort-s") and threads[3].startswith("ort-s")
 
 
 async def test_stop_answers_queued_requests_unavailable() -> None:
@@ -230,7 +260,7 @@ async def test_stop_answers_queued_requests_unavailable() -> None:
         max_batch_size=4,
         max_queue_delay_s=30.0,
         max_queue_size=9,
-        inline_steps=0,
+        inline_seconds=0.0,
     )
     batcher.start()
     pending = asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["sequence"]))

@@ -31,7 +31,7 @@ def test_array_round_trip_is_exact_little_endian() -> None:
         (pb.Tensor(shape=[1, 1, 2], data=b"\0" * 8, values=[1, 2]), "not both"),
         (pb.Tensor(shape=[1, 1, 2]), "neither data nor values"),
         (pb.Tensor(shape=[1, -1, 2], values=[1.0]), "negative dimension"),
-        (pb.Tensor(shape=[2**40, 2**40, 2], data=b"\0" * 8), "needs"),
+        (pb.Tensor(shape=[2**40, 2**40, 2], data=b"\0" * 8), "has a dimension over"),
     ],
 )
 def test_tensor_mismatches(tensor: pb.Tensor, message: str) -> None:

@@ -180,6 +180,9 @@ async def test_infer_errors(
         await stub.ModelInfer(_mutate(case))
     assert err.value.code() == code, err.value.details()
     assert message in str(err.value.details())
+    x = np.ones((1, 3, 2), np.float32)  # the next good request is answered correctly
+    good = decoded(await stub.ModelInfer(infer_request(x, [3], outputs=("last_hidden",))))
+    assert good["last_hidden"].shape == (1, 32) and np.isfinite(good["last_hidden"]).all()
 
 
 async def test_stream_pipelines_in_order_and_survives_errors(

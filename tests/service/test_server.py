@@ -114,6 +114,9 @@ ERRORS = [
     ("inf", {"values": [0.0] * 5 + [float("inf")]}, grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf"),
     ("both", {"both": True}, grpc.StatusCode.INVALID_ARGUMENT, "not both"),
     ("too long", {"shape": [1, 5000, 2]}, grpc.StatusCode.INVALID_ARGUMENT, "limit is 2048"),
+    ("too many", {"shape": [2000, 1, 2]}, grpc.StatusCode.INVALID_ARGUMENT, "per request"),
+    ("huge dims", {"shape": [1, 2**40, 2]}, grpc.StatusCode.INVALID_ARGUMENT, "limit is 2048"),
+    ("negative", {"shape": [1, -3, 2]}, grpc.StatusCode.INVALID_ARGUMENT, "negative"),
     ("bad output", {"output": 9}, grpc.StatusCode.INVALID_ARGUMENT, "not a known Output"),
 ]
 

@@ -1,0 +1,36 @@
+"""The soak script's short version (~30 s): zero errors, bounded memory, descriptor growth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_short_soak(tmp_path: Path) -> None:
+    report_file = tmp_path / "soak.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/soak.py"),
+            "--duration",
+            "24",
+            "--window",
+            "6",
+            "--json",
+            str(report_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    report = json.loads(report_file.read_text())
+    assert report["passed"] and report["errors"] == 0
+    assert len(report["windows"]) == 4
+    assert all(w["requests"] > 0.5 * report["rate_rps"] * 6 for w in report["windows"])
+    assert report["rss_growth_mib"] <= 20 and report["fd_growth"] <= 10
