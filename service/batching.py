@@ -214,18 +214,14 @@ class Batcher:
         try:
             steps = inputs.shape[0] * inputs.shape[1]
             if not self._queue and steps * self._step_seconds <= self._inline_seconds:
-                results = self._run_fn(inputs, lengths, outputs)
+                results, compute = self._timed_run(inputs, lengths, outputs)
             else:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_fn, inputs, lengths, outputs
+                results, compute = await loop.run_in_executor(
+                    self._executor, self._timed_run, inputs, lengths, outputs
                 )
-            compute = time.monotonic() - started
             per_step = compute / steps
-            self._step_seconds = (
-                per_step
-                if self._step_seconds == float("inf")
-                else (0.8 * self._step_seconds + 0.2 * per_step)
-            )
+            first = self._step_seconds == float("inf")
+            self._step_seconds = per_step if first else 0.8 * self._step_seconds + 0.2 * per_step
             for name in outputs:
                 rows = results[name].shape[1 if name.startswith("final_") else 0]
                 if rows != inputs.shape[0]:
@@ -246,6 +242,14 @@ class Batcher:
             [int(r.lengths.max()) for r in batch],
             compute,
         )
+
+    def _timed_run(
+        self, inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+    ) -> tuple[Arrays, float]:
+        """The run and its own duration, without the hop to and from the worker thread."""
+        began = time.perf_counter()
+        results = self._run_fn(inputs, lengths, outputs)
+        return results, time.perf_counter() - began
 
     @staticmethod
     def _fail(request: _Request, exc: Exception) -> None:
