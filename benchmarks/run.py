@@ -16,29 +16,29 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-MLSERVER_VENV = ROOT / ".venv-mlserver"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+from benchmarks.servers import (
+    BIN,
+    ROOT,
+    Server,
+    echo,
+    ensure_mlserver_venv,
+    lstm_serve,
+    mlserver,
+    mlserver_folder,
+    rss_mib,
+    running,
+)
+
 SEED = ROOT / "models/seed/1/model.onnx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -96,163 +96,6 @@ SCENARIOS = (
         verify=True,
     ),
 )
-
-
-@dataclass
-class Server:
-    """How to start one server under test, and what protocol the load generator speaks."""
-
-    name: str
-    start: Callable[[int, int], subprocess.Popen[bytes]]
-    protocol: str = "lstm"
-    channels: int = 1
-    metrics: bool = True
-    pids: list[int] = field(default_factory=list)
-
-
-def lstm_serve(repository: Path, *flags: str) -> Callable[[int, int], subprocess.Popen[bytes]]:
-    def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                str(BIN / "lstm-serve"),
-                "--repository",
-                str(repository),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--metrics-port",
-                str(metrics_port),
-                "--device",
-                "cpu",
-                "--log-level",
-                "warning",
-                *flags,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    return start
-
-
-def echo(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks/echo_server.py"), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def mlserver(folder: Path) -> Callable[[int, int], subprocess.Popen[bytes]]:
-    def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
-        (folder / "settings.json").write_text(
-            json.dumps(
-                {
-                    "grpc_port": port,
-                    "http_port": free_port(),
-                    "metrics_port": metrics_port,
-                    "debug": False,
-                }
-            )
-        )
-        return subprocess.Popen(
-            [str(MLSERVER_VENV / "bin/mlserver"), "start", str(folder)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    return start
-
-
-def mlserver_folder(models: dict[str, Path], directory: Path) -> Path:
-    for name, path in models.items():
-        model_dir = directory / name
-        model_dir.mkdir(parents=True)
-        shutil.copy(ROOT / "benchmarks/mlserver/runtime.py", model_dir / "runtime.py")
-        (model_dir / "model-settings.json").write_text(
-            json.dumps(
-                {
-                    "name": name,
-                    "implementation": "runtime.OnnxLstm",
-                    "max_batch_size": 32,
-                    "max_batch_time": 0.002,  # adaptive batching on
-                    "parameters": {"uri": str(path)},
-                }
-            )
-        )
-    return directory
-
-
-def wait_ready(
-    target: str, protocol: str, process: subprocess.Popen[bytes], timeout: float = 60
-) -> float:
-    """Seconds until the server answers a readiness check."""
-    import grpc
-
-    sys.path[:0] = [str(ROOT / "proto")]
-    from lstm.kserve.v2 import grpc_predict_v2_pb2 as v2
-    from lstm.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
-    from lstm.v1 import lstm_pb2 as pb
-    from lstm.v1 import lstm_pb2_grpc as pb_grpc
-
-    began = time.monotonic()
-    with grpc.insecure_channel(target) as channel:
-        while time.monotonic() - began < timeout:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
-            try:
-                if protocol == "lstm":
-                    pb_grpc.LstmServiceStub(channel).DescribeModel(
-                        pb.DescribeModelRequest(model="seed"), timeout=1
-                    )
-                    return time.monotonic() - began
-                elif (
-                    v2_grpc.GRPCInferenceServiceStub(channel)
-                    .ModelReady(v2.ModelReadyRequest(name="seed"), timeout=1)
-                    .ready
-                ):
-                    return time.monotonic() - began
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise RuntimeError(f"{target} not ready after {timeout}s")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its children (workers), in MiB."""
-    total = 0.0
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    for p in [pid, *map(int, children.stdout.split())]:
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        total += (
-            int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-            / 1024
-        )
-    return total
-
-
-@contextmanager
-def running(server: Server) -> Iterator[tuple[str, str | None, float]]:
-    port, metrics_port = free_port(), free_port()
-    process = server.start(port, metrics_port)
-    try:
-        ready = wait_ready(f"127.0.0.1:{port}", server.protocol, process)
-        url = f"http://127.0.0.1:{metrics_port}/metrics" if server.metrics else None
-        server.pids.append(process.pid)
-        yield f"127.0.0.1:{port}", url, ready
-    finally:
-        try:
-            os.killpg(
-                process.pid, signal.SIGTERM
-            ) if server.name == "mlserver" else process.terminate()
-            process.wait(timeout=30)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            process.kill()
 
 
 def load(
@@ -343,30 +186,6 @@ def export_large(repository: Path) -> Path:
         capture_output=True,
     )
     return repository / "large/1/model.onnx"
-
-
-def ensure_mlserver_venv() -> bool:
-    if (MLSERVER_VENV / "bin/mlserver").exists():
-        return True
-    print("creating .venv-mlserver (mlserver 1.7.1, uvloop 0.21.0) ...", file=sys.stderr)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
-        subprocess.run(
-            [
-                str(MLSERVER_VENV / "bin/pip"),
-                "install",
-                "-q",
-                "mlserver==1.7.1",
-                "uvloop==0.21.0",
-                "onnxruntime==1.32.0",
-                "numpy<2.5",
-            ],
-            check=True,
-        )
-    except subprocess.CalledProcessError as exc:
-        print(f"MLServer could not be installed ({exc}); it is left out", file=sys.stderr)
-        return False
-    return True
 
 
 def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -486,5 +305,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())
