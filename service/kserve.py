@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "lstm-serving"
 SERVER_VERSION = "0.1.0"
+STREAM_IN_FLIGHT = 256  # requests of one ModelStreamInfer stream read ahead of its answers
 
 
 class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
@@ -96,7 +97,11 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
         A bad request gets `error_message` on the stream, which stays open for the next one.
         """
         deadline = deadline_of(context)
-        pending: asyncio.Queue[asyncio.Task[v2.ModelStreamInferResponse] | None] = asyncio.Queue()
+        # Bounded: a client that sends faster than it reads its answers is slowed down by
+        # gRPC flow control instead of growing the server's memory.
+        pending: asyncio.Queue[asyncio.Task[v2.ModelStreamInferResponse] | None] = asyncio.Queue(
+            STREAM_IN_FLIGHT
+        )
 
         async def read() -> None:
             async for request in request_iterator:

@@ -211,3 +211,13 @@ async def test_triton_extension_rpcs_are_unimplemented(client: AsyncLstmClient) 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call(b"")
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_stream_longer_than_its_read_ahead_bound(
+    stub: v2_grpc.GRPCInferenceServiceAsyncStub,
+) -> None:
+    """1000 requests written at once: the server reads 256 ahead, and all are answered."""
+    x = np.ones((1, 2, 2), np.float32)
+    requests = [infer_request(x, outputs=("last_hidden",), id=str(i)) for i in range(1000)]
+    ids = [r.infer_response.id async for r in stub.ModelStreamInfer(iter(requests))]
+    assert ids == [str(i) for i in range(1000)]
