@@ -72,7 +72,11 @@ class LstmServer:
         self.health = health.aio.HealthServicer()
         interceptors = []
         if settings.auth_token_file is not None:
-            interceptors.append(BearerTokenInterceptor(read_tokens(settings.auth_token_file)))
+            try:
+                tokens = read_tokens(settings.auth_token_file)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"--auth-token-file: {exc}") from exc
+            interceptors.append(BearerTokenInterceptor(tokens))
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[

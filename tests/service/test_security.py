@@ -246,3 +246,7 @@ def test_bad_tls_settings_exit_2(tmp_path: Path, pki: Path, seed_repository: Pat
         process = start(seed_repository, free_port(), *args)
         _, err = process.communicate(timeout=30)
         assert process.returncode == 2 and message in err, err
+    (tmp_path / "empty").write_text("\n")
+    process = start(seed_repository, free_port(), "--auth-token-file", str(tmp_path / "empty"))
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 1 and "holds no token" in err and "Traceback" not in err
