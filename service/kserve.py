@@ -1,14 +1,14 @@
 """inference.GRPCInferenceService (KServe v2 / Open Inference Protocol, Triton's streaming).
 
 Same port, same registry and batchers as lstm.v1: a v2 request and an lstm.v1 request can
-share one batch. Decode, delegate, encode; errors map through `servicers.status_of`.
+share one batch. Decode, delegate, encode; errors map and are counted
+through `ObservedServicer.failed`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -18,9 +18,7 @@ from lstm.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from service import kserve_codec
 from service.errors import ServingError
-from service.servicers import Context, ObservedServicer, answers_errors, deadline_of, status_of
-
-log = logging.getLogger(__name__)
+from service.servicers import Context, ObservedServicer, answers_errors, deadline_of
 
 SERVER_NAME = "lstm-serving"
 SERVER_VERSION = "0.1.0"
@@ -129,10 +127,7 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
         try:
             response = await self._infer(request, deadline)
         except Exception as exc:
-            code, message = status_of(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.error("ModelStreamInfer request failed", exc_info=exc)
-            self.record("ModelStreamInfer", request, None, code, time.perf_counter() - started)
+            code, message = self.failed("ModelStreamInfer", request, exc, started)
             return v2.ModelStreamInferResponse(
                 error_message=f"{code.name}: {message}",
                 infer_response=v2.ModelInferResponse(
@@ -141,7 +136,5 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
                     id=request.id,
                 ),
             )
-        self.record(
-            "ModelStreamInfer", request, response, grpc.StatusCode.OK, time.perf_counter() - started
-        )
+        self.record("ModelStreamInfer", request, response, grpc.StatusCode.OK, started)
         return v2.ModelStreamInferResponse(infer_response=response)

@@ -177,6 +177,18 @@ class Verification:
     max_abs_diff: float = 0.0
 
 
+def _max_abs_diff(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+    """Over every expected output; a missing output or a wrong shape is infinitely wrong."""
+    if not got:
+        return float("inf")
+    return max(
+        float(np.abs(got[n] - expected[n]).max())
+        if got[n].shape == expected[n].shape
+        else float("inf")
+        for n in expected
+    )
+
+
 def verify(
     work: Workload, answers: list[tuple[int, object]], model_file: Path, tolerance: float = 1e-5
 ) -> Verification:
@@ -189,18 +201,7 @@ def verify(
         case = work.cases[index % len(work.cases)]
         got = work.outputs(response)
         expected = model.run(case.inputs, case.lengths, list(got) or ["last_hidden"])
-        diff = (
-            max(
-                (
-                    float(np.abs(got[n] - expected[n]).max())
-                    if got[n].shape == expected[n].shape
-                    else float("inf")
-                )
-                for n in expected
-            )
-            if got
-            else float("inf")
-        )
+        diff = _max_abs_diff(got, expected)
         result.checked += 1
         result.wrong += diff > tolerance
         result.max_abs_diff = max(result.max_abs_diff, diff)

@@ -230,10 +230,6 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(settings: Settings) -> None:
-    _run_process(settings, reuse_port=True)
-
-
 def _run_process(settings: Settings, reuse_port: bool) -> None:
     try:
         asyncio.run(serve(settings, reuse_port))
@@ -254,7 +250,7 @@ def _run_workers(settings: Settings) -> int:
         reset_multiprocess_dir()
     context = multiprocessing.get_context("fork")
     workers = [
-        context.Process(target=_worker, args=(settings,), name=f"worker-{i}")
+        context.Process(target=_run_process, args=(settings, True), name=f"worker-{i}")
         for i in range(settings.workers)
     ]
     for process in workers:
@@ -292,7 +288,9 @@ def _run_workers(settings: Settings) -> int:
                 process.exitcode,
             )
             workers.remove(process)
-            replacement = context.Process(target=_worker, args=(settings,), name=process.name)
+            replacement = context.Process(
+                target=_run_process, args=(settings, True), name=process.name
+            )
             replacement.start()
             workers.append(replacement)
             alive[replacement.sentinel] = replacement

@@ -61,22 +61,26 @@ class ObservedServicer:
         self._metrics = metrics
 
     def record(
-        self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, seconds: float
+        self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, started: float
     ) -> None:
         """Counts one answered call. Unknown model names become "_unknown" (bounded labels)."""
         name = next((getattr(request, f) for f in _MODEL_FIELDS if hasattr(request, f)), "")
         if name and name not in self._registry.versions():
             name = "_unknown"
-        version = next(
-            (
-                str(getattr(response, f))
-                for f in _VERSION_FIELDS
-                if response is not None and hasattr(response, f)
-            ),
-            "",
-        )
+        fields = [f for f in _VERSION_FIELDS if response is not None and hasattr(response, f)]
+        version = str(getattr(response, fields[0])) if fields else ""
         self._metrics.requests.labels(name, version, rpc, code.name).inc()
-        self._metrics.request_duration.labels(name, rpc).observe(seconds)
+        self._metrics.request_duration.labels(name, rpc).observe(time.perf_counter() - started)
+
+    def failed(
+        self, rpc: str, request: Any, exc: Exception, started: float
+    ) -> tuple[grpc.StatusCode, str]:
+        """The status a failed call gets; internal faults are logged, every failure counted."""
+        code, message = status_of(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed", rpc, exc_info=exc)
+        self.record(rpc, request, None, code, started)
+        return code, message
 
 
 _MODEL_FIELDS = ("model", "model_name", "name")
@@ -92,15 +96,10 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             response = await handler(self, request, context)
         except Exception as exc:
-            code, message = status_of(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.error("%s failed", handler.__name__, exc_info=exc)
-            self.record(handler.__name__, request, None, code, time.perf_counter() - started)
+            code, message = self.failed(handler.__name__, request, exc, started)
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
-        self.record(
-            handler.__name__, request, response, grpc.StatusCode.OK, time.perf_counter() - started
-        )
+        self.record(handler.__name__, request, response, grpc.StatusCode.OK, started)
         return response
 
     return wrapper
