@@ -11,13 +11,13 @@ $(BIN)/python:
 
 # Server only: no torch.
 $(VENV)/.base: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e .
+	$(PIP) -e '.[server]'
 	touch $@
 
 # Everything: the export stage (torch CPU wheel) and the dev tools.
 $(VENV)/.dev: $(VENV)/.base
 	@echo "Installing the export and dev extras (torch CPU wheel) ..."
-	$(PIP) -e '.[export,dev]'
+	$(PIP) -e '.[server,export,dev]'
 	touch $@
 
 serve: $(VENV)/.base
@@ -26,6 +26,7 @@ serve: $(VENV)/.base
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	scripts/typecheck_tree.sh
 	$(BIN)/mypy
 
 # nginx and promtool, for the load-balancer and Prometheus-config tests (they skip, saying
@@ -44,7 +45,7 @@ test: lint system-deps
 # The side-by-side benchmark (about 10 minutes): writes BENCHMARKS.md and benchmarks/*.
 # MLServer goes into .venv-mlserver, a venv of its own.
 $(VENV)/.bench: $(VENV)/.dev
-	$(PIP) -e '.[export,dev,bench]'
+	$(PIP) -e '.[server,export,dev,bench]'
 	touch $@
 
 bench: $(VENV)/.bench

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "proto")]
-from lstm.v1 import lstm_pb2 as pb  # noqa: E402
-from lstm.v1 import lstm_pb2_grpc as pb_grpc  # noqa: E402
+from lstm_serving.proto.v1 import lstm_pb2 as pb  # noqa: E402
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc  # noqa: E402
 
 
 class Echo(pb_grpc.LstmServiceServicer):

@@ -39,11 +39,11 @@ def per_call_us(call: Callable[[], object], repeats: int = REPEATS) -> float:
 
 def measure() -> dict[str, object]:
     """Runs in a child process, so the multiprocess mode is chosen before the import."""
-    from service.metrics import Metrics
-    from service.runtime import Model, ModelFile
+    from lstm_serving.core.metrics import Metrics
+    from lstm_serving.core.runtime import Model
 
     metrics = Metrics()
-    model = Model(ModelFile("seed", 1, ROOT / "models/seed/1/model.onnx"), "cpu", 1)
+    model = Model(ROOT / "models/seed/1/model.onnx", "seed", 1, "cpu", 1)
     observer = metrics.batch_observer("seed", model.provider)
     rows = []
     for batch in BATCHES:

@@ -149,7 +149,7 @@ def raw_ort(model_file: Path, batch: int, steps: int, threads: int, seconds: flo
     code = f"""
 import time, numpy as np
 from pathlib import Path
-from service.runtime import Model, ModelFile
+from lstm_serving.core.runtime import Model, ModelFile
 m = Model(ModelFile("m", 1, Path({str(model_file)!r})), "cpu", {threads})
 x = np.random.default_rng(0).standard_normal(({batch}, {steps}, m.architecture.input_size))
 x = x.astype(np.float32); n = np.full({batch}, {steps}, np.int32)

@@ -120,10 +120,10 @@ def wait_ready(
     import grpc
 
     sys.path[:0] = [str(ROOT / "proto")]
-    from lstm.kserve.v2 import grpc_predict_v2_pb2 as v2
-    from lstm.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
-    from lstm.v1 import lstm_pb2 as pb
-    from lstm.v1 import lstm_pb2_grpc as pb_grpc
+    from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+    from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+    from lstm_serving.proto.v1 import lstm_pb2 as pb
+    from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 
     began = time.monotonic()
     with grpc.insecure_channel(target) as channel:

@@ -24,8 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
-from service import loadgen  # noqa: E402
-from service.client import LstmClient  # noqa: E402
+from lstm_serving.client import loadgen, loadwork  # noqa: E402
+from lstm_serving.client.client import LstmClient  # noqa: E402
 
 
 def process_tree(pid: int) -> list[int]:
@@ -80,7 +80,7 @@ def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
-    spec = loadgen.LoadSpec(
+    spec = loadwork.LoadSpec(
         target=target,
         model=args.model,
         batch_size=args.batch_size,
@@ -96,7 +96,7 @@ def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
         file=sys.stderr,
     )
     windows: list[dict[str, Any]] = []
-    window_spec = loadgen.LoadSpec(
+    window_spec = loadwork.LoadSpec(
         target=target,
         model=args.model,
         batch_size=args.batch_size,

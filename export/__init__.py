@@ -3,8 +3,8 @@
 The only package that imports torch; the server never does.
 """
 
-from export.model import StackedLSTM
-from export.onnx_graph import build_model
-from export.verify import VerificationReport, verify
+from lstm_serving.export.model import StackedLSTM
+from lstm_serving.export.onnx_graph import build_model
+from lstm_serving.export.verify import VerificationReport, verify
 
 __all__ = ["StackedLSTM", "VerificationReport", "build_model", "verify"]

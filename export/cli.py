@@ -15,9 +15,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.model import StackedLSTM
-from export.onnx_graph import architecture_of, build_model
-from export.verify import TOLERANCE, verify
+from lstm_serving.export.model import StackedLSTM
+from lstm_serving.export.onnx_graph import architecture_of, build_model
+from lstm_serving.export.verify import TOLERANCE, verify
 
 
 class ExportError(Exception):

@@ -15,12 +15,23 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.model import StackedLSTM
-from service.architecture import METADATA_KEY, Architecture
+from lstm_serving.contract import (
+    INPUT,
+    LAST_HIDDEN,
+    LENGTHS,
+    METADATA_KEY,
+    SEQUENCE,
+    STATE_PARTS,
+    Architecture,
+    final_state,
+    initial_state,
+)
+from lstm_serving.export.model import StackedLSTM
+from lstm_serving.version import __version__
 
 OPSET = 17
 PRODUCER = "lstm-serving"
-PRODUCER_VERSION = "0.1.0"
+PRODUCER_VERSION = __version__
 # PyTorch stores gate blocks as i, f, g, o; ONNX wants i, o, f, c (c is PyTorch's g).
 _TORCH_TO_ONNX_GATES = (0, 3, 1, 2)
 
@@ -80,32 +91,34 @@ def build_model(module: StackedLSTM) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     inputs = [
-        _value("input", TensorProto.FLOAT, ["batch", "time", module.input_size]),
-        _value("lengths", TensorProto.INT32, ["batch"]),
+        _value(INPUT, TensorProto.FLOAT, ["batch", "time", module.input_size]),
+        _value(LENGTHS, TensorProto.INT32, ["batch"]),
     ]
     outputs = [
-        _value("last_hidden", TensorProto.FLOAT, ["batch", module.output_size]),
-        _value("sequence", TensorProto.FLOAT, ["batch", "time", module.output_size]),
+        _value(LAST_HIDDEN, TensorProto.FLOAT, ["batch", module.output_size]),
+        _value(SEQUENCE, TensorProto.FLOAT, ["batch", "time", module.output_size]),
     ]
     inits.append(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "shape_b_"))
     if d == 1:
         inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1_"))
     else:
         inits.append(numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), "shape_tb_"))
-    nodes.append(helper.make_node("Transpose", ["input"], ["x_0"], perm=[1, 0, 2]))
+    nodes.append(helper.make_node("Transpose", [INPUT], ["x_0"], perm=[1, 0, 2]))
     x = "x_0"  # time-major [T, B, features]
     for k, lstm in enumerate(module.layers):
         units = module.units[k]
         assert isinstance(lstm, torch.nn.LSTM)
         w, r, b = layer_weights(lstm)
         inits += [numpy_helper.from_array(a, f"{n}_{k}") for n, a in (("W", w), ("R", r), ("B", b))]
-        inputs += [_value(f"initial_{s}_{k}", TensorProto.FLOAT, [d, "batch", units]) for s in "hc"]
-        outputs += [_value(f"final_{s}_{k}", TensorProto.FLOAT, [d, "batch", units]) for s in "hc"]
+        initial = [initial_state(k, s) for s in STATE_PARTS]
+        final = [final_state(k, s) for s in STATE_PARTS]
+        inputs += [_value(n, TensorProto.FLOAT, [d, "batch", units]) for n in initial]
+        outputs += [_value(n, TensorProto.FLOAT, [d, "batch", units]) for n in final]
         nodes.append(
             helper.make_node(
                 "LSTM",
-                [x, f"W_{k}", f"R_{k}", f"B_{k}", "lengths", f"initial_h_{k}", f"initial_c_{k}"],
-                [f"y_{k}", f"final_h_{k}", f"final_c_{k}"],
+                [x, f"W_{k}", f"R_{k}", f"B_{k}", LENGTHS, *initial],
+                [f"y_{k}", *final],
                 name=f"lstm_{k}",
                 hidden_size=units,
                 direction=direction,
@@ -119,10 +132,11 @@ def build_model(module: StackedLSTM) -> onnx.ModelProto:
             nodes.append(helper.make_node("Reshape", [f"ytb_{k}", "shape_tb_"], [f"x_{k + 1}"]))
         x = f"x_{k + 1}"
     last = len(module.layers) - 1
-    nodes.append(helper.make_node("Transpose", [x], ["sequence"], perm=[1, 0, 2]))
+    nodes.append(helper.make_node("Transpose", [x], [SEQUENCE], perm=[1, 0, 2]))
     # final_h of the last layer is [D, B, H]; last_hidden is [B, D*H], forward state first.
-    nodes.append(helper.make_node("Transpose", [f"final_h_{last}"], ["hbd_"], perm=[1, 0, 2]))
-    nodes.append(helper.make_node("Reshape", ["hbd_", "shape_b_"], ["last_hidden"]))
+    last_h = final_state(last, "h")
+    nodes.append(helper.make_node("Transpose", [last_h], ["hbd_"], perm=[1, 0, 2]))
+    nodes.append(helper.make_node("Reshape", ["hbd_", "shape_b_"], [LAST_HIDDEN]))
     graph = helper.make_graph(nodes, "stacked_lstm", inputs, outputs, initializer=inits)
     model = helper.make_model(
         graph,

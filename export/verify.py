@@ -13,7 +13,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.model import StackedLSTM
+from lstm_serving.contract import (
+    INPUT,
+    LAST_HIDDEN,
+    LENGTHS,
+    SEQUENCE,
+    final_state,
+    initial_state,
+)
+from lstm_serving.export.model import StackedLSTM
 
 TOLERANCE = 1e-5  # absolute, float32; observed differences are ~1e-7
 BATCH_SIZES = (1, 7, 32)
@@ -46,9 +54,9 @@ class VerificationReport:
 def _feeds(
     x: np.ndarray, lengths: np.ndarray, states: list[tuple[np.ndarray, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    feeds = {"input": x, "lengths": lengths.astype(np.int32)}
+    feeds = {INPUT: x, LENGTHS: lengths.astype(np.int32)}
     for k, (h, c) in enumerate(states):
-        feeds[f"initial_h_{k}"], feeds[f"initial_c_{k}"] = h, c
+        feeds[initial_state(k, "h")], feeds[initial_state(k, "c")] = h, c
     return feeds
 
 
@@ -77,9 +85,9 @@ def _torch_outputs(
             torch.from_numpy(lengths.astype(np.int64)),
             [(torch.from_numpy(h), torch.from_numpy(c)) for h, c in states],
         )
-    out = {"sequence": sequence.numpy(), "last_hidden": last_hidden.numpy()}
+    out = {SEQUENCE: sequence.numpy(), LAST_HIDDEN: last_hidden.numpy()}
     for k, (h, c) in enumerate(finals):
-        out[f"final_h_{k}"], out[f"final_c_{k}"] = h.numpy(), c.numpy()
+        out[final_state(k, "h")], out[final_state(k, "c")] = h.numpy(), c.numpy()
     return out
 
 
@@ -127,9 +135,11 @@ def verify(
         ]
         whole = _torch_outputs(module, x, np.full(batch, time), zeros)
         first = run(x[:, :split], np.full(batch, split), zeros)
-        carried = [(first[f"final_h_{k}"], first[f"final_c_{k}"]) for k in range(len(zeros))]
+        carried = [
+            (first[final_state(k, "h")], first[final_state(k, "c")]) for k in range(len(zeros))
+        ]
         second = run(x[:, split:], np.full(batch, time - split), carried)
-        second["sequence"] = np.concatenate([first["sequence"], second["sequence"]], axis=1)
+        second[SEQUENCE] = np.concatenate([first[SEQUENCE], second[SEQUENCE]], axis=1)
         report.cases.append(
             Case("two chunks with carried state vs whole", _max_diff(second, whole))
         )

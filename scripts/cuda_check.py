@@ -22,13 +22,13 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 
-from service.client import AsyncLstmClient  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.runtime import Model, ModelFile  # noqa: E402
-from service.server import LstmServer  # noqa: E402
+from lstm_serving.client.client import AsyncLstmClient  # noqa: E402
+from lstm_serving.core.runtime import Model  # noqa: E402
+from lstm_serving.core.settings import Settings  # noqa: E402
+from lstm_serving.server.app import LstmServer  # noqa: E402
 
 TOLERANCE = 1e-4
-SEED = ModelFile("seed", 1, ROOT / "models/seed/1/model.onnx")
+SEED = ROOT / "models/seed/1/model.onnx"
 
 
 def _requests(rng: np.random.Generator, count: int) -> list[tuple[np.ndarray, list[int]]]:
@@ -52,7 +52,7 @@ async def check_server(report: dict[str, object], device: str) -> bool:
     )
     await server.start()
     await server.load()
-    cpu = Model(SEED, "cpu", 4)
+    cpu = Model(SEED, "seed", 1, "cpu", 4)
     requests = _requests(np.random.default_rng(0), 100)
     try:
         async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
@@ -92,7 +92,7 @@ async def check_server(report: dict[str, object], device: str) -> bool:
 
 def time_runs(report: dict[str, object], device: str) -> None:
     rows = []
-    cpu, cuda = Model(SEED, "cpu", 16), Model(SEED, device, 1)
+    cpu, cuda = Model(SEED, "seed", 1, "cpu", 16), Model(SEED, "seed", 1, device, 1)
     for batch, steps in ((1, 10), (32, 10), (256, 10), (256, 100)):
         x = np.random.default_rng(1).standard_normal((batch, steps, 2)).astype(np.float32)
         lengths = np.full(batch, steps, np.int32)

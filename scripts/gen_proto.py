@@ -3,10 +3,16 @@
 The one way generated code is made; never edit its output by hand. A test runs this
 into a temporary folder and fails when the committed files differ.
 Usage: python scripts/gen_proto.py [OUT_DIR]   (default: proto/, next to the sources)
+
+proto/lstm/ is installed as the package `lstm_serving.proto` (pyproject's package-dir), so a
+generic top-level `lstm` never lands in site-packages: protoc writes imports from the .proto
+paths (`from lstm.v1 import lstm_pb2`), and this script rewrites them to the installed names.
+The wire names (`lstm.v1.LstmService`, `inference.*`) and the descriptors are not touched.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +22,10 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 PROTOS = ["lstm/v1/lstm.proto", "lstm/kserve/v2/grpc_predict_v2.proto"]
+INSTALLED_AS = "lstm_serving.proto"  # what the proto/lstm folder is installed as
+# `lstm.v1` or `lstm.kserve.v2` where it names a Python module: in `from X import` and in
+# `X.<name>_pb2` (module paths in .pyi stubs and in the descriptor builder's module name).
+_MODULE_PATH = re.compile(r"\blstm((?:\.\w+)*?)(?=( import |\.\w+_pb2\b))")
 
 
 def _plugin(name: str) -> str:
@@ -43,7 +53,10 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted(p for p in out_dir.rglob("*_pb2*") if p.is_file())
+    generated = sorted(p for p in out_dir.rglob("*_pb2*") if p.is_file())
+    for path in generated:
+        path.write_text(_MODULE_PATH.sub(INSTALLED_AS + r"\1", path.read_text()))
+    return generated
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The failures a caller can be told about, one class each.
+"""The failures of the server, one class each: those a caller is told, those an operator is.
 
-Their messages go to the caller verbatim, so they say what was wrong and what to do.
-The mapping to gRPC status codes lives in one place: `service.servicers`.
-Anything that is not a ServingError is an internal fault: logged, never shown.
+A ServingError's message goes to the caller verbatim, so it says what was wrong and what to
+do; the mapping to gRPC status codes lives in one place, `lstm_serving.server.status`.
+A ConfigurationError stops a start or refuses a model file, for the operator's log.
+Anything else is an internal fault: logged, never shown to a caller.
 """
 
 
@@ -28,3 +29,19 @@ class DeadlineExceeded(ServingError):
 
 class Unavailable(ServingError):
     """The server is starting or shutting down; retry elsewhere or later."""
+
+
+class ConfigurationError(Exception):
+    """The operator's to fix; the message names the file or flag and what to do."""
+
+
+class ModelLoadError(ConfigurationError):
+    """A model file that cannot be served."""
+
+
+class ProviderError(ConfigurationError):
+    """The requested device cannot be used."""
+
+
+class StartupError(ConfigurationError):
+    """The server cannot start (a port in use, a bad certificate, ...)."""

@@ -21,9 +21,8 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.client import AsyncLstmClient
-from tests.conftest import ROOT
-from tests.service.conftest import start_server
+from lstm_serving.client.client import AsyncLstmClient
+from tests.conftest import ROOT, start_server
 
 DEPLOY = ROOT / "deploy"
 COMPOSE_SPEC = jsonschema.Draft201909Validator(

@@ -12,11 +12,13 @@ import grpc
 import numpy as np
 import pytest
 
-from service import loadgen
-from service.client import LstmClient
+from lstm_serving.client import loadgen
+from lstm_serving.client.client import LstmClient
+from lstm_serving.client.loadwork import LoadSpec
+from lstm_serving.core.runtime import Model
 from tests.conftest import ROOT
-from tests.service.processes import free_port, start, stop, wait_serving
-from tests.service.test_metrics import scrape, value
+from tests.processes import free_port, start, stop, wait_serving
+from tests.server.test_metrics import scrape, value
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
@@ -92,9 +94,7 @@ def test_answers_through_nginx_equal_direct_ones_and_both_replicas_serve(
     inputs = [rng.standard_normal((2, 6, 2)).astype(np.float32) for _ in range(40)]
     with LstmClient(f"127.0.0.1:{lb_port}") as through_lb:  # one channel: nginx spreads calls
         answers = [through_lb.predict("seed", x, lengths=[6, 3], output="both") for x in inputs]
-    from service.runtime import Model, ModelFile
-
-    model = Model(ModelFile("seed", 1, seed_repository / "seed/1/model.onnx"))
+    model = Model(seed_repository / "seed/1/model.onnx", "seed", 1)
     for x, answer in zip(inputs, answers, strict=True):
         expected = model.run(x, np.array([6, 3], np.int32), ["last_hidden", "sequence"])
         assert answer.last_hidden is not None and answer.sequence is not None
@@ -113,7 +113,7 @@ async def test_load_through_nginx_has_no_errors(balanced: tuple[int, list[int]])
         value(scrape(m), "lstm_requests_total", model="seed", version="1", rpc="Predict", code="OK")
         for m in metrics_ports
     ]
-    spec = loadgen.LoadSpec(target=f"127.0.0.1:{lb_port}", model="seed", duration=2.0, warmup=0.5)
+    spec = LoadSpec(target=f"127.0.0.1:{lb_port}", model="seed", duration=2.0, warmup=0.5)
     started = time.monotonic()
     result = await loadgen.run_level(spec, concurrency=8, progress=False)
     assert time.monotonic() - started < 30

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export import StackedLSTM
+from lstm_serving.export import StackedLSTM
 
 EXPORT = str(Path(sys.executable).parent / "lstm-export")
 

@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
-from export import StackedLSTM, build_model, verify
-from service.architecture import METADATA_KEY, Architecture
+from lstm_serving.contract import METADATA_KEY, Architecture
+from lstm_serving.export import StackedLSTM, build_model, verify
 
 LAYOUTS = [
     pytest.param(3, [16], False, id="1-layer"),

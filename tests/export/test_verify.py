@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from export import StackedLSTM, build_model, verify
+from lstm_serving.export import StackedLSTM, build_model, verify
 
 
 def _module() -> StackedLSTM:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from lstm.v1 import lstm_pb2 as lstm_dot_v1_dot_lstm__pb2
+from lstm_serving.proto.v1 import lstm_pb2 as lstm_dot_v1_dot_lstm__pb2
 
 GRPC_GENERATED_VERSION = '1.81.0'
 GRPC_VERSION = grpc.__version__

@@ -9,7 +9,7 @@ Tensors are float32, row-major. Shapes are [batch, time, features] for inputs,
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from lstm.v1 import lstm_pb2 as _lstm_pb2
+from lstm_serving.proto.v1 import lstm_pb2 as _lstm_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

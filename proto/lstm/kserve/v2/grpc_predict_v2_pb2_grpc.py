@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from lstm.kserve.v2 import grpc_predict_v2_pb2 as lstm_dot_kserve_dot_v2_dot_grpc__predict__v2__pb2
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as lstm_dot_kserve_dot_v2_dot_grpc__predict__v2__pb2
 
 GRPC_GENERATED_VERSION = '1.81.0'
 GRPC_VERSION = grpc.__version__

@@ -10,7 +10,7 @@ lstm-serving implements the RPCs below; anything else a client calls is UNIMPLEM
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from lstm.kserve.v2 import grpc_predict_v2_pb2 as _grpc_predict_v2_pb2
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as _grpc_predict_v2_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -1,0 +1,292 @@
+"""`lstm-client`: talk to an lstm-serve from the shell. Tables by default, --json for machines.
+
+Exit status: 0 ok, 1 the server answered with an error (its status code is printed; for
+`load`: a request failed or a verified answer was wrong), 2 bad usage, 3 not SERVING.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+
+from lstm_serving.client import loadgen, loadwork
+from lstm_serving.client.client import LstmClient, Prediction, Security
+from lstm_serving.contract import LAST_HIDDEN, OUTPUT_CHOICES, SEQUENCE, Architecture, LayerSpec
+from lstm_serving.proto.v1 import lstm_pb2 as pb
+from lstm_serving.tables import format_table
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lstm-client", description="Client for lstm-serve.")
+    p.add_argument("--target", default="localhost:50051", help="HOST:PORT of the server")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--tls-ca", type=Path, help="PEM CA of the server's certificate: use TLS")
+    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    p.add_argument(
+        "--token-file", type=Path, help="file holding a bearer token (or set LSTM_CLIENT_TOKEN)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    command = argparse.ArgumentDefaultsHelpFormatter
+    sub.add_parser("models", help="list loaded models and versions")
+    describe = sub.add_parser(
+        "describe", help="layers, shapes, provider and limits of a model", formatter_class=command
+    )
+    describe.add_argument("name")
+    describe.add_argument("--version", type=int, default=0, help="0: newest")
+    predict = sub.add_parser("predict", help="run a prediction", formatter_class=command)
+    predict.add_argument("name")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help=".npy file of shape [batch, time, features]")
+    source.add_argument("--random", metavar="B,T", help="random normal input of B sequences of T")
+    predict.add_argument("--lengths", type=int, nargs="+", help="one length per sequence")
+    predict.add_argument("--output", choices=tuple(OUTPUT_CHOICES), default=LAST_HIDDEN)
+    predict.add_argument("--return-state", action="store_true", help="also each layer's (h, c)")
+    predict.add_argument("--version", type=int, default=0, help="0: newest")
+    predict.add_argument("--seed", type=int, default=0, help="seed for --random")
+    load = sub.add_parser(
+        "load", help="load test: a table per concurrency or rate level", formatter_class=command
+    )
+    load.add_argument("name")
+    load.add_argument(
+        "--concurrency",
+        default="1,16,64",
+        help="closed-loop levels, e.g. 1,16,64 (for v2-stream: in flight)",
+    )
+    load.add_argument("--rate", help="open-loop levels in requests/s, e.g. 500,2000")
+    load.add_argument("--protocol", choices=loadwork.PROTOCOLS, default="lstm")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    load.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    load.add_argument("--batch-size", type=int, default=1, help="sequences per request")
+    load.add_argument("--time", type=int, default=10, help="time steps per sequence")
+    load.add_argument(
+        "--lengths", default="full", help="full, uniform:LO:HI or list:A,B,... (per sequence)"
+    )
+    load.add_argument("--output", choices=tuple(OUTPUT_CHOICES), default=LAST_HIDDEN)
+    load.add_argument(
+        "--channels", type=int, default=1, help="gRPC channels (connections) per process"
+    )
+    load.add_argument("--processes", type=int, default=1, help="client processes")
+    load.add_argument("--metrics-url", help="server's /metrics: adds queue vs compute split")
+    load.add_argument(
+        "--verify",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="check sampled answers against ONNX Runtime on this model file "
+        "(needs the verify extra: pip install 'lstm-serving[verify]')",
+    )
+    load.add_argument(
+        "--features", type=int, help="input features (default: asked with lstm.v1 DescribeModel)"
+    )
+    load.add_argument("--json-file", type=Path, help="also write the results as JSON here")
+    health = sub.add_parser(
+        "health", help="SERVING or NOT_SERVING; exit 3 unless SERVING", formatter_class=command
+    )
+    health.add_argument("--service", default="", help="one service, e.g. lstm.v1.LstmService")
+    return p.parse_args(argv)
+
+
+def _describe_text(d: pb.ModelDescription) -> str:
+    arch = Architecture(
+        input_size=d.input_size,
+        layers=tuple(
+            LayerSpec(la.units, la.direction, la.input_size, la.parameters, la.keras_parameters)
+            for la in d.layers
+        ),
+        opset=0,
+    )
+    b = d.batching
+    return "\n".join(
+        [
+            f"Model {d.name} version {d.version} "
+            f"(loaded: {', '.join(map(str, d.loaded_versions))})",
+            f"Provider: {d.execution_provider}",
+            f"Batching: max {b.max_batch_size} sequences, delay {b.max_queue_delay_ms:g} ms, "
+            f"queue {b.max_queue_size} requests, time <= {b.max_sequence_length}",
+            "",
+            arch.summary(),
+        ]
+    )
+
+
+def _prediction_dict(p: Prediction) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": p.model, "version": p.version}
+    if p.last_hidden is not None:
+        out[LAST_HIDDEN] = p.last_hidden.tolist()
+    if p.sequence is not None:
+        out[SEQUENCE] = p.sequence.tolist()
+    if p.states:
+        out["state"] = [{"h": h.tolist(), "c": c.tolist()} for h, c in p.states]
+    return out
+
+
+def _prediction_text(p: Prediction) -> str:
+    lines = [f"model {p.model} version {p.version}"]
+    with np.printoptions(precision=4, suppress=True, threshold=200, linewidth=100):
+        for name in (LAST_HIDDEN, SEQUENCE):
+            value = getattr(p, name)
+            if value is not None:
+                lines += [f"{name} {list(value.shape)}:", str(value)]
+        for k, (h, c) in enumerate(p.states):
+            lines += [f"layer {k} final h {list(h.shape)}:", str(h), f"layer {k} final c:", str(c)]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, client: LstmClient) -> int:
+    if args.command == "health":
+        try:
+            status = client.health(args.service)
+        except grpc.RpcError as exc:  # unreachable or unknown: not SERVING either
+            print(f"lstm-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            status = exc.code().name
+        print(json.dumps({"status": status}) if args.json else status)
+        return 0 if status == "SERVING" else 3
+    if args.command == "models":
+        models = client.list_models()
+        if args.json:
+            print(json.dumps(models))
+        else:
+            rows = [["MODEL", "VERSIONS"]]
+            rows += [[n, ", ".join(map(str, v))] for n, v in models.items()]
+            print(format_table(rows))
+        return 0
+    if args.command == "load":
+        return run_load(args, args.features or client.describe(args.name).input_size)
+    if args.command == "describe":
+        d = client.describe(args.name, args.version)
+        print(json.dumps(MessageToDict(d)) if args.json else _describe_text(d))
+        return 0
+    if args.input is not None:
+        try:
+            inputs = np.load(args.input, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            print(f"lstm-client: cannot read {args.input} as a .npy array: {exc}", file=sys.stderr)
+            return 2
+    else:
+        try:
+            batch, steps = (int(v) for v in args.random.split(","))
+        except ValueError:
+            print(
+                f"lstm-client: --random takes B,T (e.g. 4,10), got {args.random!r}", file=sys.stderr
+            )
+            return 2
+        features = client.describe(args.name, args.version).input_size
+        rng = np.random.default_rng(args.seed)
+        inputs = rng.standard_normal((batch, steps, features)).astype(np.float32)
+    p = client.predict(
+        args.name,
+        inputs,
+        lengths=args.lengths,
+        output=args.output,
+        version=args.version,
+        return_state=args.return_state,
+    )
+    print(json.dumps(_prediction_dict(p)) if args.json else _prediction_text(p))
+    return 0
+
+
+def run_load(args: argparse.Namespace, features: int) -> int:
+    try:
+        levels = (
+            [(0, float(r)) for r in args.rate.split(",")]
+            if args.rate
+            else [(int(c), 0.0) for c in args.concurrency.split(",")]
+        )
+        loadwork.parse_lengths(args.lengths, args.time, 1, np.random.default_rng())
+    except ValueError as exc:
+        print(f"lstm-client: bad --concurrency, --rate or --lengths: {exc}", file=sys.stderr)
+        return 2
+    spec = loadwork.LoadSpec(
+        target=args.target,
+        model=args.name,
+        protocol=args.protocol,
+        batch_size=args.batch_size,
+        time_steps=args.time,
+        lengths=args.lengths,
+        features=features,
+        output=args.output,
+        duration=args.duration,
+        warmup=args.warmup,
+        channels=args.channels,
+    )
+    sample = 200 if args.verify else 0
+    if args.verify:  # ONNX Runtime only when asked for (the verify extra), never otherwise
+        from lstm_serving.client import verify
+    results: list[loadgen.LevelResult] = []
+    report_levels: list[dict[str, Any]] = []
+    for concurrency, rate in levels:
+        before = loadgen.scrape(args.metrics_url) if args.metrics_url else {}
+        progress = not args.json and sys.stderr.isatty()  # a \r line is for terminals only
+        result = loadgen.run_level_in_processes(
+            spec, args.processes, concurrency, rate, progress, sample
+        )
+        level = result.as_dict()
+        if args.metrics_url:
+            level["server"] = loadgen.server_split(before, loadgen.scrape(args.metrics_url))
+        if args.verify:
+            checked = verify.verify(loadwork.Workload(spec), result.answers, args.verify)
+            level["verify"] = dataclasses.asdict(checked)
+        results.append(result)
+        report_levels.append(level)
+    report = {
+        "spec": dataclasses.asdict(spec),
+        "processes": args.processes,
+        "levels": report_levels,
+    }
+    if args.json_file:
+        args.json_file.write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(loadgen.table(results))
+        for level in report_levels:
+            name = f"{level['rate']:g}/s" if level["rate"] else f"c={level['concurrency']}"
+            if "server" in level:
+                split = level["server"]
+                print(
+                    f"{name}: server queue {split['queue_ms']:.3f} ms, compute "
+                    f"{split['compute_ms_per_batch']:.3f} ms/batch, mean batch "
+                    f"{split['mean_batch_size']:.1f}, padding {split['padding_ratio']:.1%}"
+                )
+            if "verify" in level:
+                check = level["verify"]
+                print(
+                    f"{name}: verified {check['checked']} answers, {check['wrong']} wrong "
+                    f"(max abs diff {check['max_abs_diff']:.3g})"
+                )
+    wrong = any(level.get("verify", {}).get("wrong") for level in report_levels)
+    return 1 if wrong or any(r.errors for r in results) else 0
+
+
+def security(args: argparse.Namespace) -> Security:
+    token = (
+        args.token_file.read_text().strip()
+        if args.token_file
+        else os.environ.get("LSTM_CLIENT_TOKEN")
+    )
+    return Security(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token=token or None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with LstmClient(args.target, timeout=args.timeout, security=security(args)) as client:
+        try:
+            return run(args, client)
+        except grpc.RpcError as exc:
+            print(f"lstm-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

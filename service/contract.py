@@ -1,0 +1,206 @@
+"""The model contract: graph tensor names, which outputs have a batch axis, and the
+architecture record that the export stage writes into a model's ONNX metadata.
+
+The exporter writes graphs to it, the server checks and runs them by it, clients name outputs
+by it. It imports none of torch, grpc or onnxruntime, and it is the only place a tensor name is
+spelled out (a test reads the other modules for string literals).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Final
+
+from lstm_serving.tables import table_lines
+
+METADATA_KEY = "lstm_serving.architecture"
+FORMAT_VERSION = 1
+
+# Graph inputs: [batch, time, features] float32 and [batch] int32 (each in 1..time).
+INPUT: Final = "input"
+LENGTHS: Final = "lengths"
+# Graph outputs: the last layer at each sequence's own last step [batch, units], and at every
+# step [batch, time, units] (zeros past each length).
+LAST_HIDDEN: Final = "last_hidden"
+SEQUENCE: Final = "sequence"
+STATE_PARTS = ("h", "c")
+# What a caller may ask for by name (lstm-client --output, the lstm.v1 Output enum).
+BOTH: Final = "both"
+OUTPUT_CHOICES: dict[str, tuple[str, ...]] = {
+    LAST_HIDDEN: (LAST_HIDDEN,),
+    SEQUENCE: (SEQUENCE,),
+    BOTH: (LAST_HIDDEN, SEQUENCE),
+}
+
+
+def initial_state(layer: int, part: str) -> str:
+    """Graph input of layer `layer`'s initial h or c: [directions, batch, units]."""
+    return f"initial_{part}_{layer}"
+
+
+def final_state(layer: int, part: str) -> str:
+    """Graph output of layer `layer`'s final h or c: [directions, batch, units]."""
+    return f"final_{part}_{layer}"
+
+
+def batch_axis(name: str) -> int:
+    """Where the batch is in a graph tensor: states are [directions, batch, units]."""
+    return 1 if name.startswith(("initial_", "final_")) else 0
+
+
+def parameter_count(input_size: int, units: int, directions: int, *, keras: bool = False) -> int:
+    """Weights of one LSTM layer: 4 gates x (input + recurrent) + biases.
+
+    PyTorch and ONNX store two bias vectors per gate block (input and recurrent); Keras one.
+    """
+    biases = 4 * units * (1 if keras else 2)
+    return directions * (4 * units * input_size + 4 * units * units + biases)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    units: int
+    direction: str  # "forward" or "bidirectional"
+    input_size: int
+    parameters: int
+    keras_parameters: int
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.direction == "bidirectional" else 1
+
+    @property
+    def output_size(self) -> int:
+        return self.directions * self.units
+
+
+@dataclass(frozen=True)
+class Architecture:
+    input_size: int
+    layers: tuple[LayerSpec, ...]
+    opset: int
+    exporter: str = ""
+    torch_version: str = ""
+    created: str = ""
+    weights_sha256: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def build(
+        cls,
+        input_size: int,
+        units: list[int],
+        bidirectional: bool,
+        opset: int,
+        *,
+        exporter: str = "",
+        torch_version: str = "",
+        created: str = "",
+        weights_sha256: str = "",
+    ) -> Architecture:
+        """Derives every layer's input size and parameter counts from the widths."""
+        directions = 2 if bidirectional else 1
+        direction = "bidirectional" if bidirectional else "forward"
+        layers, width = [], input_size
+        for h in units:
+            layers.append(
+                LayerSpec(
+                    units=h,
+                    direction=direction,
+                    input_size=width,
+                    parameters=parameter_count(width, h, directions),
+                    keras_parameters=parameter_count(width, h, directions, keras=True),
+                )
+            )
+            width = directions * h
+        return cls(
+            input_size=input_size,
+            layers=tuple(layers),
+            opset=opset,
+            exporter=exporter,
+            torch_version=torch_version,
+            created=created,
+            weights_sha256=weights_sha256,
+        )
+
+    @property
+    def output_size(self) -> int:
+        return self.layers[-1].output_size
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.layers[0].direction == "bidirectional"
+
+    @property
+    def parameters(self) -> int:
+        return sum(layer.parameters for layer in self.layers)
+
+    @property
+    def keras_parameters(self) -> int:
+        return sum(layer.keras_parameters for layer in self.layers)
+
+    def state_inputs(self) -> tuple[str, ...]:
+        return tuple(initial_state(k, s) for k in range(len(self.layers)) for s in STATE_PARTS)
+
+    def state_outputs(self) -> tuple[str, ...]:
+        return tuple(final_state(k, s) for k in range(len(self.layers)) for s in STATE_PARTS)
+
+    def graph_inputs(self) -> tuple[str, ...]:
+        return (INPUT, LENGTHS, *self.state_inputs())
+
+    def output_shapes(self) -> dict[str, list[int]]:
+        """Every graph output and its shape, -1 for batch and time."""
+        shapes = {LAST_HIDDEN: [-1, self.output_size], SEQUENCE: [-1, -1, self.output_size]}
+        for k, layer in enumerate(self.layers):
+            for s in STATE_PARTS:
+                shapes[final_state(k, s)] = [layer.directions, -1, layer.units]
+        return shapes
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        record["output_size"] = self.output_size
+        return json.dumps(record, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Architecture:
+        """Parses the metadata record; raises ValueError naming what is wrong."""
+        try:
+            record = json.loads(text)
+            layers = tuple(LayerSpec(**layer) for layer in record.pop("layers"))
+            record.pop("output_size", None)
+            arch = cls(layers=layers, **record)
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            raise ValueError(f"malformed {METADATA_KEY} metadata: {exc}") from exc
+        if not arch.layers:
+            raise ValueError(f"malformed {METADATA_KEY} metadata: no layers")
+        if arch.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"{METADATA_KEY} format {arch.format_version} is newer than this server "
+                f"understands ({FORMAT_VERSION}): upgrade lstm-serving"
+            )
+        return arch
+
+    def summary(self) -> str:
+        """A Keras-style table: what each layer receives and returns, and its parameters."""
+        rows = [("Layer", "Receives", "Output shape", "Params (stored)", "Params (Keras)")]
+        rows.append(("input", "", f"(None, None, {self.input_size})", "", ""))
+        for k, layer in enumerate(self.layers):
+            kind = "LSTM" if layer.direction == "forward" else "Bidirectional(LSTM)"
+            rows.append(
+                (
+                    f"lstm_{k}: {kind}({layer.units})",
+                    f"(None, None, {layer.input_size})",
+                    f"(None, None, {layer.output_size})",
+                    f"{layer.parameters:,}",
+                    f"{layer.keras_parameters:,}",
+                )
+            )
+        rows.append(("Total", "", "", f"{self.parameters:,}", f"{self.keras_parameters:,}"))
+        lines = table_lines(rows)
+        rule = "-" * len(max(lines, key=len))
+        outputs = (
+            f"Outputs: {LAST_HIDDEN} (None, {self.output_size}), "
+            f"{SEQUENCE} (None, None, {self.output_size}); None = any batch or time"
+        )
+        return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1], outputs])

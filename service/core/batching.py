@@ -1,0 +1,261 @@
+"""The dynamic batcher: concurrent requests in, one padded ONNX Runtime run, rows back out.
+
+Knows numpy and asyncio only, no protocol. One per loaded model version. Requests wait in a
+bounded FIFO queue; a background task takes the oldest, adds more until the batch holds
+`max_batch_size` sequences or `max_queue_delay` has passed since the oldest arrived, pads to
+the longest length in the batch, runs it in a worker thread and hands each caller its own
+rows (merging and splitting: `batches`). Lengths go to the LSTM as `sequence_lens`, so no
+caller's answer depends on what else shared its batch (bit for bit). A request larger than
+`max_batch_size` runs as its own batch. Every submitted request ends answered or failed,
+whatever stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from lstm_serving.core.batches import Arrays, check_rows, merge, split
+from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+# A batch expected to run this fast (from the measured cost of a step), with nobody else
+# waiting, runs on the event loop: the hop to the worker thread and back costs about as much.
+INLINE_SECONDS = 1e-4
+RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], Arrays]
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (the metrics implement it); called on the event loop."""
+
+    def queue_changed(self, depth: int) -> None: ...
+
+    def batch_ran(
+        self,
+        lengths: np.ndarray,
+        waits: Sequence[float],
+        longest: Sequence[int],
+        compute_seconds: float,
+    ) -> None:
+        """lengths: every sequence run; waits and longest: per request, queue time and its
+        longest sequence."""
+
+
+class _Unobserved:
+    def queue_changed(self, depth: int) -> None:
+        pass
+
+    def batch_ran(
+        self,
+        lengths: np.ndarray,
+        waits: Sequence[float],
+        longest: Sequence[int],
+        compute_seconds: float,
+    ) -> None:
+        pass
+
+
+@dataclass
+class _Request:
+    inputs: np.ndarray  # [b, t, features] float32
+    lengths: np.ndarray  # [b] int32, each in 1..t
+    outputs: tuple[str, ...]
+    deadline: float | None  # time.monotonic() value, or None for no deadline
+    future: asyncio.Future[Arrays]
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        name: str,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        observer: BatchObserver | None = None,
+        inline_seconds: float = INLINE_SECONDS,
+    ) -> None:
+        self._run_fn = run
+        self._observer: BatchObserver = observer or _Unobserved()
+        self._inline_seconds = inline_seconds
+        self._step_seconds = float("inf")  # measured: seconds per sequence-step of a run
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._arrival = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._executor: ThreadPoolExecutor | None = None
+        self.batches_run = 0  # ONNX Runtime runs so far; requests / batches = mean batching
+        self._idle = asyncio.Event()  # set while nothing is queued or running
+        self._idle.set()
+
+    def start(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batch-{self.name}")
+
+    async def stop(self) -> None:
+        """Stops taking requests; the batch running finishes, those queued get UNAVAILABLE."""
+        self._stopping = True
+        self._arrival.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        while self._queue:
+            self._fail(self._queue.popleft(), Unavailable(f"model {self.name} is shutting down"))
+        self._queued_rows = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def drain(self) -> None:
+        """Finishes every queued request, then stops (for a version being removed)."""
+        await self.wait_idle()
+        await self.stop()
+
+    async def submit(
+        self,
+        inputs: np.ndarray,
+        lengths: np.ndarray,
+        outputs: Sequence[str],
+        deadline: float | None = None,
+    ) -> Arrays:
+        """Queues one request and waits for its own rows of the requested outputs."""
+        if self._task is None or self._stopping:
+            raise Unavailable(f"model {self.name} is not accepting requests (shutting down)")
+        if len(self._queue) >= self.max_queue_size:
+            raise ResourceExhausted(
+                f"model {self.name} has {len(self._queue)} requests queued (the limit, "
+                "--max-queue-size): retry with backoff"
+            )
+        future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(inputs, lengths, tuple(outputs), deadline, future))
+        self._queued_rows += inputs.shape[0]
+        self._idle.clear()
+        self._observer.queue_changed(len(self._queue))
+        self._arrival.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            if not self._queue:
+                self._idle.set()
+                self._arrival.clear()
+                await self._arrival.wait()
+                continue
+            close_at = self._queue[0].arrived + self.max_queue_delay_s
+            while self._queued_rows < self.max_batch_size and not self._stopping:
+                remaining = close_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrival.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrival.wait(), remaining)
+            if self._stopping:
+                break
+            batch = self._take()
+            self._observer.queue_changed(len(self._queue))
+            if batch:
+                await self._run(batch)
+        self._idle.set()
+
+    def _take(self) -> list[_Request]:
+        """The oldest requests that fit; drops cancelled ones and those past their deadline."""
+        batch: list[_Request] = []
+        rows = 0
+        now = time.monotonic()
+        while self._queue:
+            request = self._queue[0]
+            if batch and rows + request.rows > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= request.rows
+            if request.future.done():  # the caller went away
+                continue
+            if request.deadline is not None and request.deadline <= now:
+                self._fail(
+                    request,
+                    DeadlineExceeded(
+                        f"deadline passed after {now - request.arrived:.3f}s in the queue of "
+                        f"model {self.name}; not computed"
+                    ),
+                )
+                continue
+            batch.append(request)
+            rows += request.rows
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        inputs, lengths = merge([(request.inputs, request.lengths) for request in batch])
+        self.batches_run += 1
+        outputs = sorted({name for request in batch for name in request.outputs})
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            steps = inputs.shape[0] * inputs.shape[1]
+            if not self._queue and steps * self._step_seconds <= self._inline_seconds:
+                results, compute = self._timed_run(inputs, lengths, outputs)
+            else:
+                results, compute = await loop.run_in_executor(
+                    self._executor, self._timed_run, inputs, lengths, outputs
+                )
+            per_step = compute / steps
+            first = self._step_seconds == float("inf")
+            self._step_seconds = per_step if first else 0.8 * self._step_seconds + 0.2 * per_step
+            check_rows(results, inputs.shape[0])
+        except asyncio.CancelledError:
+            for request in batch:
+                self._fail(request, Unavailable(f"model {self.name} stopped during this batch"))
+            raise
+        except Exception as exc:
+            log.exception("batch of %d requests on model %s failed", len(batch), self.name)
+            for request in batch:
+                self._fail(request, exc)
+            return
+        start = 0
+        for request in batch:
+            if not request.future.done():
+                request.future.set_result(
+                    split(results, request.outputs, start, request.rows, request.inputs.shape[1])
+                )
+            start += request.rows
+        self._observer.batch_ran(
+            lengths,
+            [started - r.arrived for r in batch],
+            [int(r.lengths.max()) for r in batch],
+            compute,
+        )
+
+    def _timed_run(
+        self, inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+    ) -> tuple[Arrays, float]:
+        """The run and its own duration, without the hop to and from the worker thread."""
+        began = time.perf_counter()
+        results = self._run_fn(inputs, lengths, outputs)
+        return results, time.perf_counter() - began
+
+    @staticmethod
+    def _fail(request: _Request, exc: Exception) -> None:
+        if not request.future.done():
+            request.future.set_exception(exc)

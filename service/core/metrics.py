@@ -1,0 +1,199 @@
+"""Prometheus metrics: every metric declared once here, and the /metrics endpoint.
+
+Names and labels are fixed (dashboards and alerts depend on them). With --workers N the
+workers write prometheus-client's multiprocess files and the parent serves one scrape that
+sums them; PROMETHEUS_MULTIPROC_DIR must then be set before the process starts
+(`lstm-serve` does that itself).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import start_http_server
+
+from lstm_serving.errors import StartupError
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_TMP_PREFIX = "lstm-serve-metrics-"  # a directory lstm-serve made itself (and removes)
+# ~50 us to 10 s: the library's default buckets start at 5 ms, coarser than one run here.
+DURATION_BUCKETS = (
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+LENGTH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def multiprocess_mode() -> bool:
+    return MULTIPROC_ENV in os.environ
+
+
+class Metrics:
+    """All of the server's metrics, registered in `registry` (multiprocess files if enabled)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "lstm_requests",
+            "Requests answered, by RPC and gRPC status code.",
+            ["model", "version", "rpc", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "lstm_request_duration_seconds",
+            "Server-side time from a request's arrival to its response.",
+            ["model", "rpc"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "lstm_queue_duration_seconds",
+            "Time a request waited in the queue for its batch.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "lstm_inference_duration_seconds",
+            "Time of one ONNX Runtime run of a batch.",
+            ["model", "provider"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "lstm_batch_size",
+            "Sequences in one ONNX Runtime run.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.padding_ratio = Histogram(
+            "lstm_batch_padding_ratio",
+            "Padded steps / all steps in one run (wasted compute).",
+            ["model"],
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.sequence_length = Histogram(
+            "lstm_sequence_length",
+            "Length of each sequence computed.",
+            ["model"],
+            buckets=LENGTH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "lstm_queue_depth",
+            "Requests waiting in the model's queue.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "lstm_model_info",
+            "1 for each loaded model version and its execution provider.",
+            ["model", "version", "provider"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+
+        self.reloads = Counter(
+            "lstm_model_reloads",
+            "Versions loaded, rejected or removed after start-up.",
+            ["model", "result"],
+            registry=r,
+        )
+
+    def batch_observer(self, model: str, provider: str) -> BatchMetrics:
+        return BatchMetrics(self, model, provider)
+
+
+class BatchMetrics:
+    """The batcher's view of the metrics for one model: children resolved once, not per call."""
+
+    def __init__(self, metrics: Metrics, model: str, provider: str) -> None:
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._queue_duration = metrics.queue_duration.labels(model)
+        self._inference = metrics.inference_duration.labels(model, provider)
+        self._batch_size = metrics.batch_size.labels(model)
+        self._padding = metrics.padding_ratio.labels(model)
+        self._length = metrics.sequence_length.labels(model)
+
+    def queue_changed(self, depth: int) -> None:
+        self._queue_depth.set(depth)
+
+    def batch_ran(
+        self,
+        lengths: np.ndarray,
+        waits: Sequence[float],
+        longest: Sequence[int],
+        compute_seconds: float,
+    ) -> None:
+        """A few observations per request, none per sequence: cheap next to the run itself."""
+        steps = int(lengths.max()) * len(lengths)
+        self._inference.observe(compute_seconds)
+        self._batch_size.observe(len(lengths))
+        self._padding.observe(1.0 - float(lengths.sum()) / steps)
+        for wait, length in zip(waits, longest, strict=True):
+            self._queue_duration.observe(wait)
+            self._length.observe(length)
+
+
+class MetricsEndpoint:
+    """GET /metrics on a background thread (prometheus-client's own server)."""
+
+    def __init__(self, port: int, host: str, registry: CollectorRegistry) -> None:
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve /metrics on {host}:{port}: {exc.strerror} (is the port in use? "
+                "choose another with --metrics-port, or 0 to turn /metrics off)"
+            ) from exc
+        self.port = int(self._server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def aggregate_registry() -> CollectorRegistry:
+    """The parent's registry in multiprocess mode: sums every worker's files."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def reset_multiprocess_dir() -> Path:
+    """Empties the directory: files from an earlier run would be summed in otherwise."""
+    path = Path(os.environ[MULTIPROC_ENV])
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def mark_worker_dead(pid: int) -> None:
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,134 @@
+"""The model repository on disk and what is served from it: scan, load, publish, reload.
+
+ROOT/<name>/<version>/model.onnx, version a plain ASCII integer >= 1. A reload serves versions
+new to the repository and drains removed ones; a file that cannot be served changes nothing
+(logged with the file and why, counted in lstm_model_reloads_total{result="rejected"}).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lstm_serving.core.batching import Batcher
+from lstm_serving.core.metrics import Metrics
+from lstm_serving.core.registry import Registry, ServedModel
+from lstm_serving.core.runtime import Model
+from lstm_serving.core.settings import Settings
+from lstm_serving.errors import ConfigurationError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    version: int
+    path: Path
+
+
+def _version(folder: str) -> int | None:
+    return int(folder) if folder.isascii() and folder.isdigit() and int(folder) > 0 else None
+
+
+def scan_repository(root: Path) -> list[ModelFile]:
+    """Every version's file, sorted; raises ModelLoadError when there is nothing to serve."""
+    if not root.is_dir():
+        raise ModelLoadError(f"model repository {root} is not a directory")
+    found = []
+    for path in root.glob("*/*/model.onnx"):
+        version = _version(path.parent.name)
+        if version is None:
+            log.warning("ignored %s: version folders are integers >= 1", path)
+            continue
+        found.append(ModelFile(path.parent.parent.name, version, path))
+    if not found:
+        raise ModelLoadError(
+            f"no models in {root}: expected {root}/<name>/<version>/model.onnx "
+            "(make one with lstm-export)"
+        )
+    return sorted(found, key=lambda m: (m.name, m.version))
+
+
+def load_model(file: ModelFile, settings: Settings) -> Model:
+    """Loads, checks and warms one version (blocking: call it off the event loop)."""
+    threads = settings.threads_per_worker()
+    model = Model(file.path, file.name, file.version, settings.device, threads)
+    model.warm_up(settings.max_batch_size)
+    log.info(
+        "loaded %s version %d (%s, %d threads): %s",
+        model.name,
+        model.version,
+        model.provider,
+        threads,
+        file.path,
+    )
+    return model
+
+
+def load_models(settings: Settings) -> list[Model]:
+    """Loads and warms every version in the repository; raises on the first that fails."""
+    return [load_model(file, settings) for file in scan_repository(settings.repository)]
+
+
+def serve_models(
+    registry: Registry, models: list[Model], settings: Settings, metrics: Metrics
+) -> None:
+    """Gives each model a running batcher and opens the registry; needs a running loop."""
+    for model in models:
+        batcher = Batcher(
+            model.run,
+            name=f"{model.name}:{model.version}",
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_s=settings.max_queue_delay_ms / 1000,
+            max_queue_size=settings.max_queue_size,
+            observer=metrics.batch_observer(model.name, model.provider),
+        )
+        metrics.model_info.labels(model.name, str(model.version), model.provider).set(1)
+        batcher.start()
+        registry.add(ServedModel(model, batcher))
+    registry.ready = True
+
+
+class RepositorySync:
+    """Keeps the registry in step with the repository (on SIGHUP or every --reload-interval)."""
+
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
+        self._registry, self._settings, self._metrics = registry, settings, metrics
+        self._lock = asyncio.Lock()
+        self._rejected: dict[tuple[str, int], tuple[float, int]] = {}  # file stat when refused
+
+    async def reload(self) -> None:
+        async with self._lock:
+            try:
+                files = {(f.name, f.version): f for f in scan_repository(self._settings.repository)}
+            except ModelLoadError as exc:
+                log.error("reload skipped, nothing changed: %s", exc)
+                return
+            loaded = self._registry.loaded()
+            for key in sorted(files.keys() - loaded):
+                await self._add(files[key])
+            for name, version in sorted(loaded - files.keys()):
+                served = self._registry.remove(name, version)
+                self._metrics.model_info.remove(name, str(version), served.model.provider)
+                await served.batcher.drain()
+                self._metrics.reloads.labels(name, "removed").inc()
+                log.info("removed %s version %d (drained)", name, version)
+
+    async def _add(self, file: ModelFile) -> None:
+        key = (file.name, file.version)
+        stat = file.path.stat()
+        if self._rejected.get(key) == (stat.st_mtime, stat.st_size):
+            return  # refused before and unchanged since
+        try:
+            model = await asyncio.to_thread(load_model, file, self._settings)
+        except ConfigurationError as exc:
+            self._rejected[key] = (stat.st_mtime, stat.st_size)
+            self._metrics.reloads.labels(file.name, "rejected").inc()
+            log.error("rejected %s version %d, still serving the others: %s", *key, exc)
+            return
+        serve_models(self._registry, [model], self._settings, self._metrics)
+        self._metrics.reloads.labels(file.name, "loaded").inc()
+        log.info("now serving %s version %d", *key)

@@ -1,0 +1,46 @@
+"""What a protocol adapter hands the data plane, and what it gets back: numpy, no protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstm_serving.contract import Architecture
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An input as sent: its shape, and how to decode its contents.
+
+    Decoding (which raises InvalidArgument when the contents do not fit the shape) waits
+    until the shape has passed the checks against the model and the limits, so a caller
+    hears "this model takes 2 features" rather than a byte count derived from a wrong shape.
+    """
+
+    shape: tuple[int, ...]
+    decode: Callable[[], np.ndarray]
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> Encoded:
+        return cls(tuple(array.shape), lambda: array)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model: str
+    version: int  # 0: the newest loaded
+    inputs: Encoded  # [batch, time, features] float32
+    lengths: np.ndarray | None  # [batch]; None: every sequence is `time` long
+    outputs: tuple[str, ...] | None  # contract output names; None: every output the model has
+    with_states: bool = False  # also every layer's final (h, c)
+    deadline: float | None = None  # time.monotonic() value
+
+
+@dataclass(frozen=True)
+class InferResult:
+    model: str
+    version: int
+    architecture: Architecture
+    outputs: dict[str, np.ndarray]  # in the order asked for

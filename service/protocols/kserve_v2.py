@@ -1,0 +1,136 @@
+"""KServe v2 (Open Inference Protocol) protobuf <-> numpy. No grpc.
+
+Model mapping: inputs `input` FP32 [-1, -1, F] and optional `lengths` INT32 [-1]; outputs
+`last_hidden`, `sequence`, `final_h_{k}`, `final_c_{k}` (names from `contract`). Inputs come
+raw (`raw_input_contents`, little-endian) or typed (`fp32_contents` / `int_contents`);
+outputs go back raw. The checks against the model and the limits are the data plane's.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from lstm_serving.contract import INPUT, LENGTHS, Architecture
+from lstm_serving.core.requests import Encoded, InferRequest, InferResult
+from lstm_serving.core.validation import check_dimensions
+from lstm_serving.errors import InvalidArgument, NotFound
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+
+PLATFORM = "onnxruntime_onnx"
+_DTYPES = {"FP32": np.dtype("<f4"), "INT32": np.dtype("<i4")}
+_CONTENTS = {"FP32": "fp32_contents", "INT32": "int_contents"}
+_INPUT_DTYPES = {INPUT: "FP32", LENGTHS: "INT32"}
+_MAX_VERSION_DIGITS = 18  # fits an int64, as lstm.v1's version field
+
+
+def parse_version(version: str) -> int:
+    """v2 versions are strings; "" means the newest. Plain ASCII digits only."""
+    if version == "":
+        return 0
+    digits = version.isascii() and version.isdigit() and len(version) <= _MAX_VERSION_DIGITS
+    if not digits or version.startswith("0"):
+        raise NotFound(
+            f"model version {version[:40]!r} does not exist: versions are integers >= 1 "
+            "written in ASCII digits without leading zeros"
+        )
+    return int(version)
+
+
+def _check_tensor(tensor: v2.ModelInferRequest.InferInputTensor) -> None:
+    name, dtype = tensor.name, tensor.datatype
+    if "shared_memory_region" in tensor.parameters:
+        raise InvalidArgument(
+            f"input {name!r} uses shared memory, which this server does not "
+            "support: send raw_input_contents or typed contents"
+        )
+    expected = _INPUT_DTYPES[name]
+    if dtype != expected:
+        raise InvalidArgument(f"input {name!r} has datatype {dtype!r}; expected {expected}")
+
+
+def _decode_tensor(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
+    name, dtype = tensor.name, tensor.datatype
+    shape = list(tensor.shape)
+    check_dimensions(shape, f"input {name!r}")
+    count = math.prod(shape)
+    if raw is not None:
+        if len(raw) != count * 4:
+            raise InvalidArgument(
+                f"input {name!r} raw contents hold {len(raw)} bytes; shape {shape} of "
+                f"{dtype} needs {count * 4}"
+            )
+        return np.frombuffer(raw, dtype=_DTYPES[dtype]).reshape(shape)
+    values = getattr(tensor.contents, _CONTENTS[dtype])
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input {name!r} contents.{_CONTENTS[dtype]} hold {len(values)} values; shape "
+            f"{shape} needs {count}"
+        )
+    return np.asarray(values, dtype=_DTYPES[dtype]).reshape(shape)
+
+
+def decode_infer_request(request: v2.ModelInferRequest, deadline: float | None) -> InferRequest:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs: "
+            "give one per input, in order"
+        )
+    tensors: dict[str, Encoded] = {}
+    for i, tensor in enumerate(request.inputs):
+        if tensor.name not in _INPUT_DTYPES:
+            raise InvalidArgument(
+                f"unknown input {tensor.name!r}: this model takes {INPUT!r} (FP32 "
+                f"[batch, time, features]) and optionally {LENGTHS!r} (INT32 [batch])"
+            )
+        if tensor.name in tensors:
+            raise InvalidArgument(f"input {tensor.name!r} is given twice")
+        if raw and tensor.HasField("contents"):
+            raise InvalidArgument(
+                f"input {tensor.name!r} sets contents while raw_input_contents is used"
+            )
+        _check_tensor(tensor)
+        tensors[tensor.name] = Encoded(
+            tuple(tensor.shape), functools.partial(_decode_tensor, tensor, raw[i] if raw else None)
+        )
+    if INPUT not in tensors:
+        raise InvalidArgument(f"input {INPUT!r} (FP32 [batch, time, features]) is missing")
+    return InferRequest(
+        model=request.model_name,
+        version=parse_version(request.model_version),
+        inputs=tensors[INPUT],
+        lengths=tensors[LENGTHS].decode() if LENGTHS in tensors else None,
+        outputs=tuple(o.name for o in request.outputs) or None,
+        deadline=deadline,
+    )
+
+
+def encode_infer_response(result: InferResult, request_id: str) -> v2.ModelInferResponse:
+    response = v2.ModelInferResponse(
+        model_name=result.model, model_version=str(result.version), id=request_id
+    )
+    for name, array in result.outputs.items():
+        array = np.ascontiguousarray(array, dtype=_DTYPES["FP32"])
+        response.outputs.add(name=name, datatype="FP32", shape=array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    return response
+
+
+def model_metadata(
+    name: str, versions: Sequence[int], arch: Architecture
+) -> v2.ModelMetadataResponse:
+    tensor = v2.ModelMetadataResponse.TensorMetadata
+    return v2.ModelMetadataResponse(
+        name=name,
+        versions=[str(v) for v in versions],
+        platform=PLATFORM,
+        inputs=[
+            tensor(name=INPUT, datatype="FP32", shape=[-1, -1, arch.input_size]),
+            tensor(name=LENGTHS, datatype="INT32", shape=[-1]),
+        ],
+        outputs=[tensor(name=n, datatype="FP32", shape=s) for n, s in arch.output_shapes().items()],
+    )

@@ -1,0 +1,132 @@
+"""lstm.v1 protobuf <-> numpy: tensors, requests into the data plane, results back. No grpc.
+
+Shared by the server (decode requests, encode responses) and the client (the reverse).
+The checks against the model and the limits are the data plane's (`core.validation`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from lstm_serving.contract import (
+    BOTH,
+    INPUT,
+    LAST_HIDDEN,
+    OUTPUT_CHOICES,
+    SEQUENCE,
+    Architecture,
+    final_state,
+)
+from lstm_serving.core.requests import Encoded, InferRequest, InferResult
+from lstm_serving.core.validation import check_dimensions
+from lstm_serving.errors import InvalidArgument
+from lstm_serving.proto.v1 import lstm_pb2 as pb
+
+FLOAT32 = np.dtype("<f4")
+# The Output enum <-> the contract's output choices (the one table of both directions).
+OUTPUT_ENUM: dict[str, int] = {
+    LAST_HIDDEN: pb.LAST_HIDDEN,
+    SEQUENCE: pb.SEQUENCE,
+    BOTH: pb.LAST_HIDDEN_AND_SEQUENCE,
+}
+_CHOICE_OF_ENUM = {value: choice for choice, value in OUTPUT_ENUM.items()}
+_CHOICE_OF_ENUM[pb.OUTPUT_UNSPECIFIED] = LAST_HIDDEN
+
+
+def array_to_tensor(array: np.ndarray) -> pb.Tensor:
+    """Raw little-endian float32 bytes: the fast path."""
+    array = np.ascontiguousarray(array, dtype=FLOAT32)
+    return pb.Tensor(shape=array.shape, data=array.tobytes())
+
+
+def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
+    """Decodes a Tensor whose data or values match its shape; raises InvalidArgument."""
+    shape = tuple(tensor.shape)
+    check_dimensions(shape, field)
+    count = math.prod(shape)  # Python ints: a huge dimension cannot overflow
+    has_data, has_values = len(tensor.data) > 0, len(tensor.values) > 0
+    if has_data and has_values:
+        raise InvalidArgument(f"{field}: set either data (raw float32 bytes) or values, not both")
+    if has_data:
+        if len(tensor.data) != 4 * count:
+            raise InvalidArgument(
+                f"{field}.data has {len(tensor.data)} bytes; shape {list(shape)} needs "
+                f"{4 * count} (float32, 4 bytes each)"
+            )
+        return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)
+    if has_values or count == 0:
+        if len(tensor.values) != count:
+            raise InvalidArgument(
+                f"{field}.values has {len(tensor.values)} numbers; shape {list(shape)} needs "
+                f"{count}"
+            )
+        return np.asarray(tensor.values, dtype=np.float32).reshape(shape)
+    raise InvalidArgument(f"{field}: neither data nor values is set")
+
+
+def decode_predict(request: pb.PredictRequest, deadline: float | None) -> InferRequest:
+    if not request.HasField(INPUT):
+        raise InvalidArgument("input is not set: send a [batch, time, features] Tensor")
+    if request.output not in _CHOICE_OF_ENUM:
+        raise InvalidArgument(f"output {request.output} is not a known Output value")
+    lengths = request.lengths
+    return InferRequest(
+        model=request.model,
+        version=request.version,
+        inputs=Encoded(tuple(request.input.shape), lambda: tensor_to_array(request.input, INPUT)),
+        lengths=np.asarray(lengths, dtype=np.int32) if len(lengths) else None,
+        outputs=OUTPUT_CHOICES[_CHOICE_OF_ENUM[request.output]],
+        with_states=request.return_state,
+        deadline=deadline,
+    )
+
+
+def encode_prediction(result: InferResult) -> pb.PredictResponse:
+    response = pb.PredictResponse(model=result.model, version=result.version)
+    arrays = result.outputs
+    if LAST_HIDDEN in arrays:
+        response.last_hidden.CopyFrom(array_to_tensor(arrays[LAST_HIDDEN]))
+    if SEQUENCE in arrays:
+        response.sequence.CopyFrom(array_to_tensor(arrays[SEQUENCE]))
+    for k in range(len(result.architecture.layers)):
+        h, c = final_state(k, "h"), final_state(k, "c")
+        if h in arrays:
+            response.state.add(layer=k, h=array_to_tensor(arrays[h]), c=array_to_tensor(arrays[c]))
+    return response
+
+
+def describe(
+    arch: Architecture,
+    name: str,
+    version: int,
+    loaded_versions: Sequence[int],
+    provider: str,
+    limits: pb.BatchingLimits,
+) -> pb.ModelDescription:
+    return pb.ModelDescription(
+        name=name,
+        version=version,
+        loaded_versions=loaded_versions,
+        input_size=arch.input_size,
+        output_size=arch.output_size,
+        layers=[
+            pb.LayerDescription(
+                index=k,
+                units=layer.units,
+                direction=layer.direction,
+                input_size=layer.input_size,
+                output_shape=[-1, -1, layer.output_size],
+                parameters=layer.parameters,
+                keras_parameters=layer.keras_parameters,
+            )
+            for k, layer in enumerate(arch.layers)
+        ],
+        execution_provider=provider,
+        batching=limits,
+        weights_sha256=arch.weights_sha256,
+        exporter=arch.exporter,
+        created=arch.created,
+    )

@@ -1,0 +1,191 @@
+"""One server process: the grpc.aio server with both protocols, health, reflection and
+/metrics, its start-up, reload and drain.
+
+Start-up order: listen with health NOT_SERVING, load and warm every model in a thread, then
+SERVING. On SIGTERM/SIGINT: NOT_SERVING at once, refuse new calls, let in-flight ones finish
+within --grace-period, exit 0. SIGHUP rescans the repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lstm_serving.core.dataplane import DataPlane
+from lstm_serving.core.metrics import (
+    Metrics,
+    MetricsEndpoint,
+    aggregate_registry,
+    multiprocess_mode,
+)
+from lstm_serving.core.registry import Registry
+from lstm_serving.core.repository import RepositorySync, load_models, serve_models
+from lstm_serving.core.settings import Settings
+from lstm_serving.errors import StartupError
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from lstm_serving.proto.v1 import lstm_pb2, lstm_pb2_grpc
+from lstm_serving.server.kserve_v2 import InferenceServicer
+from lstm_serving.server.lstm_v1 import LstmServicer
+from lstm_serving.server.security import BearerTokenInterceptor, read_tokens, server_credentials
+
+log = logging.getLogger("lstm-serve")
+
+LSTM_SERVICE = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
+V2_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+REFUSAL_WINDOW_S = 0.5  # on shutdown: new calls get UNAVAILABLE this long before the port closes
+SERVICES = (LSTM_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class LstmServer:
+    """One server process. `reuse_port`: a worker sharing the port (its parent serves /metrics)."""
+
+    def __init__(self, settings: Settings, reuse_port: bool = False) -> None:
+        self.settings = settings
+        self.registry = Registry()
+        self.metrics = Metrics()
+        self.health = health.aio.HealthServicer()
+        self.repository = RepositorySync(self.registry, settings, self.metrics)
+        interceptors = []
+        if settings.auth_token_file is not None:
+            try:
+                tokens = read_tokens(settings.auth_token_file)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"--auth-token-file: {exc}") from exc
+            interceptors.append(BearerTokenInterceptor(tokens))
+        self._server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.so_reuseport", int(reuse_port)),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+            ],
+        )
+        dataplane = DataPlane(self.registry, settings)
+        lstm_pb2_grpc.add_LstmServiceServicer_to_server(
+            LstmServicer(dataplane, settings, self.metrics), self._server
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(dataplane, self.metrics), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if settings.reflection:
+            reflection.enable_server_reflection(SERVICES, self._server)
+        self._metrics_http: MetricsEndpoint | None = None
+        self.port = 0
+        self._reuse_port = reuse_port
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", LSTM_SERVICE, V2_SERVICE):
+            await self.health.set(service, status)
+
+    async def start(self) -> int:
+        """Listens (health NOT_SERVING) and serves /metrics; returns the bound gRPC port."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        target = address(self.settings.host, self.settings.port)
+        credentials = server_credentials(self.settings)
+        try:
+            if credentials is None:
+                self.port = self._server.add_insecure_port(target)
+            else:
+                self.port = self._server.add_secure_port(target, credentials)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {target}: {exc} (is the port in use?)") from exc
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {target} (is the port in use?)")
+        if self.settings.metrics_port and not self._reuse_port:
+            registry = aggregate_registry() if multiprocess_mode() else self.metrics.registry
+            self._metrics_http = MetricsEndpoint(
+                self.settings.metrics_port, self.settings.host, registry
+            )
+        await self._server.start()
+        return self.port
+
+    async def load(self) -> None:
+        """Loads and warms the models off the event loop, then reports SERVING."""
+        models = await asyncio.to_thread(load_models, self.settings)
+        serve_models(self.registry, models, self.settings, self.metrics)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        security = [
+            name
+            for name, on in (
+                ("TLS", self.settings.tls_cert),
+                ("client certificates", self.settings.tls_client_ca),
+                ("bearer tokens", self.settings.auth_token_file),
+            )
+            if on
+        ]
+        metrics = (
+            f"; metrics on http://{address(self.settings.host, self._metrics_http.port)}/metrics"
+            if self._metrics_http is not None
+            else ""
+        )
+        log.info(
+            "SERVING on %s%s%s",
+            address(self.settings.host, self.port),
+            f" ({', '.join(security)})" if security else "",
+            metrics,
+        )
+
+    async def reload(self) -> None:
+        await self.repository.reload()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains: NOT_SERVING, refuse new calls, finish in-flight ones, stop the batchers.
+
+        New calls are refused by the servicers (UNAVAILABLE, retryable) for a moment before
+        the listener closes: a call that reaches gRPC while it shuts down is CANCELLED
+        instead, and a caller cannot tell whether it ran.
+        """
+        grace = self.settings.grace_period if grace is None else grace
+        deadline = time.monotonic() + grace
+        await self.health.enter_graceful_shutdown()
+        self.registry.ready = False
+        await asyncio.sleep(min(REFUSAL_WINDOW_S, grace / 4))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.registry.wait_idle(), max(0.0, deadline - time.monotonic()))
+        await self._server.stop(max(0.0, deadline - time.monotonic()))
+        await self.registry.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.close()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings, reuse_port: bool = False) -> None:
+    """Runs one server process until SIGTERM or SIGINT. A failed start closes what it opened."""
+    server = LstmServer(settings, reuse_port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload()))
+    try:
+        await server.start()
+        await server.load()
+    except BaseException:
+        await server.stop(grace=0)
+        raise
+    poller = loop.create_task(_poll(server, settings.reload_interval))
+    await stopping.wait()
+    poller.cancel()
+    log.info("draining (grace period %.1fs)", settings.grace_period)
+    await server.stop()
+    log.info("stopped")
+
+
+async def _poll(server: LstmServer, interval: float) -> None:
+    while interval > 0:
+        await asyncio.sleep(interval)
+        await server.reload()

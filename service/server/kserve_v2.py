@@ -1,0 +1,135 @@
+"""inference.GRPCInferenceService (KServe v2 / Open Inference Protocol, Triton's streaming).
+
+Same port, same data plane and batchers as lstm.v1: a v2 request and an lstm.v1 request can
+share one batch. Decode, one data-plane call, encode; errors map and are counted through
+`ObservedServicer.failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import ClassVar
+
+import grpc
+
+from lstm_serving.errors import ServingError
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.protocols import kserve_v2
+from lstm_serving.server.status import Context, ObservedServicer, answers_errors, deadline_of
+from lstm_serving.version import __version__
+
+SERVER_NAME = "lstm-serving"
+STREAM_IN_FLIGHT = 256  # requests of one ModelStreamInfer stream read ahead of its answers
+
+
+class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
+    LABEL_FIELDS: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "ModelInfer": ("model_name", "model_version"),
+        "ModelStreamInfer": ("model_name", "model_version"),
+        "ModelReady": ("name", ""),
+        "ModelMetadata": ("name", ""),
+    }
+
+    @answers_errors
+    async def ServerLive(
+        self, request: v2.ServerLiveRequest, context: Context
+    ) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    @answers_errors
+    async def ServerReady(
+        self, request: v2.ServerReadyRequest, context: Context
+    ) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=self._dataplane.registry.ready)
+
+    @answers_errors
+    async def ModelReady(
+        self, request: v2.ModelReadyRequest, context: Context
+    ) -> v2.ModelReadyResponse:
+        try:
+            self._dataplane.model(request.name, kserve_v2.parse_version(request.version))
+        except ServingError:
+            return v2.ModelReadyResponse(ready=False)
+        return v2.ModelReadyResponse(ready=True)
+
+    @answers_errors
+    async def ServerMetadata(
+        self, request: v2.ServerMetadataRequest, context: Context
+    ) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(name=SERVER_NAME, version=__version__)
+
+    @answers_errors
+    async def ModelMetadata(
+        self, request: v2.ModelMetadataRequest, context: Context
+    ) -> v2.ModelMetadataResponse:
+        model = self._dataplane.model(request.name, kserve_v2.parse_version(request.version))
+        versions = self._dataplane.registry.versions()[model.name]
+        return kserve_v2.model_metadata(model.name, versions, model.architecture)
+
+    async def _infer(
+        self, request: v2.ModelInferRequest, deadline: float | None
+    ) -> v2.ModelInferResponse:
+        call = kserve_v2.decode_infer_request(request, deadline)
+        return kserve_v2.encode_infer_response(await self._dataplane.infer(call), request.id)
+
+    @answers_errors
+    async def ModelInfer(
+        self, request: v2.ModelInferRequest, context: Context
+    ) -> v2.ModelInferResponse:
+        return await self._infer(request, deadline_of(context))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
+    ) -> AsyncIterator[v2.ModelStreamInferResponse]:
+        """Every request is submitted as it arrives (so they batch); answers keep their order.
+
+        A bad request gets `error_message` on the stream, which stays open for the next one.
+        """
+        deadline = deadline_of(context)
+        # Bounded: a client that sends faster than it reads its answers is slowed down by
+        # gRPC flow control instead of growing the server's memory.
+        pending: asyncio.Queue[asyncio.Task[v2.ModelStreamInferResponse] | None] = asyncio.Queue(
+            STREAM_IN_FLIGHT
+        )
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await pending.put(asyncio.ensure_future(self._stream_one(request, deadline)))
+            await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reader
+
+    async def _stream_one(
+        self, request: v2.ModelInferRequest, deadline: float | None
+    ) -> v2.ModelStreamInferResponse:
+        started = time.perf_counter()
+        try:
+            response = await self._infer(request, deadline)
+        except Exception as exc:
+            code, message = self.failed("ModelStreamInfer", request, exc, started)
+            return v2.ModelStreamInferResponse(
+                error_message=f"{code.name}: {message}",
+                infer_response=v2.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                ),
+            )
+        self.record("ModelStreamInfer", request, response, grpc.StatusCode.OK, started)
+        return v2.ModelStreamInferResponse(infer_response=response)

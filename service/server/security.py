@@ -1,0 +1,77 @@
+"""Who may talk to the server: TLS / mutual TLS credentials and bearer-token authentication.
+
+Tokens come from a file (one per line, so a new one can be added before the old is removed)
+and are compared in constant time. Health checks stay open to orchestrators without a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from lstm_serving.core.settings import Settings
+
+OPEN_METHODS = ("/grpc.health.v1.Health/",)
+if TYPE_CHECKING:  # generic only in the type stubs
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from --tls-cert/--tls-key; with --tls-client-ca, client certificates required."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def read_tokens(path: Path) -> list[str]:
+    tokens = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not tokens:
+        raise ValueError(f"{path} holds no token (one per line)")
+    return tokens
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Answers UNAUTHENTICATED unless `authorization: Bearer <token>` names a known token."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self._tokens = [t.encode() for t in tokens]
+
+    def _authorized(self, metadata: Any) -> bool:
+        header = dict(metadata or ()).get("authorization", "")
+        if not isinstance(header, str) or not header.startswith("Bearer "):
+            return False
+        given = header[len("Bearer ") :].encode()
+        return any(hmac.compare_digest(given, token) for token in self._tokens)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(details)
+        method: str = details.method
+        metadata = details.invocation_metadata
+        if handler is None or method.startswith(OPEN_METHODS) or self._authorized(metadata):
+            return handler
+
+        async def deny(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or unknown bearer token: send metadata 'authorization: Bearer <token>'",
+            )
+
+        kind = next(
+            k
+            for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+            if getattr(handler, k) is not None
+        )
+        return handler._replace(**{kind: deny})  # type: ignore[attr-defined, no-any-return]

@@ -1,0 +1,108 @@
+"""How a call ends: the one mapping from errors to gRPC status codes, and the per-call metrics.
+
+Both protocols' servicers derive from `ObservedServicer` and wrap their unary handlers in
+`answers_errors`; the streaming handler records each message through the same methods.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import grpc
+
+from lstm_serving.core.dataplane import DataPlane
+from lstm_serving.core.metrics import Metrics
+from lstm_serving.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServingError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
+
+
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets for `exc`; internals are never shown."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls], str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+
+
+def deadline_of(context: Context) -> float | None:
+    """The caller's deadline on the time.monotonic() clock, if it set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class ObservedServicer:
+    """Base of both protocols' servicers: the data plane, and the per-call metrics."""
+
+    # Per RPC: the request field that names the model, the response field with the version.
+    LABEL_FIELDS: ClassVar[Mapping[str, tuple[str, str]]] = {}
+
+    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
+        self._dataplane = dataplane
+        self._metrics = metrics
+
+    def record(
+        self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, started: float
+    ) -> None:
+        """Counts one answered call. Unknown model names become "_unknown" (bounded labels)."""
+        model_field, version_field = self.LABEL_FIELDS.get(rpc, ("", ""))
+        name = getattr(request, model_field) if model_field else ""
+        if name and not self._dataplane.registry.has(name):
+            name = "_unknown"
+        version = (
+            str(getattr(response, version_field)) if version_field and response is not None else ""
+        )
+        self._metrics.requests.labels(name, version, rpc, code.name).inc()
+        self._metrics.request_duration.labels(name, rpc).observe(time.perf_counter() - started)
+
+    def failed(
+        self, rpc: str, request: Any, exc: Exception, started: float
+    ) -> tuple[grpc.StatusCode, str]:
+        """The status a failed call gets; internal faults are logged, every failure counted."""
+        code, message = status_of(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed", rpc, exc_info=exc)
+        self.record(rpc, request, None, code, started)
+        return code, message
+
+
+def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turns a handler's exceptions into gRPC statuses (logging unexpected ones); records it."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: ObservedServicer, request: Req, context: Context) -> Resp:
+        started = time.perf_counter()
+        try:
+            response = await handler(self, request, context)
+        except Exception as exc:
+            code, message = self.failed(handler.__name__, request, exc, started)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from exc
+        self.record(handler.__name__, request, response, grpc.StatusCode.OK, started)
+        return response
+
+    return wrapper

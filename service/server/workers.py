@@ -1,0 +1,114 @@
+"""`--workers N`: N server processes sharing one port (SO_REUSEPORT), forked before any gRPC
+server, ONNX Runtime session or thread exists.
+
+The parent holds the port reserved for its whole life (grpc's multiprocessing example), so
+no other process can take it between a worker's exit and its replacement; it serves the
+summed /metrics, forwards SIGTERM/SIGINT/SIGHUP, and replaces a worker that dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import cast
+
+from lstm_serving.core.metrics import (
+    METRICS_TMP_PREFIX,
+    MULTIPROC_ENV,
+    MetricsEndpoint,
+    aggregate_registry,
+    mark_worker_dead,
+    multiprocess_mode,
+    reset_multiprocess_dir,
+)
+from lstm_serving.core.settings import Settings
+from lstm_serving.errors import StartupError
+
+log = logging.getLogger("lstm-serve")
+
+Worker = Callable[[Settings, bool], None]
+
+
+@contextlib.contextmanager
+def reserve_port(host: str, port: int) -> Iterator[int]:
+    """Binds host:port with SO_REUSEPORT (port 0: a free one) without listening; yields it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot reserve port {port} on {host}: {exc.strerror} (is the port in use?)"
+            ) from exc
+        yield int(sock.getsockname()[1])
+
+
+def run_workers(settings: Settings, worker: Worker) -> int:
+    """Runs `worker(settings, True)` in N processes until they stop; returns the worst code."""
+    with reserve_port(settings.host, settings.port) as port:
+        return _supervise(dataclasses.replace(settings, port=port), worker)
+
+
+def _supervise(settings: Settings, worker: Worker) -> int:
+    if settings.metrics_port:
+        reset_multiprocess_dir()
+    context = multiprocessing.get_context("fork")
+
+    def spawn(name: str) -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=worker, args=(settings, True), name=name)
+        process.start()
+        return process
+
+    workers = [spawn(f"worker-{i}") for i in range(settings.workers)]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        for process in workers:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    metrics_http = None
+    if settings.metrics_port:  # after the fork: the workers must not inherit its socket
+        metrics_http = MetricsEndpoint(settings.metrics_port, settings.host, aggregate_registry())
+    log.info("started %d workers on port %d", len(workers), settings.port)
+    alive = {process.sentinel: process for process in workers}
+    codes = []
+    while alive:
+        for sentinel in multiprocessing.connection.wait(list(alive)):
+            process = alive.pop(cast(int, sentinel))  # we waited on the sentinels (ints)
+            process.join()
+            if multiprocess_mode() and process.pid is not None:
+                mark_worker_dead(process.pid)
+            if stopping:
+                codes.append(process.exitcode or 0)
+                continue
+            log.error(
+                "%s (pid %s) exited with code %s; starting a new one",
+                process.name,
+                process.pid,
+                process.exitcode,
+            )
+            workers.remove(process)
+            replacement = spawn(process.name)
+            workers.append(replacement)
+            alive[replacement.sentinel] = replacement
+    if metrics_http is not None:
+        metrics_http.close()
+        directory = Path(os.environ[MULTIPROC_ENV])
+        if directory.name.startswith(METRICS_TMP_PREFIX):  # made by main() for this run
+            shutil.rmtree(directory, ignore_errors=True)
+    return max(codes, key=abs, default=0)

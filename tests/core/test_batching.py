@@ -1,0 +1,272 @@
+"""The batcher on its own: gathering, limits, cancellation, deadlines, failures.
+
+The run function here is a plain numpy model that gates on events, so tests control timing
+without sleeps; the real ONNX Runtime path is covered end to end in test_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import pytest
+
+from lstm_serving.core.batching import Batcher
+from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+
+class GatedModel:
+    """last_hidden = sum of steps within length; sequence = cumulative sum. Records batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []  # (rows, padded time) per run
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+        self.fail = False
+
+    def __call__(
+        self, inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        self.started.set()
+        assert self.release.wait(10)
+        if self.fail:
+            raise RuntimeError("boom")
+        self.batches.append((inputs.shape[0], inputs.shape[1]))
+        mask = np.arange(inputs.shape[1])[None, :] < lengths[:, None]
+        seq = np.cumsum(inputs * mask[:, :, None], axis=1) * mask[:, :, None]
+        results = {"last_hidden": seq[np.arange(len(lengths)), lengths - 1], "sequence": seq}
+        results["final_h_0"] = results["last_hidden"][None]
+        return {name: results[name] for name in outputs}
+
+
+@pytest.fixture
+async def model_and_batcher() -> AsyncIterator[tuple[GatedModel, Batcher]]:
+    model = GatedModel()
+    batcher = Batcher(  # inline_seconds=0.0: the gated model must run on the worker thread
+        model,
+        name="test",
+        max_batch_size=8,
+        max_queue_delay_s=0.0,
+        max_queue_size=4,
+        inline_seconds=0.0,
+    )
+    batcher.start()
+    yield model, batcher
+    model.release.set()
+    await batcher.stop()
+
+
+def _x(rows: int, steps: int, value: float = 1.0) -> np.ndarray:
+    return np.full((rows, steps, 1), value, dtype=np.float32)
+
+
+async def _block(model: GatedModel, batcher: Batcher) -> asyncio.Task[object]:
+    """Occupies the batcher with one running batch until model.release is set."""
+    model.release.clear()
+    model.started.clear()
+    task = asyncio.ensure_future(batcher.submit(_x(1, 1), np.array([1], np.int32), ["last_hidden"]))
+    await asyncio.to_thread(model.started.wait, 5)
+    return task
+
+
+async def test_queued_requests_share_one_padded_batch_and_get_own_rows(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    model, batcher = model_and_batcher
+    blocker = await _block(model, batcher)
+    a = asyncio.ensure_future(
+        batcher.submit(_x(2, 5, 1.0), np.array([5, 2], np.int32), ["last_hidden", "sequence"])
+    )
+    b = asyncio.ensure_future(
+        batcher.submit(_x(3, 9, 2.0), np.array([1, 3, 4], np.int32), ["sequence"])
+    )
+    await asyncio.sleep(0.01)
+    model.release.set()
+    await blocker
+    ra, rb = await a, await b
+    assert model.batches[-1] == (5, 5)  # one run, padded to the longest length (5), not time 9
+    np.testing.assert_array_equal(ra["last_hidden"], [[5.0], [2.0]])
+    assert set(rb) == {"sequence"}
+    assert rb["sequence"].shape == (3, 9, 1)  # own time axis restored
+    np.testing.assert_array_equal(rb["sequence"][:, :, 0][1], [2, 4, 6, 0, 0, 0, 0, 0, 0])
+
+
+async def test_batch_limit_and_oversized_request(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    model, batcher = model_and_batcher
+    blocker = await _block(model, batcher)
+    big = asyncio.ensure_future(batcher.submit(_x(12, 2), np.full(12, 2, np.int32), ["sequence"]))
+    small = [
+        asyncio.ensure_future(batcher.submit(_x(3, 2), np.full(3, 2, np.int32), ["sequence"]))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.01)
+    model.release.set()
+    await asyncio.gather(blocker, big, *small)
+    assert [rows for rows, _ in model.batches[1:]] == [12, 6, 3]  # oversized alone; 3+3 <= 8
+
+
+async def test_full_queue_answers_resource_exhausted(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    model, batcher = model_and_batcher
+    blocker = await _block(model, batcher)
+    queued = [
+        asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"]))
+        for _ in range(4)
+    ]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceExhausted, match="--max-queue-size"):
+        await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])
+    model.release.set()
+    await asyncio.gather(blocker, *queued)
+    await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])  # recovered at once
+
+
+async def test_cancelled_caller_does_not_disturb_the_rest(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    model, batcher = model_and_batcher
+    blocker = await _block(model, batcher)
+    tasks = [
+        asyncio.ensure_future(
+            batcher.submit(_x(1, 2, float(i)), np.full(1, 2, np.int32), ["last_hidden"])
+        )
+        for i in range(4)
+    ]
+    await asyncio.sleep(0.01)
+    tasks[1].cancel()
+    model.release.set()
+    await blocker
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError)
+    for i in (0, 2, 3):
+        value = results[i]
+        assert isinstance(value, dict)
+        np.testing.assert_array_equal(value["last_hidden"], [[2.0 * i]])
+    assert model.batches[-1][0] == 3  # the cancelled one was not computed
+
+
+async def test_expired_deadline_is_not_computed(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    model, batcher = model_and_batcher
+    blocker = await _block(model, batcher)
+    expired = asyncio.ensure_future(
+        batcher.submit(
+            _x(5, 1), np.ones(5, np.int32), ["last_hidden"], deadline=time.monotonic() + 0.001
+        )
+    )
+    alive = asyncio.ensure_future(
+        batcher.submit(
+            _x(1, 1), np.ones(1, np.int32), ["last_hidden"], deadline=time.monotonic() + 30
+        )
+    )
+    await asyncio.sleep(0.02)
+    model.release.set()
+    await blocker
+    with pytest.raises(DeadlineExceeded, match="not computed"):
+        await expired
+    assert (await alive)["last_hidden"].shape == (1, 1)
+    assert model.batches[-1][0] == 1
+
+
+async def test_run_failure_reaches_every_caller_and_the_batcher_goes_on(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    model, batcher = model_and_batcher
+    model.fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])
+    model.fail = False
+    assert await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])
+
+
+async def test_max_queue_delay_gathers_requests() -> None:
+    model = GatedModel()
+    batcher = Batcher(
+        model,
+        name="t",
+        max_batch_size=4,
+        max_queue_delay_s=5.0,
+        max_queue_size=9,
+        inline_seconds=0.0,
+    )
+    batcher.start()
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"]) for _ in range(4))
+    )
+    assert len(results) == 4 and model.batches == [(4, 1)]
+    assert time.monotonic() - started < 5.0  # a full batch does not wait out the delay
+    await batcher.stop()
+
+
+async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
+    threads: list[str] = []
+
+    def run(
+        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return {"last_hidden": inputs[:, -1]}
+
+    batcher = Batcher(
+        run,
+        name="t",
+        max_batch_size=64,
+        max_queue_delay_s=0.0,
+        max_queue_size=9,
+        inline_seconds=1.0,
+    )
+    batcher.start()
+    for _ in range(2):  # the first run is measured on the worker thread, the next inline
+        await batcher.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
+
+    def slow_run(
+        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        time.sleep(0.02)
+        return run(inputs, lengths, outputs)
+
+    slow = Batcher(
+        slow_run,
+        name="s",
+        max_batch_size=64,
+        max_queue_delay_s=0.0,
+        max_queue_size=9,
+        inline_seconds=1e-3,
+    )
+    slow.start()
+    for _ in range(2):  # 20 ms a run: never inline
+        await slow.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
+    await batcher.stop()
+    await slow.stop()
+    main = threading.current_thread().name
+    assert threads[0].startswith("ort-t") and threads[1] == main
+    assert threads[2].startswith("ort-s") and threads[3].startswith("ort-s")
+
+
+async def test_stop_answers_queued_requests_unavailable() -> None:
+    model = GatedModel()
+    batcher = Batcher(
+        model,
+        name="t",
+        max_batch_size=4,
+        max_queue_delay_s=30.0,
+        max_queue_size=9,
+        inline_seconds=0.0,
+    )
+    batcher.start()
+    pending = asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["sequence"]))
+    await asyncio.sleep(0.01)
+    await batcher.stop()
+    with pytest.raises(Unavailable):
+        await pending
+    with pytest.raises(Unavailable):
+        await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["sequence"])

@@ -1,0 +1,100 @@
+"""ONNX Runtime behind Model: loading, refusing bad files, providers, exact batching."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from lstm_serving.core.repository import scan_repository
+from lstm_serving.core.runtime import CPU, Model, choose_providers
+from lstm_serving.errors import ModelLoadError, ProviderError
+
+
+def _seed(seed_repository: Path) -> Model:
+    return Model(seed_repository / "seed/1/model.onnx", "seed", 1, "cpu", 1)
+
+
+def test_scan_repository(tmp_path: Path, seed_repository: Path) -> None:
+    for rel in (
+        "a/2/model.onnx",
+        "a/10/model.onnx",
+        "b/1/model.onnx",
+        "c/x/model.onnx",
+        "c/0/model.onnx",
+        "d/1/other.onnx",
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert [(m.name, m.version) for m in scan_repository(tmp_path)] == [
+        ("a", 2),
+        ("a", 10),
+        ("b", 1),
+    ]
+    with pytest.raises(ModelLoadError, match="is not a directory"):
+        scan_repository(tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match=r"no models in .*lstm-export"):
+        scan_repository(tmp_path / "d")
+
+
+def test_seed_model_loads_with_its_architecture(seed_repository: Path) -> None:
+    model = _seed(seed_repository)
+    assert model.provider == CPU
+    assert [layer.units for layer in model.architecture.layers] == [64, 32]
+    assert set(model.output_names) == {
+        "last_hidden",
+        "sequence",
+        "final_h_0",
+        "final_c_0",
+        "final_h_1",
+        "final_c_1",
+    }
+
+
+def test_rows_are_independent_of_batch_and_padding(seed_repository: Path) -> None:
+    """What exact batching rests on: a row's result does not depend on the rest of its batch."""
+    model = _seed(seed_repository)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 30, 2)).astype(np.float32)
+    lengths = rng.integers(1, 31, size=40).astype(np.int32)
+    batch = model.run(x, lengths, ["last_hidden", "sequence"])
+    for i in (0, 17, 39):
+        n = int(lengths[i])
+        alone = model.run(x[i : i + 1, :n], lengths[i : i + 1], ["last_hidden", "sequence"])
+        assert alone["last_hidden"].tobytes() == batch["last_hidden"][i : i + 1].tobytes()
+        assert alone["sequence"].tobytes() == batch["sequence"][i : i + 1, :n].tobytes()
+        assert not batch["sequence"][i, n:].any()
+
+
+def test_model_without_architecture_metadata_is_refused(
+    tmp_path: Path, seed_repository: Path
+) -> None:
+    model = onnx.load(str(seed_repository / "seed/1/model.onnx"))
+    del model.metadata_props[:]
+    path = tmp_path / "m/1/model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(model, str(path))
+    with pytest.raises(ModelLoadError, match=r"no lstm_serving\.architecture metadata"):
+        Model(path, "m", 1)
+
+
+def test_corrupt_file_is_refused_with_its_path(tmp_path: Path, seed_repository: Path) -> None:
+    path = tmp_path / "m/1/model.onnx"
+    path.parent.mkdir(parents=True)
+    shutil.copy(seed_repository / "seed/1/model.onnx", path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=f"{path}: ONNX Runtime cannot load it"):
+        Model(path, "m", 1)
+
+
+def test_providers() -> None:
+    assert choose_providers("cpu") == [CPU]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here: the fail-fast path cannot be shown")
+    assert choose_providers("auto") == [CPU]
+    with pytest.raises(ProviderError, match="onnxruntime-gpu"):
+        choose_providers("cuda")

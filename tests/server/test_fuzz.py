@@ -1,0 +1,160 @@
+"""Property-based fuzzing (hypothesis): of the decode/validate path, then of live RPCs.
+
+Whatever a caller sends, the answer is a result or a client error (INVALID_ARGUMENT,
+NOT_FOUND, ...): never INTERNAL or UNKNOWN, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lstm_serving.contract import Architecture
+from lstm_serving.core.validation import check_request
+from lstm_serving.errors import InvalidArgument, NotFound
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.proto.v1 import lstm_pb2 as pb
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
+from lstm_serving.protocols import kserve_v2 as kserve_codec
+from lstm_serving.protocols import lstm_v1 as codec
+from tests.processes import free_port, start, stop, wait_serving
+
+ARCH = Architecture.build(2, [4, 3], False, 17)
+dims = st.one_of(st.integers(-2, 6), st.sampled_from([0, 2**31, 2**62]))
+shapes = st.lists(dims, max_size=4)
+floats = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> pb.Tensor:
+    shape = draw(shapes)
+    tensor = pb.Tensor(shape=shape)
+    kind = draw(st.sampled_from(["data", "values", "both", "none", "exact"]))
+    count = int(np.prod([max(d, 0) for d in shape])) if shape and max(shape) < 50 else 1
+    if kind == "exact" and count < 200:
+        tensor.data = np.asarray(
+            draw(st.lists(floats, min_size=count, max_size=count)), "<f4"
+        ).tobytes()
+    if kind in ("data", "both"):
+        tensor.data = draw(st.binary(max_size=96))
+    if kind in ("values", "both"):
+        tensor.values.extend(draw(st.lists(floats, max_size=24)))
+    return tensor
+
+
+@st.composite
+def predict_requests(draw: st.DrawFn) -> pb.PredictRequest:
+    request = pb.PredictRequest(
+        model=draw(st.sampled_from(["seed", "seed", "", "nope", "séed\x00"])),
+        version=draw(st.sampled_from([0, 0, 1, 2, -1, 2**62])),
+        lengths=draw(st.lists(st.integers(-3, 12), max_size=5)),
+        output=draw(st.sampled_from([0, 1, 2, 3, 7])),  # type: ignore[arg-type]
+        return_state=draw(st.booleans()),
+    )
+    if draw(st.booleans()):
+        request.input.CopyFrom(draw(tensors()))
+    return request
+
+
+@st.composite
+def infer_requests(draw: st.DrawFn) -> v2.ModelInferRequest:
+    request = v2.ModelInferRequest(
+        model_name=draw(st.sampled_from(["seed", "seed", "nope"])),
+        model_version=draw(st.sampled_from(["", "1", "0", "x", "-1"])),
+        id=draw(st.text(max_size=5)),
+    )
+    raw = draw(st.booleans())
+    for _ in range(draw(st.integers(0, 3))):
+        tensor = request.inputs.add(
+            name=draw(st.sampled_from(["input", "lengths", "mask", ""])),
+            datatype=draw(st.sampled_from(["FP32", "INT32", "FP64", "BYTES", ""])),
+            shape=draw(shapes),
+        )
+        if raw:
+            request.raw_input_contents.append(draw(st.binary(max_size=96)))
+        else:
+            tensor.contents.fp32_contents.extend(draw(st.lists(floats, max_size=24)))
+            tensor.contents.int_contents.extend(draw(st.lists(st.integers(-5, 20), max_size=6)))
+    for name in draw(
+        st.lists(st.sampled_from(["last_hidden", "sequence", "final_c_1", "x"]), max_size=3)
+    ):
+        request.outputs.add(name=name)
+    return request
+
+
+@settings(max_examples=3000, deadline=None)
+@given(predict_requests())
+def test_decoding_lstm_v1_requests_never_fails_unexpectedly(request: pb.PredictRequest) -> None:
+    try:
+        inputs, lengths, _ = check_request(codec.decode_predict(request, None), ARCH, 10, 5)
+    except InvalidArgument:
+        return
+    assert inputs.shape[0] <= 5 and inputs.shape[1] <= 10 and inputs.shape[2] == 2
+    assert np.isfinite(inputs).all() and inputs.dtype == np.float32
+    assert lengths.min() >= 1 and lengths.max() <= inputs.shape[1]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(infer_requests())
+def test_decoding_v2_requests_never_fails_unexpectedly(request: v2.ModelInferRequest) -> None:
+    try:
+        call = kserve_codec.decode_infer_request(request, None)
+        inputs, lengths, _ = check_request(call, ARCH, 10, 5)
+    except (InvalidArgument, NotFound):
+        return
+    assert inputs.shape[2] == 2 and np.isfinite(inputs).all()
+    assert len(lengths) == inputs.shape[0]
+
+
+@pytest.fixture(scope="module")
+def live(seed_repository: Path) -> Iterator[grpc.Channel]:
+    port = free_port()
+    process = start(
+        seed_repository, port, "--max-sequence-length", "10", "--max-request-sequences", "5"
+    )
+    try:
+        wait_serving(process, port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        code, err = stop(process)
+        assert code == 0, err
+        assert "Traceback" not in err, err
+
+
+CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+
+@settings(
+    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(request=predict_requests())
+def test_live_lstm_v1_rpcs(live: grpc.Channel, request: pb.PredictRequest) -> None:
+    try:
+        pb_grpc.LstmServiceStub(live).Predict(request, timeout=10)
+    except grpc.RpcError as exc:
+        assert exc.code() in CLIENT_ERRORS, (exc.code(), exc.details())
+
+
+@settings(
+    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(request=infer_requests())
+def test_live_v2_rpcs(live: grpc.Channel, request: v2.ModelInferRequest) -> None:
+    try:
+        v2_grpc.GRPCInferenceServiceStub(live).ModelInfer(request, timeout=10)
+    except grpc.RpcError as exc:
+        assert exc.code() in CLIENT_ERRORS, (exc.code(), exc.details())
+
+
+def test_server_still_answers_after_the_fuzzing(live: grpc.Channel) -> None:
+    request = pb.PredictRequest(model="seed", input=pb.Tensor(shape=[1, 2, 2], values=[1] * 4))
+    response = pb_grpc.LstmServiceStub(live).Predict(request, timeout=10)
+    assert list(response.last_hidden.shape) == [1, 32]
