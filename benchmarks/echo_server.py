@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
 import grpc
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "proto")]
-from lstm_serving.proto.v1 import lstm_pb2 as pb  # noqa: E402
-from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc  # noqa: E402
+from lstm_serving.proto.v1 import lstm_pb2 as pb
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 
 
 class Echo(pb_grpc.LstmServiceServicer):

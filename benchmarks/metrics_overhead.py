@@ -39,6 +39,7 @@ def per_call_us(call: Callable[[], object], repeats: int = REPEATS) -> float:
 
 def measure() -> dict[str, object]:
     """Runs in a child process, so the multiprocess mode is chosen before the import."""
+    from lstm_serving.core.batching import BatchReport
     from lstm_serving.core.metrics import Metrics
     from lstm_serving.core.runtime import Model
 
@@ -53,7 +54,7 @@ def measure() -> dict[str, object]:
 
             def record(lengths: np.ndarray = lengths, requests: int = requests) -> None:
                 observer.queue_changed(0)
-                observer.batch_ran(lengths, [1e-4] * requests, [10] * requests, 1e-3)
+                observer.batch_ran(BatchReport(lengths, [1e-4] * requests, [10] * requests, 1e-3))
                 for _ in range(requests):  # the servicer's per-call counter and histogram
                     metrics.requests.labels("seed", "1", "Predict", "OK").inc()
                     metrics.request_duration.labels("seed", "Predict").observe(1e-3)

@@ -15,6 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.proto.v1 import lstm_pb2 as pb
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MLSERVER_VENV = ROOT / ".venv-mlserver"
@@ -117,14 +124,6 @@ def wait_ready(
     target: str, protocol: str, process: subprocess.Popen[bytes], timeout: float = 60
 ) -> float:
     """Seconds until the server answers a readiness check."""
-    import grpc
-
-    sys.path[:0] = [str(ROOT / "proto")]
-    from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
-    from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
-    from lstm_serving.proto.v1 import lstm_pb2 as pb
-    from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
-
     began = time.monotonic()
     with grpc.insecure_channel(target) as channel:
         while time.monotonic() - began < timeout:

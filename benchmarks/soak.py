@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
+sys.path[:0] = [str(ROOT)]
 
+from benchmarks.servers import lstm_serve  # noqa: E402
 from lstm_serving.client import loadgen, loadwork  # noqa: E402
 from lstm_serving.client.client import LstmClient  # noqa: E402
 
@@ -50,23 +51,7 @@ def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "lstm-serve"),
-            "--repository",
-            str(repository),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "0",
-            "--device",
-            "cpu",
-            "--log-level",
-            "warning",
-        ]
-    )
+    process = lstm_serve(repository)(port, 0)
     target = f"127.0.0.1:{port}"
     end = time.monotonic() + 60
     while time.monotonic() < end:

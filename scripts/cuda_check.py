@@ -4,7 +4,8 @@ Starts a real lstm-serve (in process, --device cuda) on the seed model, checks t
 DescribeModel reports CUDAExecutionProvider, compares its answers on mixed-length batches with
 ONNX Runtime on the CPU (tolerance 1e-4 absolute), measures how far batching moves a CUDA answer
 (cuDNN does not promise bit-identical rows across batch sizes), and times raw CPU vs CUDA runs.
-Usage: python scripts/cuda_check.py [--json FILE]. Exit 1 if a check fails.
+Usage: python scripts/cuda_check.py [--json FILE], with lstm-serving installed (pip install
+-e '.[server]', onnxruntime-gpu in place of onnxruntime). Exit 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
+from lstm_serving.client.client import AsyncLstmClient
+from lstm_serving.core.runtime import Model
+from lstm_serving.core.settings import Settings
+from lstm_serving.server.app import LstmServer
 
-from lstm_serving.client.client import AsyncLstmClient  # noqa: E402
-from lstm_serving.core.runtime import Model  # noqa: E402
-from lstm_serving.core.settings import Settings  # noqa: E402
-from lstm_serving.server.app import LstmServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TOLERANCE = 1e-4
 SEED = ROOT / "models/seed/1/model.onnx"

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypedDict, TypeVar, Unpack
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
 
-from lstm_serving.contract import LAST_HIDDEN, OUTPUT_CHOICES, SEQUENCE
+from lstm_serving.contract import LAST_HIDDEN, LENGTHS, OUTPUT_CHOICES, SEQUENCE
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.protocols.lstm_v1 import OUTPUT_ENUM, array_to_tensor, tensor_to_array
@@ -72,24 +72,26 @@ class Prediction:
     states: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (h, c) per layer
 
 
+class PredictOptions(TypedDict, total=False):
+    lengths: Sequence[int] | np.ndarray | None  # per sequence, in 1..time; None: all `time`
+    output: str  # "last_hidden" (default), "sequence" or "both"
+    version: int  # 0 (default): the newest
+    return_state: bool  # also each layer's final (h, c)
+
+
 def predict_request(
-    model: str,
-    inputs: np.ndarray,
-    *,
-    lengths: list[int] | np.ndarray | None = None,
-    output: str = LAST_HIDDEN,
-    version: int = 0,
-    return_state: bool = False,
+    model: str, inputs: np.ndarray, **options: Unpack[PredictOptions]
 ) -> pb.PredictRequest:
+    output, lengths = options.get("output", LAST_HIDDEN), options.get(LENGTHS)
     if output not in OUTPUT_CHOICES:
         raise ValueError(f"output must be one of {', '.join(OUTPUT_CHOICES)}, got {output!r}")
     return pb.PredictRequest(
         model=model,
-        version=version,
+        version=options.get("version", 0),
         input=array_to_tensor(inputs),
         lengths=[] if lengths is None else [int(n) for n in lengths],
         output=OUTPUT_ENUM[output],  # type: ignore[arg-type]  # the enum's int values
-        return_state=return_state,
+        return_state=options.get("return_state", False),
     )
 
 
@@ -122,24 +124,10 @@ class AsyncLstmClient:
         )
 
     async def predict(
-        self,
-        model: str,
-        inputs: np.ndarray,
-        *,
-        lengths: list[int] | np.ndarray | None = None,
-        output: str = LAST_HIDDEN,
-        version: int = 0,
-        return_state: bool = False,
+        self, model: str, inputs: np.ndarray, **options: Unpack[PredictOptions]
     ) -> Prediction:
-        """inputs [batch, time, features]; output "last_hidden", "sequence" or "both"."""
-        request = predict_request(
-            model,
-            inputs,
-            lengths=lengths,
-            output=output,
-            version=version,
-            return_state=return_state,
-        )
+        """inputs [batch, time, features]; options: lengths, output, version, return_state."""
+        request = predict_request(model, inputs, **options)
         response = await self._stub.Predict(request, timeout=self.timeout, metadata=self._metadata)
         return prediction(response)
 

@@ -34,33 +34,29 @@ INLINE_SECONDS = 1e-4
 RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], Arrays]
 
 
+@dataclass(frozen=True)
+class BatchReport:
+    """One run, as the metrics see it."""
+
+    lengths: np.ndarray  # every sequence run
+    waits: list[float]  # per request: seconds it waited in the queue
+    longest: list[int]  # per request: its longest sequence
+    compute_seconds: float
+
+
 class BatchObserver(Protocol):
     """What the batcher reports (the metrics implement it); called on the event loop."""
 
     def queue_changed(self, depth: int) -> None: ...
 
-    def batch_ran(
-        self,
-        lengths: np.ndarray,
-        waits: Sequence[float],
-        longest: Sequence[int],
-        compute_seconds: float,
-    ) -> None:
-        """lengths: every sequence run; waits and longest: per request, queue time and its
-        longest sequence."""
+    def batch_ran(self, report: BatchReport) -> None: ...
 
 
 class _Unobserved:
     def queue_changed(self, depth: int) -> None:
         pass
 
-    def batch_ran(
-        self,
-        lengths: np.ndarray,
-        waits: Sequence[float],
-        longest: Sequence[int],
-        compute_seconds: float,
-    ) -> None:
+    def batch_ran(self, report: BatchReport) -> None:
         pass
 
 
@@ -241,10 +237,12 @@ class Batcher:
                 )
             start += request.rows
         self._observer.batch_ran(
-            lengths,
-            [started - r.arrived for r in batch],
-            [int(r.lengths.max()) for r in batch],
-            compute,
+            BatchReport(
+                lengths,
+                [started - r.arrived for r in batch],
+                [int(r.lengths.max()) for r in batch],
+                compute,
+            )
         )
 
     def _timed_run(

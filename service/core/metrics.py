@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import start_http_server
 
+from lstm_serving.core.batching import BatchReport
 from lstm_serving.errors import StartupError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -144,19 +143,14 @@ class BatchMetrics:
     def queue_changed(self, depth: int) -> None:
         self._queue_depth.set(depth)
 
-    def batch_ran(
-        self,
-        lengths: np.ndarray,
-        waits: Sequence[float],
-        longest: Sequence[int],
-        compute_seconds: float,
-    ) -> None:
+    def batch_ran(self, report: BatchReport) -> None:
         """A few observations per request, none per sequence: cheap next to the run itself."""
+        lengths = report.lengths
         steps = int(lengths.max()) * len(lengths)
-        self._inference.observe(compute_seconds)
+        self._inference.observe(report.compute_seconds)
         self._batch_size.observe(len(lengths))
         self._padding.observe(1.0 - float(lengths.sum()) / steps)
-        for wait, length in zip(waits, longest, strict=True):
+        for wait, length in zip(report.waits, report.longest, strict=True):
             self._queue_duration.observe(wait)
             self._length.observe(length)
 

@@ -1,7 +1,8 @@
 """The batcher on its own: gathering, limits, cancellation, deadlines, failures.
 
 The run function here is a plain numpy model that gates on events, so tests control timing
-without sleeps; the real ONNX Runtime path is covered end to end in test_server.py.
+with events and single turns of the event loop, never with wall-clock waits; the real ONNX
+Runtime path is covered end to end in tests/server/test_app.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 import pytest
 
-from lstm_serving.core.batching import Batcher
+from lstm_serving.core.batching import Batcher, RunFn
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
 
@@ -43,18 +44,36 @@ class GatedModel:
         return {name: results[name] for name in outputs}
 
 
+def _batcher(run: RunFn, name: str = "t", **limits: float) -> Batcher:
+    """Started; inline_seconds 0 by default: a gated model must run on the worker thread."""
+    settings: dict[str, float] = {
+        "max_batch_size": 8,
+        "max_queue_delay_s": 0.0,
+        "max_queue_size": 4,
+        "inline_seconds": 0.0,
+        **limits,
+    }
+    batcher = Batcher(
+        run,
+        name=name,
+        max_batch_size=int(settings["max_batch_size"]),
+        max_queue_delay_s=settings["max_queue_delay_s"],
+        max_queue_size=int(settings["max_queue_size"]),
+        inline_seconds=settings["inline_seconds"],
+    )
+    batcher.start()
+    return batcher
+
+
+async def _queued() -> None:
+    """One turn of the event loop: every task submitted before now has reached the queue."""
+    await asyncio.sleep(0)
+
+
 @pytest.fixture
 async def model_and_batcher() -> AsyncIterator[tuple[GatedModel, Batcher]]:
     model = GatedModel()
-    batcher = Batcher(  # inline_seconds=0.0: the gated model must run on the worker thread
-        model,
-        name="test",
-        max_batch_size=8,
-        max_queue_delay_s=0.0,
-        max_queue_size=4,
-        inline_seconds=0.0,
-    )
-    batcher.start()
+    batcher = _batcher(model)
     yield model, batcher
     model.release.set()
     await batcher.stop()
@@ -84,7 +103,7 @@ async def test_queued_requests_share_one_padded_batch_and_get_own_rows(
     b = asyncio.ensure_future(
         batcher.submit(_x(3, 9, 2.0), np.array([1, 3, 4], np.int32), ["sequence"])
     )
-    await asyncio.sleep(0.01)
+    await _queued()
     model.release.set()
     await blocker
     ra, rb = await a, await b
@@ -105,7 +124,7 @@ async def test_batch_limit_and_oversized_request(
         asyncio.ensure_future(batcher.submit(_x(3, 2), np.full(3, 2, np.int32), ["sequence"]))
         for _ in range(3)
     ]
-    await asyncio.sleep(0.01)
+    await _queued()
     model.release.set()
     await asyncio.gather(blocker, big, *small)
     assert [rows for rows, _ in model.batches[1:]] == [12, 6, 3]  # oversized alone; 3+3 <= 8
@@ -120,7 +139,7 @@ async def test_full_queue_answers_resource_exhausted(
         asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"]))
         for _ in range(4)
     ]
-    await asyncio.sleep(0.01)
+    await _queued()
     with pytest.raises(ResourceExhausted, match="--max-queue-size"):
         await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])
     model.release.set()
@@ -139,7 +158,7 @@ async def test_cancelled_caller_does_not_disturb_the_rest(
         )
         for i in range(4)
     ]
-    await asyncio.sleep(0.01)
+    await _queued()
     tasks[1].cancel()
     model.release.set()
     await blocker
@@ -158,16 +177,14 @@ async def test_expired_deadline_is_not_computed(
     model, batcher = model_and_batcher
     blocker = await _block(model, batcher)
     expired = asyncio.ensure_future(
-        batcher.submit(
-            _x(5, 1), np.ones(5, np.int32), ["last_hidden"], deadline=time.monotonic() + 0.001
-        )
+        batcher.submit(_x(5, 1), np.ones(5, np.int32), ["last_hidden"], deadline=time.monotonic())
     )
     alive = asyncio.ensure_future(
         batcher.submit(
             _x(1, 1), np.ones(1, np.int32), ["last_hidden"], deadline=time.monotonic() + 30
         )
     )
-    await asyncio.sleep(0.02)
+    await _queued()
     model.release.set()
     await blocker
     with pytest.raises(DeadlineExceeded, match="not computed"):
@@ -189,15 +206,7 @@ async def test_run_failure_reaches_every_caller_and_the_batcher_goes_on(
 
 async def test_max_queue_delay_gathers_requests() -> None:
     model = GatedModel()
-    batcher = Batcher(
-        model,
-        name="t",
-        max_batch_size=4,
-        max_queue_delay_s=5.0,
-        max_queue_size=9,
-        inline_seconds=0.0,
-    )
-    batcher.start()
+    batcher = _batcher(model, max_batch_size=4, max_queue_delay_s=5.0)
     started = time.monotonic()
     results = await asyncio.gather(
         *(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"]) for _ in range(4))
@@ -216,15 +225,7 @@ async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
         threads.append(threading.current_thread().name)
         return {"last_hidden": inputs[:, -1]}
 
-    batcher = Batcher(
-        run,
-        name="t",
-        max_batch_size=64,
-        max_queue_delay_s=0.0,
-        max_queue_size=9,
-        inline_seconds=1.0,
-    )
-    batcher.start()
+    batcher = _batcher(run, inline_seconds=1.0)
     for _ in range(2):  # the first run is measured on the worker thread, the next inline
         await batcher.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
 
@@ -234,15 +235,7 @@ async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
         time.sleep(0.02)
         return run(inputs, lengths, outputs)
 
-    slow = Batcher(
-        slow_run,
-        name="s",
-        max_batch_size=64,
-        max_queue_delay_s=0.0,
-        max_queue_size=9,
-        inline_seconds=1e-3,
-    )
-    slow.start()
+    slow = _batcher(slow_run, name="s", inline_seconds=1e-3)
     for _ in range(2):  # 20 ms a run: never inline
         await slow.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
     await batcher.stop()
@@ -253,20 +246,29 @@ async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
 
 
 async def test_stop_answers_queued_requests_unavailable() -> None:
-    model = GatedModel()
-    batcher = Batcher(
-        model,
-        name="t",
-        max_batch_size=4,
-        max_queue_delay_s=30.0,
-        max_queue_size=9,
-        inline_seconds=0.0,
-    )
-    batcher.start()
+    batcher = _batcher(GatedModel(), max_batch_size=4, max_queue_delay_s=30.0)
     pending = asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["sequence"]))
-    await asyncio.sleep(0.01)
+    await _queued()
     await batcher.stop()
     with pytest.raises(Unavailable):
         await pending
     with pytest.raises(Unavailable):
         await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["sequence"])
+
+
+async def test_stop_during_a_run_answers_every_request(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    """The running batch finishes and is answered; what waited is refused; nothing hangs."""
+    model, batcher = model_and_batcher
+    running = await _block(model, batcher)
+    queued = asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"]))
+    await _queued()
+    stopping = asyncio.ensure_future(batcher.stop())
+    await _queued()
+    assert not stopping.done()  # waits for the batch on the worker thread
+    model.release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert (await running)["last_hidden"].shape == (1, 1)  # type: ignore[index]
+    with pytest.raises(Unavailable, match="shutting down"):
+        await queued
