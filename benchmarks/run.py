@@ -1,4 +1,5 @@
 """The side-by-side benchmark: one command, one machine, one load generator, every server.
+(Over 250 lines: the plan of every measurement reads best in one place.)
 
     python benchmarks/run.py [--repeats 3] [--duration 4] [--quick]      (or: make bench)
 

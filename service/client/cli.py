@@ -7,7 +7,6 @@ Exit status: 0 ok, 1 the server answered with an error (its status code is print
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -19,8 +18,9 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from lstm_serving.client import loadgen, loadwork
+from lstm_serving.client import loadwork
 from lstm_serving.client.client import LstmClient, Prediction, Security
+from lstm_serving.client.load_command import run_load
 from lstm_serving.contract import LAST_HIDDEN, OUTPUT_CHOICES, SEQUENCE, Architecture, LayerSpec
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.tables import format_table
@@ -194,79 +194,6 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
     )
     print(json.dumps(_prediction_dict(p)) if args.json else _prediction_text(p))
     return 0
-
-
-def run_load(args: argparse.Namespace, features: int) -> int:
-    try:
-        levels = (
-            [(0, float(r)) for r in args.rate.split(",")]
-            if args.rate
-            else [(int(c), 0.0) for c in args.concurrency.split(",")]
-        )
-        loadwork.parse_lengths(args.lengths, args.time, 1, np.random.default_rng())
-    except ValueError as exc:
-        print(f"lstm-client: bad --concurrency, --rate or --lengths: {exc}", file=sys.stderr)
-        return 2
-    spec = loadwork.LoadSpec(
-        target=args.target,
-        model=args.name,
-        protocol=args.protocol,
-        batch_size=args.batch_size,
-        time_steps=args.time,
-        lengths=args.lengths,
-        features=features,
-        output=args.output,
-        duration=args.duration,
-        warmup=args.warmup,
-        channels=args.channels,
-    )
-    sample = 200 if args.verify else 0
-    if args.verify:  # ONNX Runtime only when asked for (the verify extra), never otherwise
-        from lstm_serving.client import verify
-    results: list[loadgen.LevelResult] = []
-    report_levels: list[dict[str, Any]] = []
-    for concurrency, rate in levels:
-        before = loadgen.scrape(args.metrics_url) if args.metrics_url else {}
-        progress = not args.json and sys.stderr.isatty()  # a \r line is for terminals only
-        result = loadgen.run_level_in_processes(
-            spec, args.processes, concurrency, rate, progress, sample
-        )
-        level = result.as_dict()
-        if args.metrics_url:
-            level["server"] = loadgen.server_split(before, loadgen.scrape(args.metrics_url))
-        if args.verify:
-            checked = verify.verify(loadwork.Workload(spec), result.answers, args.verify)
-            level["verify"] = dataclasses.asdict(checked)
-        results.append(result)
-        report_levels.append(level)
-    report = {
-        "spec": dataclasses.asdict(spec),
-        "processes": args.processes,
-        "levels": report_levels,
-    }
-    if args.json_file:
-        args.json_file.write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(loadgen.table(results))
-        for level in report_levels:
-            name = f"{level['rate']:g}/s" if level["rate"] else f"c={level['concurrency']}"
-            if "server" in level:
-                split = level["server"]
-                print(
-                    f"{name}: server queue {split['queue_ms']:.3f} ms, compute "
-                    f"{split['compute_ms_per_batch']:.3f} ms/batch, mean batch "
-                    f"{split['mean_batch_size']:.1f}, padding {split['padding_ratio']:.1%}"
-                )
-            if "verify" in level:
-                check = level["verify"]
-                print(
-                    f"{name}: verified {check['checked']} answers, {check['wrong']} wrong "
-                    f"(max abs diff {check['max_abs_diff']:.3g})"
-                )
-    wrong = any(level.get("verify", {}).get("wrong") for level in report_levels)
-    return 1 if wrong or any(r.errors for r in results) else 0
 
 
 def security(args: argparse.Namespace) -> Security:

@@ -14,18 +14,15 @@ import asyncio
 import multiprocessing
 import sys
 import time
-import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import grpc
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from lstm_serving.client.client import Security, aio_channel
 from lstm_serving.client.loadwork import LoadSpec, Workload
-from lstm_serving.tables import format_table
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -219,46 +216,3 @@ def _level_share(args: tuple[LoadSpec, int, float, int]) -> LevelResult:
     result = asyncio.run(run_level(spec, concurrency, rate, progress=False, seed=seed))
     result.answers = []
     return result
-
-
-def table(results: list[LevelResult]) -> str:
-    header = ["level", "req/s", "seq/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "errors"]
-    rows = [header] + [
-        [
-            f"{r.rate:g}/s" if r.rate else f"c={r.concurrency}",
-            f"{r.requests_per_second:.0f}",
-            f"{r.sequences_per_second:.0f}",
-            *(f"{r.latency_ms[k]:.2f}" for k in ("p50", "p90", "p95", "p99", "max")),
-            ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "0",
-        ]
-        for r in results
-    ]
-    return format_table(rows, align="right")
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Sums every sample of a Prometheus endpoint by name (all models, all labels)."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    totals: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if "le" not in sample.labels:
-                totals[sample.name] += sample.value
-    return dict(totals)
-
-
-def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """What the server saw during a level: mean queue wait, run time, batch size, padding."""
-
-    def mean(name: str) -> float:
-        count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
-        total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
-        return total / count if count else 0.0
-
-    return {
-        "queue_ms": 1000 * mean("lstm_queue_duration_seconds"),
-        "compute_ms_per_batch": 1000 * mean("lstm_inference_duration_seconds"),
-        "mean_batch_size": mean("lstm_batch_size"),
-        "padding_ratio": mean("lstm_batch_padding_ratio"),
-    }

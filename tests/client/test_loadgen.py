@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lstm_serving.client import loadgen, loadwork
+from lstm_serving.client.load_command import server_split, table
 from lstm_serving.client.verify import verify
 from lstm_serving.server.app import LstmServer
 
@@ -37,7 +38,7 @@ def test_server_split_is_a_difference_of_two_scrapes() -> None:
         "lstm_batch_size_sum": 50,
         "lstm_batch_size_count": 15,
     }
-    split = loadgen.server_split(before, after)
+    split = server_split(before, after)
     assert split["queue_ms"] == pytest.approx(50.0) and split["mean_batch_size"] == 8.0
     assert split["compute_ms_per_batch"] == 0.0  # absent: no division by zero
 
@@ -93,4 +94,4 @@ async def test_open_loop_holds_its_rate(server: LstmServer) -> None:
     result = await loadgen.run_level(spec, rate=200.0, progress=False)
     assert result.errors == {}
     assert result.requests_per_second == pytest.approx(200, rel=0.15)
-    assert result.rate == 200.0 and "200/s" in loadgen.table([result])
+    assert result.rate == 200.0 and "200/s" in table([result])

@@ -1,4 +1,7 @@
-"""End to end against a real in-process server: every RPC, outputs, errors, exact batching."""
+"""End to end against a real in-process server: every RPC, outputs, errors, exact batching.
+
+Over 250 lines: one shared server fixture and one table of bad requests, kept together.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""TLS, mutual TLS and bearer tokens, with certificates made on the fly and real handshakes."""
+"""TLS, mutual TLS and bearer tokens, with certificates made on the fly and real handshakes.
+
+Over 250 lines: the certificate authority built here serves every case in the file.
+"""
 
 from __future__ import annotations
 
