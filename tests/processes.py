@@ -15,10 +15,22 @@ SERVE = str(BIN / "lstm-serve")
 CLIENT = str(BIN / "lstm-client")
 
 
+_RESERVED: list[socket.socket] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port reserved for the rest of the test session.
+
+    The socket stays bound (SO_REUSEADDR, never listening), so no other process and no
+    outgoing connection can take the port between now and when a server binds it; servers
+    (gRPC, prometheus-client, nginx) set SO_REUSEADDR and bind it all the same. Picking a free
+    port and releasing it lost that race here: "Address already in use" once a run.
+    """
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    _RESERVED.append(holder)
+    return int(holder.getsockname()[1])
 
 
 def client(port: int, *args: str) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,7 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResult:
         served = self.registry.resolve(request.model, request.version)
+        served.batcher.admit()
         arch = served.model.architecture
         inputs, lengths, outputs = validation.check_request(
             request,

@@ -41,6 +41,27 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 
 
+class ThrottledLog:
+    """At most one line per status code every `interval` seconds, with how many were seen:
+    a flood of bad or refused calls cannot flood the log."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._last: dict[grpc.StatusCode, float] = {}
+        self._unlogged: dict[grpc.StatusCode, int] = {}
+
+    def warning(self, code: grpc.StatusCode, rpc: str, message: str) -> None:
+        now = time.monotonic()
+        count = self._unlogged.get(code, 0) + 1
+        if now - self._last.get(code, -self._interval) < self._interval:
+            self._unlogged[code] = count
+            return
+        self._last[code], self._unlogged[code] = now, 0
+        log.warning(
+            "%s answered %s (%d since the last such line): %s", rpc, code.name, count, message
+        )
+
+
 def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller gets for `exc`; internals are never shown."""
     for cls in type(exc).__mro__:
@@ -64,6 +85,7 @@ class ObservedServicer:
     def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
+        self._refusals = ThrottledLog()
 
     def record(
         self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, started: float
@@ -86,6 +108,8 @@ class ObservedServicer:
         code, message = status_of(exc)
         if code == grpc.StatusCode.INTERNAL:
             log.error("%s failed", rpc, exc_info=exc)
+        elif code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+            self._refusals.warning(code, rpc, message)
         self.record(rpc, request, None, code, started)
         return code, message
 

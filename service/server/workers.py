@@ -40,9 +40,11 @@ Worker = Callable[[Settings, bool], None]
 
 @contextlib.contextmanager
 def reserve_port(host: str, port: int) -> Iterator[int]:
-    """Binds host:port with SO_REUSEPORT (port 0: a free one) without listening; yields it."""
+    """Binds host:port (port 0: a free one) without listening, as the workers will (gRPC sets
+    SO_REUSEADDR and SO_REUSEPORT), and yields the port while holding it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((host.strip("[]"), port))

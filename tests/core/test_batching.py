@@ -260,16 +260,42 @@ async def test_stop_answers_queued_requests_unavailable() -> None:
 async def test_stop_during_a_run_answers_every_request(
     model_and_batcher: tuple[GatedModel, Batcher],
 ) -> None:
-    """The running batch finishes and is answered; what waited is refused; nothing hangs."""
+    """Batches handed to the worker (the one running, the next one waiting) finish and are
+    answered; what still waited in the queue is refused; nothing hangs."""
     model, batcher = model_and_batcher
     running = await _block(model, batcher)
+    handed_over = asyncio.ensure_future(
+        batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])
+    )
+    await _queued()
+    await _queued()  # the batcher forms the next batch while the first one runs
     queued = asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"]))
     await _queued()
     stopping = asyncio.ensure_future(batcher.stop())
     await _queued()
-    assert not stopping.done()  # waits for the batch on the worker thread
+    assert not stopping.done()  # waits for the batches on the worker thread
     model.release.set()
     await asyncio.wait_for(stopping, 10)
     assert (await running)["last_hidden"].shape == (1, 1)  # type: ignore[index]
+    assert (await handed_over)["last_hidden"].shape == (1, 1)
     with pytest.raises(Unavailable, match="shutting down"):
         await queued
+    assert len(model.batches) == 2
+
+
+async def test_the_next_batch_waits_on_the_worker_while_one_runs(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    """Two batches are handed over at most; a third request waits in the queue."""
+    model, batcher = model_and_batcher
+    running = await _block(model, batcher)
+    tasks = []
+    for _ in range(3):
+        tasks.append(
+            asyncio.ensure_future(batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"]))
+        )
+        await _queued()
+        await _queued()
+    model.release.set()
+    await asyncio.gather(running, *tasks)
+    assert [rows for rows, _ in model.batches] == [1, 1, 2]  # the last two waited together
