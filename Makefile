@@ -42,7 +42,7 @@ system-deps:
 test: lint system-deps
 	$(BIN)/pytest
 
-# The side-by-side benchmark (about 10 minutes): writes BENCHMARKS.md and benchmarks/*.
+# The side-by-side benchmark (about 12 minutes): writes BENCHMARKS.md and benchmarks/*.
 # MLServer goes into .venv-mlserver, a venv of its own.
 $(VENV)/.bench: $(VENV)/.dev
 	$(PIP) -e '.[server,export,dev,bench]'

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import tempfile
 from pathlib import Path
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--version must be >= 1")
     if "/" in args.name or args.name in ("", ".", ".."):
         p.error(f"--name {args.name!r} is not a valid directory name")
+    if args.weights is not None and not args.weights.is_file():
+        p.error(f"--weights {args.weights}: no such file")
     return args
 
 
@@ -67,8 +70,12 @@ def load_weights(module: StackedLSTM, path: Path) -> None:
     """Loads a state_dict without unpickling arbitrary objects; lists every mismatch."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise ExportError(f"weights file {path} does not exist") from exc
+    except pickle.UnpicklingError as exc:  # weights_only refused a pickled object
+        raise ExportError(
+            f"{path} holds pickled Python objects (a whole model saved with torch.save(model)?), "
+            "which are never unpickled here: save the weights alone with "
+            "torch.save(model.state_dict(), path)"
+        ) from exc
     except Exception as exc:  # torch raises several unrelated types for unreadable files
         raise ExportError(f"cannot read weights file {path} as a state_dict: {exc}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -181,8 +181,8 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
                 f"lstm-client: --random takes B,T (e.g. 4,10), got {args.random!r}", file=sys.stderr
             )
             return 2
-        features = client.describe(args.name, args.version).input_size
         rng = np.random.default_rng(args.seed)
+        features = _features(client, args.name, args.version)
         inputs = rng.standard_normal((batch, steps, features)).astype(np.float32)
     p = client.predict(
         args.name,
@@ -194,6 +194,15 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
     )
     print(json.dumps(_prediction_dict(p)) if args.json else _prediction_text(p))
     return 0
+
+
+def _features(client: LstmClient, name: str, version: int) -> int:
+    """The model's input width, for --random. For a model or version the server does not have,
+    1: the Predict then gets the server's NOT_FOUND (and is counted as the Predict it is)."""
+    versions = client.list_models().get(name, [])
+    if not versions or (version and version not in versions):
+        return 1
+    return client.describe(name, version).input_size
 
 
 def security(args: argparse.Namespace) -> Security:

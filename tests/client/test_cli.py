@@ -183,3 +183,37 @@ def test_load_generator_smoke(served: int, tmp_path: Path) -> None:
         served, "load", "seed", "--concurrency", "2", "--duration", "0.5", "--warmup", "0.1"
     )
     assert table.returncode == 0 and "req/s" in table.stdout and "p99 ms" in table.stdout
+
+
+def test_health_of_an_unreachable_server_exits_3() -> None:
+    port = free_port()  # reserved: nothing listens there
+    out = client(port, "--timeout", "2", "health")
+    assert out.returncode == 3 and out.stdout.strip() == "UNAVAILABLE", out
+    assert "UNAVAILABLE" in out.stderr
+
+
+def test_predict_on_an_unknown_model_is_a_predict_not_found(served: int) -> None:
+    out = client(served, "predict", "nope", "--random", "1,3")
+    assert out.returncode == 1 and "NOT_FOUND: model 'nope' is not loaded" in out.stderr
+    version = client(served, "predict", "seed", "--random", "1,3", "--version", "9")
+    assert version.returncode == 1 and "no version 9" in version.stderr
+
+
+def test_load_help_shows_defaults_and_progress_stays_off_pipes(served: int) -> None:
+    help_text = client(served, "load", "--help").stdout
+    assert "(default: 10.0)" in help_text and "(default: 1,16,64)" in help_text
+    out = client(served, "load", "seed", "--concurrency", "2", "--duration", "1.2", "--warmup", "0")
+    assert out.returncode == 0 and "\r" not in out.stderr  # stderr is a pipe, not a terminal
+
+
+def test_metrics_port_in_use_is_a_clear_start_failure(seed_repository: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        metrics_port = holder.getsockname()[1]
+        process = start(seed_repository, free_port(), "--metrics-port", str(metrics_port))
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert f"cannot serve /metrics on 127.0.0.1:{metrics_port}" in err and "--metrics-port" in err
+    assert "Traceback" not in err and "Event loop is closed" not in err
+    assert "never awaited" not in err

@@ -99,11 +99,18 @@ def test_bad_weights_files_are_refused_without_running_code(tmp_path: Path) -> N
     garbage.write_bytes(b"not a torch file")
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"x": _Payload()}))
-    for path in (garbage, evil, tmp_path / "missing.pt"):
+    for path in (garbage, evil):
         result = _export(tmp_path / "repo", "--weights", str(path))
         assert result.returncode == 1, path
         assert str(path) in result.stderr
         assert "ARBITRARY CODE RAN" not in result.stdout + result.stderr
+    missing = _export(tmp_path / "repo", "--weights", str(tmp_path / "missing.pt"))
+    assert missing.returncode == 2 and "missing.pt: no such file" in missing.stderr  # usage
+    whole_model = tmp_path / "whole.pt"
+    torch.save(StackedLSTM(2, [6, 4]), whole_model)
+    result = _export(tmp_path / "repo", "--weights", str(whole_model))
+    assert result.returncode == 1 and "torch.save(model.state_dict(), path)" in result.stderr
+    assert "Weights only load failed" not in result.stderr  # not torch's page of text
     tensor_only = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), tensor_only)
     result = _export(tmp_path / "repo", "--weights", str(tensor_only))

@@ -54,7 +54,9 @@ Global___Output: _TypeAlias = Output  # noqa: Y015
 @_typing.final
 class Tensor(_message.Message):
     """A float32 tensor. Exactly one of `data` (little-endian raw bytes, the fast path)
-    or `values` (a convenience for hand-written clients) is set.
+    or `values` (a convenience for hand-written clients) is set; the server answers
+    INVALID_ARGUMENT when both are. Responses always use `data`. (Not a `oneof`: proto3
+    does not allow a repeated field in one, and wrapping `values` would change the wire.)
     """
 
     DESCRIPTOR: _descriptor.Descriptor
