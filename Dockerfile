@@ -8,7 +8,7 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim AS base
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --user-group --no-create-home lstm \
- && mkdir -p /models && chown lstm:lstm /models
+ && mkdir -p /models && chown 10001:10001 /models
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY proto ./proto
@@ -17,7 +17,7 @@ COPY export ./export
 
 FROM base AS server
 RUN pip install -c constraints.txt ".[server]" && python -c "import lstm_serving.server.main"
-USER lstm
+USER 10001:10001
 EXPOSE 50051 8002
 HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 \
   CMD ["lstm-client", "--target", "localhost:50051", "--timeout", "3", "health"]
@@ -25,14 +25,15 @@ ENTRYPOINT ["lstm-serve"]
 CMD ["--repository", "/models", "--host", "0.0.0.0"]
 
 FROM server AS server-gpu
-USER root
-RUN pip uninstall -y onnxruntime && pip install "onnxruntime-gpu[cuda,cudnn]==1.31.1"
-USER lstm
+USER 0
+RUN pip uninstall -y onnxruntime \
+ && pip install -c constraints.txt "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+USER 10001:10001
 CMD ["--repository", "/models", "--host", "0.0.0.0", "--device", "cuda"]
 
 FROM base AS export
 # The CPU wheel of torch: PyPI's default build would pull several GB of CUDA libraries.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
  && pip install -c constraints.txt ".[export]"
-USER lstm
+USER 10001:10001
 ENTRYPOINT ["lstm-export"]

