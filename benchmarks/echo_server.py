@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -33,6 +34,14 @@ class Echo(pb_grpc.LstmServiceServicer):
                 ),
             )
         return self._cache[batch]
+
+    async def PredictStream(
+        self,
+        request_iterator: AsyncIterator[pb.PredictRequest],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[pb.PredictResponse]:
+        async for request in request_iterator:
+            yield await self.Predict(request, context)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[object, object]

@@ -122,7 +122,7 @@ def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
         report["errors"] == 0
         and report["rss_growth_mib"] <= args.max_rss_growth
         and report["fd_growth"] <= args.max_fd_growth
-        and report["p99_drift"] <= args.max_drift
+        and (args.max_drift == 0 or report["p99_drift"] <= args.max_drift)
     )
     return report
 
@@ -140,7 +140,9 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.7, help="of measured capacity")
     parser.add_argument("--max-rss-growth", type=float, default=20.0, help="MiB")
     parser.add_argument("--max-fd-growth", type=int, default=10)
-    parser.add_argument("--max-drift", type=float, default=3.0, help="p99 last / first window")
+    parser.add_argument(
+        "--max-drift", type=float, default=3.0, help="p99 last / first window (0: not checked)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     process = None

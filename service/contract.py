@@ -9,11 +9,13 @@ spelled out (a test reads the other modules for string literals).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from lstm_serving.tables import table_lines
 
+T = TypeVar("T")
 METADATA_KEY = "lstm_serving.architecture"
 FORMAT_VERSION = 1
 
@@ -42,6 +44,12 @@ def initial_state(layer: int, part: str) -> str:
 def final_state(layer: int, part: str) -> str:
     """Graph output of layer `layer`'s final h or c: [directions, batch, units]."""
     return f"final_{part}_{layer}"
+
+
+def is_initial_state(name: str) -> bool:
+    """Whether a graph input name is a layer's initial h or c (any layer)."""
+    part, _, layer = name.removeprefix("initial_").partition("_")
+    return name.startswith("initial_") and part in STATE_PARTS and layer.isdigit()
 
 
 def batch_axis(name: str) -> int:
@@ -145,6 +153,14 @@ class Architecture:
 
     def state_outputs(self) -> tuple[str, ...]:
         return tuple(final_state(k, s) for k in range(len(self.layers)) for s in STATE_PARTS)
+
+    def carry(self, outputs: Mapping[str, T]) -> dict[str, T]:
+        """The final states among a run's outputs, named as the next run's initial states."""
+        return {
+            initial_state(k, s): outputs[final_state(k, s)]
+            for k in range(len(self.layers))
+            for s in STATE_PARTS
+        }
 
     def graph_inputs(self) -> tuple[str, ...]:
         return (INPUT, LENGTHS, *self.state_inputs())

@@ -19,6 +19,14 @@ class NotFound(ServingError):
     """No such model or version is loaded."""
 
 
+class AlreadyExists(ServingError):
+    """A sequence started with an id that is already open."""
+
+
+class FailedPrecondition(ServingError):
+    """The model cannot do what was asked (e.g. carry a bidirectional model's state)."""
+
+
 class ResourceExhausted(ServingError):
     """The server is full right now; retry with backoff."""
 

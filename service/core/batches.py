@@ -8,6 +8,7 @@ changes a row's answer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,22 +17,56 @@ from lstm_serving.contract import SEQUENCE, batch_axis
 Arrays = dict[str, np.ndarray]
 
 
-def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs [b, t, F], lengths [b]) per request -> one [B, T, F] and [B].
+States = dict[str, np.ndarray]  # contract.initial_state names -> [directions, batch, units]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One request's share of a batch."""
+
+    inputs: np.ndarray  # [b, t, F]
+    lengths: np.ndarray  # [b]
+    initial: States | None  # None: zeros
+
+
+def merge(parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray, States | None]:
+    """Requests -> one [B, T, F] input, [B] lengths, and [d, B, units] initial states (None
+    when every request starts from zeros; zeros for the rows of those that do).
 
     T is the longest *length* in the batch, not the longest time axis sent.
     """
-    lengths = np.concatenate([part_lengths for _, part_lengths in parts]).astype(np.int32)
+    lengths = np.concatenate([part.lengths for part in parts]).astype(np.int32)
     time_steps = int(lengths.max())
-    if len(parts) == 1 and parts[0][0].shape[1] == time_steps:
-        return np.ascontiguousarray(parts[0][0], dtype=np.float32), lengths
-    inputs = np.zeros((lengths.shape[0], time_steps, parts[0][0].shape[2]), dtype=np.float32)
+    initial = _merge_states(parts)
+    if len(parts) == 1 and parts[0].inputs.shape[1] == time_steps:
+        return np.ascontiguousarray(parts[0].inputs, dtype=np.float32), lengths, initial
+    inputs = np.zeros((lengths.shape[0], time_steps, parts[0].inputs.shape[2]), dtype=np.float32)
     start = 0
-    for part_inputs, _ in parts:
-        rows, steps = part_inputs.shape[0], min(time_steps, part_inputs.shape[1])
-        inputs[start : start + rows, :steps] = part_inputs[:, :steps]
+    for part in parts:
+        rows, steps = part.inputs.shape[0], min(time_steps, part.inputs.shape[1])
+        inputs[start : start + rows, :steps] = part.inputs[:, :steps]
         start += rows
-    return inputs, lengths
+    return inputs, lengths, initial
+
+
+def _merge_states(parts: Sequence[Part]) -> States | None:
+    given = next((part.initial for part in parts if part.initial is not None), None)
+    if given is None:
+        return None
+    if len(parts) == 1:
+        return given
+    return {
+        name: np.concatenate(
+            [
+                part.initial[name]
+                if part.initial is not None
+                else np.zeros((like.shape[0], part.inputs.shape[0], like.shape[2]), np.float32)
+                for part in parts
+            ],
+            axis=batch_axis(name),
+        )
+        for name, like in given.items()
+    }
 
 
 def check_rows(results: Mapping[str, np.ndarray], rows: int) -> None:

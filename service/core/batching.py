@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lstm_serving.core.batches import Arrays, check_rows, merge, split
+from lstm_serving.core.batches import Arrays, Part, States, check_rows, merge, split
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ INLINE_SECONDS = 1e-4
 # overload, is busy refusing calls: with one at a time, goodput under 3x overload fell to
 # 0.5-0.6x of capacity on a busy 2-core machine).
 PIPELINE_DEPTH = 2
-RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str]], Arrays]
+# (inputs [B, T, F], lengths [B], outputs, initial states or None for zeros) -> outputs
+RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str], States | None], Arrays]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class _Request:
     lengths: np.ndarray  # [b] int32, each in 1..t
     outputs: tuple[str, ...]
     deadline: float | None  # time.monotonic() value, or None for no deadline
+    initial: States | None  # [directions, b, units] per initial_state name; None: zeros
     future: asyncio.Future[Arrays]
     arrived: float = field(default_factory=time.monotonic)
 
@@ -154,11 +156,12 @@ class Batcher:
         lengths: np.ndarray,
         outputs: Sequence[str],
         deadline: float | None = None,
+        initial: States | None = None,
     ) -> Arrays:
         """Queues one request and waits for its own rows of the requested outputs."""
         self.admit()
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(inputs, lengths, tuple(outputs), deadline, future))
+        self._queue.append(_Request(inputs, lengths, tuple(outputs), deadline, initial, future))
         self._queued_rows += inputs.shape[0]
         self._idle.clear()
         self._observer.queue_changed(len(self._queue))
@@ -232,7 +235,7 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[_Request]) -> None:
-        inputs, lengths = merge([(request.inputs, request.lengths) for request in batch])
+        inputs, lengths, initial = merge([Part(r.inputs, r.lengths, r.initial) for r in batch])
         self.batches_run += 1
         outputs = sorted({name for request in batch for name in request.outputs})
         loop = asyncio.get_running_loop()
@@ -241,10 +244,10 @@ class Batcher:
             steps = inputs.shape[0] * inputs.shape[1]
             alone = len(self._runs) == 1 and not self._queue
             if alone and steps * self._step_seconds <= self._inline_seconds:
-                results, compute = self._timed_run(inputs, lengths, outputs)
+                results, compute = self._timed_run(inputs, lengths, outputs, initial)
             else:
                 results, compute = await loop.run_in_executor(
-                    self._executor, self._timed_run, inputs, lengths, outputs
+                    self._executor, self._timed_run, inputs, lengths, outputs, initial
                 )
             per_step = compute / steps
             first = self._step_seconds == float("inf")
@@ -276,11 +279,15 @@ class Batcher:
         )
 
     def _timed_run(
-        self, inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+        self,
+        inputs: np.ndarray,
+        lengths: np.ndarray,
+        outputs: Sequence[str],
+        initial: States | None,
     ) -> tuple[Arrays, float]:
         """The run and its own duration, without the hop to and from the worker thread."""
         began = time.perf_counter()
-        results = self._run_fn(inputs, lengths, outputs)
+        results = self._run_fn(inputs, lengths, outputs, initial)
         return results, time.perf_counter() - began
 
     @staticmethod

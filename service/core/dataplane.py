@@ -7,10 +7,12 @@ and encode the `InferResult`; what a request may hold is checked here, once.
 from __future__ import annotations
 
 from lstm_serving.core import validation
-from lstm_serving.core.registry import Registry
+from lstm_serving.core.batches import Arrays
+from lstm_serving.core.registry import Registry, ServedModel
 from lstm_serving.core.requests import InferRequest, InferResult
 from lstm_serving.core.runtime import Model
 from lstm_serving.core.settings import Settings
+from lstm_serving.core.validation import Checked
 
 
 class DataPlane:
@@ -25,11 +27,31 @@ class DataPlane:
         served = self.registry.resolve(request.model, request.version)
         served.batcher.admit()
         arch = served.model.architecture
-        inputs, lengths, outputs = validation.check_request(
+        checked = validation.check_request(
             request,
             arch,
             self._settings.max_sequence_length,
             self._settings.max_request_sequences,
         )
-        arrays = await served.batcher.submit(inputs, lengths, outputs, request.deadline)
+        if request.sequence is not None:
+            arrays = await self._step(served, request, checked)
+        else:
+            arrays = await served.batcher.submit(
+                checked.inputs, checked.lengths, checked.outputs, request.deadline, checked.initial
+            )
         return InferResult(served.model.name, served.model.version, arch, arrays)
+
+    async def _step(self, served: ServedModel, request: InferRequest, checked: Checked) -> Arrays:
+        """One step of a server-held sequence: from its state, keeping the state it ends in."""
+        step, arch = request.sequence, served.model.architecture
+        assert step is not None
+        validation.check_sequence_step(step, arch, checked)
+        carried = arch.state_outputs()
+        outputs = checked.outputs + tuple(n for n in carried if n not in checked.outputs)
+        steps = int(checked.lengths[0])
+        async with served.sequences.step(step, request.owner, checked.initial, steps) as stepping:
+            arrays = await served.batcher.submit(
+                checked.inputs, checked.lengths, outputs, request.deadline, stepping.initial
+            )
+            stepping.final = arch.carry(arrays)
+        return {name: arrays[name] for name in checked.outputs}

@@ -118,6 +118,26 @@ class Metrics:
             registry=r,
         )
 
+        self.sequences_open = Gauge(
+            "lstm_sequences_open",
+            "Server-held sequences open.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.sequences_closed = Counter(
+            "lstm_sequences_closed",
+            "Server-held sequences closed, by reason (ended, expired, evicted).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.sequence_steps = Histogram(
+            "lstm_sequence_step_length",
+            "Time steps in each call of a server-held sequence.",
+            ["model"],
+            buckets=LENGTH_BUCKETS,
+            registry=r,
+        )
         self.reloads = Counter(
             "lstm_model_reloads",
             "Versions loaded, rejected or removed after start-up.",
@@ -127,6 +147,28 @@ class Metrics:
 
     def batch_observer(self, model: str, provider: str) -> BatchMetrics:
         return BatchMetrics(self, model, provider)
+
+    def sequence_observer(self, model: str) -> SequenceMetrics:
+        return SequenceMetrics(self, model)
+
+
+class SequenceMetrics:
+    """The sequence store's view of the metrics for one model."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._open = metrics.sequences_open.labels(model)
+        self._closed = metrics.sequences_closed
+        self._steps = metrics.sequence_steps.labels(model)
+        self._model = model
+
+    def open_changed(self, count: int) -> None:
+        self._open.set(count)
+
+    def closed(self, reason: str) -> None:
+        self._closed.labels(self._model, reason).inc()
+
+    def stepped(self, steps: int) -> None:
+        self._steps.observe(steps)
 
 
 class BatchMetrics:

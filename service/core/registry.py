@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from lstm_serving.core.batching import Batcher
 from lstm_serving.core.runtime import Model
+from lstm_serving.core.sequences import SequenceStore
 from lstm_serving.errors import NotFound, Unavailable
 
 
@@ -13,6 +14,7 @@ from lstm_serving.errors import NotFound, Unavailable
 class ServedModel:
     model: Model
     batcher: Batcher
+    sequences: SequenceStore
 
 
 class Registry:
@@ -75,3 +77,4 @@ class Registry:
         self.ready = False
         for served in self.all():
             await served.batcher.stop()
+            served.sequences.stop()

@@ -16,6 +16,7 @@ from lstm_serving.core.batching import Batcher
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.registry import Registry, ServedModel
 from lstm_serving.core.runtime import Model
+from lstm_serving.core.sequences import SequenceStore
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import ConfigurationError, ModelLoadError
 
@@ -86,9 +87,16 @@ def serve_models(
             max_queue_size=settings.max_queue_size,
             observer=metrics.batch_observer(model.name, model.provider),
         )
+        sequences = SequenceStore(
+            f"{model.name}:{model.version}",
+            settings.max_sequences,
+            settings.sequence_idle_timeout,
+            metrics.sequence_observer(model.name),
+        )
         metrics.model_info.labels(model.name, str(model.version), model.provider).set(1)
         batcher.start()
-        registry.add(ServedModel(model, batcher))
+        sequences.start()
+        registry.add(ServedModel(model, batcher, sequences))
     registry.ready = True
 
 
@@ -114,6 +122,7 @@ class RepositorySync:
                 served = self._registry.remove(name, version)
                 self._metrics.model_info.remove(name, str(version), served.model.provider)
                 await served.batcher.drain()
+                served.sequences.stop()
                 self._metrics.reloads.labels(name, "removed").inc()
                 log.info("removed %s version %d (drained)", name, version)
 

@@ -27,6 +27,21 @@ class Encoded:
         return cls(tuple(array.shape), lambda: array)
 
 
+SequenceId = int | str
+
+
+@dataclass(frozen=True)
+class SequenceStep:
+    """A call that is one step of a server-held sequence (Triton's sequence_id/start/end)."""
+
+    id: SequenceId  # not 0, not ""
+    start: bool = False
+    end: bool = False
+
+    def describe(self) -> str:
+        return f"sequence {self.id!r}"
+
+
 @dataclass(frozen=True)
 class InferRequest:
     model: str
@@ -36,6 +51,10 @@ class InferRequest:
     outputs: tuple[str, ...] | None  # contract output names; None: every output the model has
     with_states: bool = False  # also every layer's final (h, c)
     deadline: float | None = None  # time.monotonic() value
+    # contract.initial_state names -> [directions, batch, units]; None: zeros
+    initial_states: dict[str, np.ndarray] | None = None
+    sequence: SequenceStep | None = None
+    owner: str = ""  # who asks (a fingerprint of its token): a sequence is its starter's only
 
 
 @dataclass(frozen=True)

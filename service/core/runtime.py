@@ -99,15 +99,23 @@ class Model:
         return arch
 
     def run(
-        self, inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+        self,
+        inputs: np.ndarray,
+        lengths: np.ndarray,
+        outputs: Sequence[str],
+        initial: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """inputs [B, T, F] float32, lengths [B] int32 in 1..T; returns the named outputs."""
+        """inputs [B, T, F] float32, lengths [B] int32 in 1..T, initial states
+        [directions, B, units] by name (None: zeros); returns the named outputs."""
         batch = inputs.shape[0]
         feeds = {INPUT: inputs, LENGTHS: lengths}
-        for k, layer in enumerate(self.architecture.layers):
-            zeros = np.zeros((layer.directions, batch, layer.units), dtype=np.float32)
-            for part in STATE_PARTS:
-                feeds[initial_state(k, part)] = zeros
+        if initial is not None:
+            feeds.update(initial)
+        else:
+            for k, layer in enumerate(self.architecture.layers):
+                zeros = np.zeros((layer.directions, batch, layer.units), dtype=np.float32)
+                for part in STATE_PARTS:
+                    feeds[initial_state(k, part)] = zeros
         return dict(zip(outputs, self.session.run(list(outputs), feeds), strict=True))
 
     def warm_up(self, max_batch_size: int) -> None:

@@ -60,6 +60,14 @@ class Settings:
     max_request_sequences: int = field(
         default=1024, metadata={"help": "most sequences one request may carry"}
     )
+    max_sequences: int = field(
+        default=10000,
+        metadata={"help": "server-held sequences open at once per model version"},
+    )
+    sequence_idle_timeout: float = field(
+        default=60.0,
+        metadata={"help": "seconds a server-held sequence may stay idle before it is freed"},
+    )
     max_message_bytes: int = field(
         default=16 * 1024 * 1024,
         metadata={"help": "largest gRPC message received or sent, in bytes"},
@@ -116,6 +124,7 @@ _POSITIVE = (
     "max_sequence_length",
     "max_request_sequences",
     "max_message_bytes",
+    "max_sequences",
 )
 _NON_NEGATIVE = (
     "port",
@@ -124,6 +133,7 @@ _NON_NEGATIVE = (
     "max_queue_delay_ms",
     "grace_period",
     "reload_interval",
+    "sequence_idle_timeout",
 )
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -6,12 +6,13 @@ Pure functions raising InvalidArgument with a message the caller can act on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from lstm_serving.contract import Architecture
-from lstm_serving.core.requests import InferRequest
-from lstm_serving.errors import InvalidArgument
+from lstm_serving.contract import STATE_PARTS, Architecture, initial_state
+from lstm_serving.core.requests import InferRequest, SequenceStep
+from lstm_serving.errors import FailedPrecondition, InvalidArgument
 
 MAX_DIMENSION = 2**31 - 1
 
@@ -92,10 +93,40 @@ def check_outputs(outputs: Sequence[str], arch: Architecture) -> tuple[str, ...]
     return tuple(outputs)
 
 
+def check_initial_states(
+    states: dict[str, np.ndarray] | None, arch: Architecture, batch: int
+) -> dict[str, np.ndarray] | None:
+    """Every layer's (h, c) as [directions, batch, units] float32, finite; or none at all."""
+    if not states:
+        return None
+    expected = arch.state_inputs()
+    missing = [name for name in expected if name not in states]
+    if missing or len(states) != len(expected):
+        raise InvalidArgument(
+            f"initial state: give (h, c) for each of the model's {len(arch.layers)} layers or "
+            f"none; missing {', '.join(missing) or 'nothing'}, given {', '.join(sorted(states))}"
+        )
+    checked = {}
+    for k, layer in enumerate(arch.layers):
+        shape = (layer.directions, batch, layer.units)
+        for part in STATE_PARTS:
+            name = initial_state(k, part)
+            array = states[name]
+            if array.shape != shape:
+                raise InvalidArgument(
+                    f"initial state {name} has shape {list(array.shape)}; layer {k} needs "
+                    f"{list(shape)} ([directions, batch, units])"
+                )
+            if not np.isfinite(array).all():
+                raise InvalidArgument(f"initial state {name} holds NaN or Inf")
+            checked[name] = np.asarray(array, dtype=np.float32)
+    return checked
+
+
 def check_request(
     request: InferRequest, arch: Architecture, max_sequence_length: int, max_sequences: int
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """The request's inputs, lengths and output names, each checked; what the batcher runs."""
+) -> Checked:
+    """The request's inputs, lengths, output names and initial states, each checked."""
     check_input_shape(request.inputs.shape, arch, max_sequence_length, max_sequences)
     inputs = check_finite(request.inputs.decode())
     batch, steps, _ = inputs.shape
@@ -103,4 +134,35 @@ def check_request(
     names = tuple(arch.output_shapes()) if request.outputs is None else request.outputs
     if request.with_states:
         names += tuple(n for n in arch.state_outputs() if n not in names)
-    return inputs, lengths, check_outputs(names, arch)
+    initial = check_initial_states(request.initial_states, arch, batch)
+    return Checked(inputs, lengths, check_outputs(names, arch), initial)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request as the batcher runs it."""
+
+    inputs: np.ndarray
+    lengths: np.ndarray
+    outputs: tuple[str, ...]
+    initial: dict[str, np.ndarray] | None
+
+
+def check_sequence_step(step: SequenceStep, arch: Architecture, checked: Checked) -> None:
+    """A server-held sequence's step: one sequence, a model whose state can be carried."""
+    if step.id in (0, ""):
+        raise InvalidArgument('sequence id 0 and "" mean no sequence: choose another id')
+    if checked.inputs.shape[0] != 1:
+        raise InvalidArgument(
+            f"a step of {step.describe()} holds one sequence (input shape[0] == 1), not "
+            f"{checked.inputs.shape[0]}: send the others as their own sequences"
+        )
+    if arch.bidirectional:
+        raise FailedPrecondition(
+            "this model is bidirectional: its backward direction needs the whole sequence at "
+            "once, so its state cannot be carried across calls; send whole sequences"
+        )
+    if checked.initial is not None and not step.start:
+        raise InvalidArgument(
+            f"an initial state is for a sequence's start: {step.describe()} carries its own state"
+        )

@@ -1,21 +1,24 @@
 """KServe v2 (Open Inference Protocol) protobuf <-> numpy. No grpc.
 
-Model mapping: inputs `input` FP32 [-1, -1, F] and optional `lengths` INT32 [-1]; outputs
-`last_hidden`, `sequence`, `final_h_{k}`, `final_c_{k}` (names from `contract`). Inputs come
-raw (`raw_input_contents`, little-endian) or typed (`fp32_contents` / `int_contents`);
-outputs go back raw. The checks against the model and the limits are the data plane's.
+Model mapping: inputs `input` FP32 [-1, -1, F], optional `lengths` INT32 [-1] and optional
+`initial_h_{k}` / `initial_c_{k}` FP32 [directions, -1, units]; outputs `last_hidden`,
+`sequence`, `final_h_{k}`, `final_c_{k}` (names from `contract`). Inputs come raw
+(`raw_input_contents`, little-endian) or typed (`fp32_contents` / `int_contents`); outputs go
+back raw. Server-held sequences as Triton reads them: parameters `sequence_id` (int64, uint64
+or string; 0 or "" is none), `sequence_start`, `sequence_end` (bool). The checks against the
+model and the limits are the data plane's.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lstm_serving.contract import INPUT, LENGTHS, Architecture
-from lstm_serving.core.requests import Encoded, InferRequest, InferResult
+from lstm_serving.contract import INPUT, LENGTHS, Architecture, is_initial_state
+from lstm_serving.core.requests import Encoded, InferRequest, InferResult, SequenceStep
 from lstm_serving.core.validation import check_dimensions
 from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
@@ -47,7 +50,7 @@ def _check_tensor(tensor: v2.ModelInferRequest.InferInputTensor) -> None:
             f"input {name!r} uses shared memory, which this server does not "
             "support: send raw_input_contents or typed contents"
         )
-    expected = _INPUT_DTYPES[name]
+    expected = _INPUT_DTYPES.get(name, "FP32")
     if dtype != expected:
         raise InvalidArgument(f"input {name!r} has datatype {dtype!r}; expected {expected}")
 
@@ -73,7 +76,9 @@ def _decode_tensor(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | N
     return np.asarray(values, dtype=_DTYPES[dtype]).reshape(shape)
 
 
-def decode_infer_request(request: v2.ModelInferRequest, deadline: float | None) -> InferRequest:
+def decode_infer_request(
+    request: v2.ModelInferRequest, deadline: float | None, owner: str = ""
+) -> InferRequest:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
@@ -82,10 +87,12 @@ def decode_infer_request(request: v2.ModelInferRequest, deadline: float | None) 
         )
     tensors: dict[str, Encoded] = {}
     for i, tensor in enumerate(request.inputs):
-        if tensor.name not in _INPUT_DTYPES:
+        if tensor.name not in _INPUT_DTYPES and not is_initial_state(tensor.name):
             raise InvalidArgument(
                 f"unknown input {tensor.name!r}: this model takes {INPUT!r} (FP32 "
-                f"[batch, time, features]) and optionally {LENGTHS!r} (INT32 [batch])"
+                f"[batch, time, features]), and optionally {LENGTHS!r} (INT32 [batch]) and "
+                "each layer's initial state (FP32 [directions, batch, units], named as the "
+                "final_h_K / final_c_K outputs but initial_)"
             )
         if tensor.name in tensors:
             raise InvalidArgument(f"input {tensor.name!r} is given twice")
@@ -99,6 +106,7 @@ def decode_infer_request(request: v2.ModelInferRequest, deadline: float | None) 
         )
     if INPUT not in tensors:
         raise InvalidArgument(f"input {INPUT!r} (FP32 [batch, time, features]) is missing")
+    states = {name: e.decode() for name, e in tensors.items() if is_initial_state(name)}
     return InferRequest(
         model=request.model_name,
         version=parse_version(request.model_version),
@@ -106,7 +114,32 @@ def decode_infer_request(request: v2.ModelInferRequest, deadline: float | None) 
         lengths=tensors[LENGTHS].decode() if LENGTHS in tensors else None,
         outputs=tuple(o.name for o in request.outputs) or None,
         deadline=deadline,
+        initial_states=states or None,
+        sequence=_sequence(request.parameters),
+        owner=owner,
     )
+
+
+def _sequence(parameters: Mapping[str, v2.InferParameter]) -> SequenceStep | None:
+    """Triton's sequence parameters; None when the call is not part of a sequence."""
+    if "sequence_id" not in parameters:
+        return None
+    given = parameters["sequence_id"]
+    kind = given.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param", "string_param"):
+        raise InvalidArgument(f"parameter sequence_id is a {kind}: send an integer or a string")
+    sequence_id: int | str = getattr(given, kind)
+    flags = {}
+    for flag in ("sequence_start", "sequence_end"):
+        value = parameters.get(flag)
+        if value is not None and value.WhichOneof("parameter_choice") != "bool_param":
+            raise InvalidArgument(f"parameter {flag} must be a bool")
+        flags[flag] = value is not None and value.bool_param
+    if sequence_id in (0, ""):
+        if any(flags.values()):
+            raise InvalidArgument("sequence_start/sequence_end need a sequence_id other than 0")
+        return None
+    return SequenceStep(sequence_id, flags["sequence_start"], flags["sequence_end"])
 
 
 def encode_infer_response(result: InferResult, request_id: str) -> v2.ModelInferResponse:

@@ -19,8 +19,9 @@ from lstm_serving.contract import (
     SEQUENCE,
     Architecture,
     final_state,
+    initial_state,
 )
-from lstm_serving.core.requests import Encoded, InferRequest, InferResult
+from lstm_serving.core.requests import Encoded, InferRequest, InferResult, SequenceStep
 from lstm_serving.core.validation import check_dimensions
 from lstm_serving.errors import InvalidArgument
 from lstm_serving.proto.v1 import lstm_pb2 as pb
@@ -34,6 +35,9 @@ OUTPUT_ENUM: dict[str, int] = {
 }
 _CHOICE_OF_ENUM = {value: choice for choice, value in OUTPUT_ENUM.items()}
 _CHOICE_OF_ENUM[pb.OUTPUT_UNSPECIFIED] = LAST_HIDDEN
+# PredictRequest fields named like tensors
+SEQUENCE_FIELD = "sequence"  # not a tensor name
+INITIAL_STATE_FIELD = "initial_state"  # not a tensor name
 
 
 def array_to_tensor(array: np.ndarray) -> pb.Tensor:
@@ -67,7 +71,9 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     raise InvalidArgument(f"{field}: neither data nor values is set")
 
 
-def decode_predict(request: pb.PredictRequest, deadline: float | None) -> InferRequest:
+def decode_predict(
+    request: pb.PredictRequest, deadline: float | None, owner: str = ""
+) -> InferRequest:
     if not request.HasField(INPUT):
         raise InvalidArgument("input is not set: send a [batch, time, features] Tensor")
     if request.output not in _CHOICE_OF_ENUM:
@@ -81,7 +87,44 @@ def decode_predict(request: pb.PredictRequest, deadline: float | None) -> InferR
         outputs=OUTPUT_CHOICES[_CHOICE_OF_ENUM[request.output]],
         with_states=request.return_state,
         deadline=deadline,
+        initial_states=decode_states(request.initial_state, INITIAL_STATE_FIELD),
+        sequence=_sequence(request.sequence) if in_sequence(request) else None,
+        owner=owner,
     )
+
+
+def in_sequence(request: pb.PredictRequest) -> bool:
+    """Whether the call is a step of a server-held sequence."""
+    return request.HasField(SEQUENCE_FIELD)
+
+
+def decode_states(states: Sequence[pb.LayerState], field: str) -> dict[str, np.ndarray] | None:
+    """LayerState messages -> contract initial_state names; None when there are none."""
+    decoded: dict[str, np.ndarray] = {}
+    for state in states:
+        for part, tensor in (("h", state.h), ("c", state.c)):
+            name = initial_state(state.layer, part)
+            if name in decoded:
+                raise InvalidArgument(f"{field} gives layer {state.layer} twice")
+            decoded[name] = tensor_to_array(tensor, f"{field}[layer {state.layer}].{part}")
+    return decoded or None
+
+
+def encode_states(arrays: dict[str, np.ndarray], layers: int) -> list[pb.LayerState]:
+    """Final states (final_state names) or initial ones (initial_state names) -> LayerState."""
+    return [
+        pb.LayerState(layer=k, h=array_to_tensor(arrays[h]), c=array_to_tensor(arrays[c]))
+        for k in range(layers)
+        for h, c in ((name(k, "h"), name(k, "c")) for name in (final_state, initial_state))
+        if h in arrays
+    ]
+
+
+def _sequence(sequence: pb.Sequence) -> SequenceStep:
+    which = sequence.WhichOneof("id")
+    if which is None:
+        raise InvalidArgument("sequence has no id: set sequence.number or sequence.text")
+    return SequenceStep(getattr(sequence, which), sequence.start, sequence.end)
 
 
 def encode_prediction(result: InferResult) -> pb.PredictResponse:
@@ -91,10 +134,7 @@ def encode_prediction(result: InferResult) -> pb.PredictResponse:
         response.last_hidden.CopyFrom(array_to_tensor(arrays[LAST_HIDDEN]))
     if SEQUENCE in arrays:
         response.sequence.CopyFrom(array_to_tensor(arrays[SEQUENCE]))
-    for k in range(len(result.architecture.layers)):
-        h, c = final_state(k, "h"), final_state(k, "c")
-        if h in arrays:
-            response.state.add(layer=k, h=array_to_tensor(arrays[h]), c=array_to_tensor(arrays[c]))
+    response.state.extend(encode_states(arrays, len(result.architecture.layers)))
     return response
 
 

@@ -19,7 +19,13 @@ from lstm_serving.errors import ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.protocols import kserve_v2
-from lstm_serving.server.status import Context, ObservedServicer, answers_errors, deadline_of
+from lstm_serving.server.status import (
+    Context,
+    ObservedServicer,
+    answers_errors,
+    caller_of,
+    deadline_of,
+)
 from lstm_serving.version import __version__
 
 SERVER_NAME = "lstm-serving"
@@ -71,16 +77,16 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
         return kserve_v2.model_metadata(model.name, versions, model.architecture)
 
     async def _infer(
-        self, request: v2.ModelInferRequest, deadline: float | None
+        self, request: v2.ModelInferRequest, deadline: float | None, owner: str
     ) -> v2.ModelInferResponse:
-        call = kserve_v2.decode_infer_request(request, deadline)
+        call = kserve_v2.decode_infer_request(request, deadline, owner)
         return kserve_v2.encode_infer_response(await self._dataplane.infer(call), request.id)
 
     @answers_errors
     async def ModelInfer(
         self, request: v2.ModelInferRequest, context: Context
     ) -> v2.ModelInferResponse:
-        return await self._infer(request, deadline_of(context))
+        return await self._infer(request, deadline_of(context), caller_of(context))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
@@ -89,7 +95,7 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
 
         A bad request gets `error_message` on the stream, which stays open for the next one.
         """
-        deadline = deadline_of(context)
+        deadline, owner = deadline_of(context), caller_of(context)
         # Bounded: a client that sends faster than it reads its answers is slowed down by
         # gRPC flow control instead of growing the server's memory.
         pending: asyncio.Queue[asyncio.Task[v2.ModelStreamInferResponse] | None] = asyncio.Queue(
@@ -98,7 +104,8 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
 
         async def read() -> None:
             async for request in request_iterator:
-                await pending.put(asyncio.ensure_future(self._stream_one(request, deadline)))
+                answer = self._stream_one(request, deadline, owner)
+                await pending.put(asyncio.ensure_future(answer))
             await pending.put(None)
 
         reader = asyncio.ensure_future(read())
@@ -116,11 +123,11 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
                 await reader
 
     async def _stream_one(
-        self, request: v2.ModelInferRequest, deadline: float | None
+        self, request: v2.ModelInferRequest, deadline: float | None, owner: str
     ) -> v2.ModelStreamInferResponse:
         started = time.perf_counter()
         try:
-            response = await self._infer(request, deadline)
+            response = await self._infer(request, deadline, owner)
         except Exception as exc:
             code, message = self.failed("ModelStreamInfer", request, exc, started)
             return v2.ModelStreamInferResponse(

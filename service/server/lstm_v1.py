@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
+
+import grpc
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
@@ -11,12 +14,19 @@ from lstm_serving.core.settings import Settings
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.protocols import lstm_v1
-from lstm_serving.server.status import Context, ObservedServicer, answers_errors, deadline_of
+from lstm_serving.server.status import (
+    Context,
+    ObservedServicer,
+    answers_errors,
+    caller_of,
+    deadline_of,
+)
 
 
 class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
     LABEL_FIELDS: ClassVar[Mapping[str, tuple[str, str]]] = {
         "Predict": ("model", "version"),
+        "PredictStream": ("model", "version"),
         "DescribeModel": ("model", "version"),
     }
 
@@ -27,12 +37,32 @@ class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
             max_queue_delay_ms=settings.max_queue_delay_ms,
             max_queue_size=settings.max_queue_size,
             max_sequence_length=settings.max_sequence_length,
+            max_sequences=settings.max_sequences,
+            sequence_idle_timeout_s=settings.sequence_idle_timeout,
         )
 
     @answers_errors
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
-        call = lstm_v1.decode_predict(request, deadline_of(context))
+        owner = caller_of(context) if lstm_v1.in_sequence(request) else ""
+        call = lstm_v1.decode_predict(request, deadline_of(context), owner)
         return lstm_v1.encode_prediction(await self._dataplane.infer(call))
+
+    async def PredictStream(
+        self, request_iterator: AsyncIterator[pb.PredictRequest], context: Context
+    ) -> AsyncIterator[pb.PredictResponse]:
+        """One message at a time, each answered before the next is read: a failed message
+        ends the stream with its status, and nothing after it has run."""
+        deadline, owner = deadline_of(context), caller_of(context)
+        async for request in request_iterator:
+            started = time.perf_counter()
+            try:
+                call = lstm_v1.decode_predict(request, deadline, owner)
+                response = lstm_v1.encode_prediction(await self._dataplane.infer(call))
+            except Exception as exc:
+                code, message = self.failed("PredictStream", request, exc, started)
+                await context.abort(code, message)
+            self.record("PredictStream", request, response, grpc.StatusCode.OK, started)
+            yield response
 
     @answers_errors
     async def ListModels(

@@ -7,6 +7,7 @@ Both protocols' servicers derive from `ObservedServicer` and wrap their unary ha
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,7 +18,9 @@ import grpc
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.errors import (
+    AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[ServingError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -68,6 +73,16 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
         if cls in STATUS:
             return STATUS[cls], str(exc)
     return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+
+
+def caller_of(context: Context) -> str:
+    """Who is calling, for owning server-held sequences: a fingerprint of its bearer token
+    ("" without one). The token itself is never kept."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value if isinstance(value, str) else value.decode("latin-1")
+            return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return ""
 
 
 def deadline_of(context: Context) -> float | None:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 import pytest
 
+from lstm_serving.core.batches import States
 from lstm_serving.core.batching import Batcher, RunFn
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
@@ -31,7 +32,11 @@ class GatedModel:
         self.fail = False
 
     def __call__(
-        self, inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+        self,
+        inputs: np.ndarray,
+        lengths: np.ndarray,
+        outputs: Sequence[str],
+        initial: States | None = None,
     ) -> dict[str, np.ndarray]:
         self.started.set()
         assert self.release.wait(10)
@@ -221,7 +226,7 @@ async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
     threads: list[str] = []
 
     def run(
-        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str], initial: States | None
     ) -> dict[str, np.ndarray]:
         threads.append(threading.current_thread().name)
         return {"last_hidden": inputs[:, -1]}
@@ -231,10 +236,10 @@ async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
         await batcher.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
 
     def slow_run(
-        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str]
+        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str], initial: States | None
     ) -> dict[str, np.ndarray]:
         time.sleep(0.02)
-        return run(inputs, lengths, outputs)
+        return run(inputs, lengths, outputs, initial)
 
     slow = _batcher(slow_run, name="s", inline_seconds=1e-3)
     for _ in range(2):  # 20 ms a run: never inline

@@ -59,11 +59,11 @@ def test_lengths() -> None:
 
 def test_outputs_default_states_and_unknown_names() -> None:
     x = np.zeros((1, 2, 2), np.float32)
-    _, _, every = check_request(request(x, outputs=None), ARCH, 10, 3)
+    every = check_request(request(x, outputs=None), ARCH, 10, 3).outputs
     assert every == tuple(ARCH.output_shapes())
-    _, _, with_states = check_request(
+    with_states = check_request(
         request(x, outputs=("sequence",), with_states=True), ARCH, 10, 3
-    )
+    ).outputs
     assert with_states == ("sequence", "final_h_0", "final_c_0", "final_h_1", "final_c_1")
     with pytest.raises(InvalidArgument, match="unknown output 'x'"):
         check_request(request(x, outputs=("x",)), ARCH, 10, 3)

@@ -93,7 +93,8 @@ def infer_requests(draw: st.DrawFn) -> v2.ModelInferRequest:
 @given(predict_requests())
 def test_decoding_lstm_v1_requests_never_fails_unexpectedly(request: pb.PredictRequest) -> None:
     try:
-        inputs, lengths, _ = check_request(codec.decode_predict(request, None), ARCH, 10, 5)
+        checked = check_request(codec.decode_predict(request, None), ARCH, 10, 5)
+        inputs, lengths = checked.inputs, checked.lengths
     except InvalidArgument:
         return
     assert inputs.shape[0] <= 5 and inputs.shape[1] <= 10 and inputs.shape[2] == 2
@@ -106,7 +107,8 @@ def test_decoding_lstm_v1_requests_never_fails_unexpectedly(request: pb.PredictR
 def test_decoding_v2_requests_never_fails_unexpectedly(request: v2.ModelInferRequest) -> None:
     try:
         call = kserve_codec.decode_infer_request(request, None)
-        inputs, lengths, _ = check_request(call, ARCH, 10, 5)
+        checked = check_request(call, ARCH, 10, 5)
+        inputs, lengths = checked.inputs, checked.lengths
     except (InvalidArgument, NotFound):
         return
     assert inputs.shape[2] == 2 and np.isfinite(inputs).all()

@@ -2,6 +2,8 @@
 
 Held at half the capacity it measures first, so that a machine that gets busier during the
 run (CI shares it) still has room: at 0.7 an open loop on a busy 2-core machine overran it.
+Latency drift is the long soak's to judge (benchmarks/soak.py): over 24 s on a shared machine
+the p99 of one 6 s window against another measures the neighbours (3.97x once here).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def test_short_soak(tmp_path: Path) -> None:
             "6",
             "--fraction",
             "0.5",
+            "--max-drift",
+            "0",
             "--json",
             str(report_file),
         ],

@@ -94,6 +94,8 @@ class PredictRequest(_message.Message):
     LENGTHS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     RETURN_STATE_FIELD_NUMBER: _builtins.int
+    INITIAL_STATE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name, as in the repository (`models/<name>/<version>/model.onnx`)."""
     version: _builtins.int
@@ -109,6 +111,20 @@ class PredictRequest(_message.Message):
     def lengths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Per-sequence lengths, each in 1..time; empty means every sequence is `time` long."""
 
+    @_builtins.property
+    def initial_state(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerState]:
+        """Each layer's initial (h, c), as `state` returns them: [directions, batch, units] each.
+        Absent: zeros. Feeding a call's returned state into the next continues the sequences
+        (client-held state: any replica can continue any sequence). With `sequence`, only on
+        its start (to move a checkpointed sequence to this server).
+        """
+
+    @_builtins.property
+    def sequence(self) -> Global___Sequence:
+        """Makes this call a step of a server-held sequence (batch 1): the server keeps each
+        layer's (h, c) between its calls.
+        """
+
     def __init__(
         self,
         *,
@@ -118,14 +134,50 @@ class PredictRequest(_message.Message):
         lengths: _abc.Iterable[_builtins.int] | None = ...,
         output: Global___Output.ValueType = ...,
         return_state: _builtins.bool = ...,
+        initial_state: _abc.Iterable[Global___LayerState] | None = ...,
+        sequence: Global___Sequence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "sequence", b"sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "lengths", b"lengths", "model", b"model", "output", b"output", "return_state", b"return_state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input", b"input", "lengths", b"lengths", "model", b"model", "output", b"output", "return_state", b"return_state", "sequence", b"sequence", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictRequest: _TypeAlias = PredictRequest  # noqa: Y015
+
+@_typing.final
+class Sequence(_message.Message):
+    """A server-held sequence, as Triton's sequence batcher names it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    text: _builtins.str
+    start: _builtins.bool
+    """The first call of the sequence: its state starts from zeros (or `initial_state`)."""
+    end: _builtins.bool
+    """The last call: the server frees the state after answering it."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        text: _builtins.str = ...,
+        start: _builtins.bool = ...,
+        end: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "number", b"number", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "id", b"id", "number", b"number", "start", b"start", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_id: _TypeAlias = _typing.Literal["number", "text"]  # noqa: Y015
+    _WhichOneofArgType_id: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_id) -> _WhichOneofReturnType_id | None: ...
+
+Global___Sequence: _TypeAlias = Sequence  # noqa: Y015
 
 @_typing.final
 class LayerState(_message.Message):
@@ -325,6 +377,8 @@ class BatchingLimits(_message.Message):
     MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _builtins.int
     MAX_QUEUE_SIZE_FIELD_NUMBER: _builtins.int
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    MAX_SEQUENCES_FIELD_NUMBER: _builtins.int
+    SEQUENCE_IDLE_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     max_batch_size: _builtins.int
     """Most sequences one batch holds."""
     max_queue_delay_ms: _builtins.float
@@ -333,6 +387,10 @@ class BatchingLimits(_message.Message):
     """Most requests waiting; beyond this the server answers RESOURCE_EXHAUSTED."""
     max_sequence_length: _builtins.int
     """Longest `time` dimension accepted."""
+    max_sequences: _builtins.int
+    """Most server-held sequences open at once on this model version."""
+    sequence_idle_timeout_s: _builtins.float
+    """Seconds a server-held sequence may stay idle before its state is freed."""
     def __init__(
         self,
         *,
@@ -340,10 +398,12 @@ class BatchingLimits(_message.Message):
         max_queue_delay_ms: _builtins.float = ...,
         max_queue_size: _builtins.int = ...,
         max_sequence_length: _builtins.int = ...,
+        max_sequences: _builtins.int = ...,
+        sequence_idle_timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_size", b"max_batch_size", "max_queue_delay_ms", b"max_queue_delay_ms", "max_queue_size", b"max_queue_size", "max_sequence_length", b"max_sequence_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_size", b"max_batch_size", "max_queue_delay_ms", b"max_queue_delay_ms", "max_queue_size", b"max_queue_size", "max_sequence_length", b"max_sequence_length", "max_sequences", b"max_sequences", "sequence_idle_timeout_s", b"sequence_idle_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,11 @@ class LstmServiceStub:
                 request_serializer=lstm_dot_v1_dot_lstm__pb2.PredictRequest.SerializeToString,
                 response_deserializer=lstm_dot_v1_dot_lstm__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/lstm.v1.LstmService/PredictStream',
+                request_serializer=lstm_dot_v1_dot_lstm__pb2.PredictRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__pb2.PredictResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/lstm.v1.LstmService/ListModels',
                 request_serializer=lstm_dot_v1_dot_lstm__pb2.ListModelsRequest.SerializeToString,
@@ -57,6 +62,16 @@ class LstmServiceServicer:
     def Predict(self, request, context):
         """Runs one request of one or more sequences; concurrent requests are batched
         together server-side without changing any answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictStream(self, request_iterator, context):
+        """The same over one bidirectional stream: each message is answered, in order. Made for
+        server-held sequences (every chunk of a sequence on one stream stays on one replica
+        behind any L7 balancer); a message that fails ends the stream with its status, and a
+        server-held sequence stays open for the next stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +96,11 @@ def add_LstmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
+                    request_deserializer=lstm_dot_v1_dot_lstm__pb2.PredictRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
                     request_deserializer=lstm_dot_v1_dot_lstm__pb2.PredictRequest.FromString,
                     response_serializer=lstm_dot_v1_dot_lstm__pb2.PredictResponse.SerializeToString,
             ),
@@ -120,6 +140,33 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/Predict',
+            lstm_dot_v1_dot_lstm__pb2.PredictRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/lstm.v1.LstmService/PredictStream',
             lstm_dot_v1_dot_lstm__pb2.PredictRequest.SerializeToString,
             lstm_dot_v1_dot_lstm__pb2.PredictResponse.FromString,
             options,

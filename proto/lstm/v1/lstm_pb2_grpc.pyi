@@ -39,6 +39,12 @@ class LstmServiceStub:
     """Runs one request of one or more sequences; concurrent requests are batched
     together server-side without changing any answer.
     """
+    PredictStream: _grpc.StreamStreamMultiCallable[_lstm_pb2.PredictRequest, _lstm_pb2.PredictResponse]
+    """The same over one bidirectional stream: each message is answered, in order. Made for
+    server-held sequences (every chunk of a sequence on one stream stays on one replica
+    behind any L7 balancer); a message that fails ends the stream with its status, and a
+    server-held sequence stays open for the next stream.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_lstm_pb2.ListModelsRequest, _lstm_pb2.ListModelsResponse]
     """Lists every loaded model and its versions."""
     DescribeModel: _grpc.UnaryUnaryMultiCallable[_lstm_pb2.DescribeModelRequest, _lstm_pb2.ModelDescription]
@@ -50,6 +56,12 @@ class LstmServiceAsyncStub(LstmServiceStub):
     Predict: _aio.UnaryUnaryMultiCallable[_lstm_pb2.PredictRequest, _lstm_pb2.PredictResponse]  # type: ignore[assignment]
     """Runs one request of one or more sequences; concurrent requests are batched
     together server-side without changing any answer.
+    """
+    PredictStream: _aio.StreamStreamMultiCallable[_lstm_pb2.PredictRequest, _lstm_pb2.PredictResponse]  # type: ignore[assignment]
+    """The same over one bidirectional stream: each message is answered, in order. Made for
+    server-held sequences (every chunk of a sequence on one stream stays on one replica
+    behind any L7 balancer); a message that fails ends the stream with its status, and a
+    server-held sequence stays open for the next stream.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_lstm_pb2.ListModelsRequest, _lstm_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists every loaded model and its versions."""
@@ -65,6 +77,18 @@ class LstmServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_lstm_pb2.PredictResponse, _abc.Awaitable[_lstm_pb2.PredictResponse]]:
         """Runs one request of one or more sequences; concurrent requests are batched
         together server-side without changing any answer.
+        """
+
+    @_abc_1.abstractmethod
+    def PredictStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_lstm_pb2.PredictRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_lstm_pb2.PredictResponse], _abc.AsyncIterator[_lstm_pb2.PredictResponse]]:
+        """The same over one bidirectional stream: each message is answered, in order. Made for
+        server-held sequences (every chunk of a sequence on one stream stays on one replica
+        behind any L7 balancer); a message that fails ends the stream with its status, and a
+        server-held sequence stays open for the next stream.
         """
 
     @_abc_1.abstractmethod
