@@ -1,31 +1,41 @@
 """Python clients for lstm.v1: `AsyncLstmClient` (asyncio) and `LstmClient` (blocking).
 
-Both take and return numpy arrays; the protobuf stays inside. There is one implementation:
-the blocking client runs the asyncio one on a private event-loop thread, so the two cannot
-drift apart, and a blocking client may be shared by threads.
+Both take and return numpy arrays; the protobuf stays inside (`messages`). There is one
+implementation: the blocking client runs the asyncio one on a private event-loop thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypedDict, TypeVar, Unpack
+from typing import Self, Unpack
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
 
-from lstm_serving.contract import LAST_HIDDEN, LENGTHS, OUTPUT_CHOICES, SEQUENCE
+from lstm_serving.client.blocking import Blocking, LoopThread, blocking
+from lstm_serving.client.messages import (
+    LayerStates,
+    Prediction,
+    PredictOptions,
+    predict_request,
+    prediction,
+)
+from lstm_serving.client.sequences import AsyncSequence, BlockingSequence
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
-from lstm_serving.protocols.lstm_v1 import OUTPUT_ENUM, array_to_tensor, tensor_to_array
 
-P = ParamSpec("P")
-T = TypeVar("T")
+__all__ = [
+    "AsyncLstmClient",
+    "LstmClient",
+    "PredictOptions",
+    "Prediction",
+    "Security",
+    "aio_channel",
+    "predict_request",
+]
 
 
 @dataclass(frozen=True)
@@ -61,50 +71,6 @@ def aio_channel(target: str, security: Security | None = None) -> grpc.aio.Chann
     if security.tls:
         return grpc.aio.secure_channel(target, security.credentials(), CHANNEL_OPTIONS)
     return grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
-
-
-@dataclass
-class Prediction:
-    model: str
-    version: int
-    last_hidden: np.ndarray | None = None  # [batch, units]
-    sequence: np.ndarray | None = None  # [batch, time, units]
-    states: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (h, c) per layer
-
-
-class PredictOptions(TypedDict, total=False):
-    lengths: Sequence[int] | np.ndarray | None  # per sequence, in 1..time; None: all `time`
-    output: str  # "last_hidden" (default), "sequence" or "both"
-    version: int  # 0 (default): the newest
-    return_state: bool  # also each layer's final (h, c)
-
-
-def predict_request(
-    model: str, inputs: np.ndarray, **options: Unpack[PredictOptions]
-) -> pb.PredictRequest:
-    output, lengths = options.get("output", LAST_HIDDEN), options.get(LENGTHS)
-    if output not in OUTPUT_CHOICES:
-        raise ValueError(f"output must be one of {', '.join(OUTPUT_CHOICES)}, got {output!r}")
-    return pb.PredictRequest(
-        model=model,
-        version=options.get("version", 0),
-        input=array_to_tensor(inputs),
-        lengths=[] if lengths is None else [int(n) for n in lengths],
-        output=OUTPUT_ENUM[output],  # type: ignore[arg-type]  # the enum's int values
-        return_state=options.get("return_state", False),
-    )
-
-
-def prediction(response: pb.PredictResponse) -> Prediction:
-    result = Prediction(response.model, response.version)
-    if response.HasField(LAST_HIDDEN):
-        result.last_hidden = tensor_to_array(response.last_hidden, LAST_HIDDEN)
-    if response.HasField(SEQUENCE):
-        result.sequence = tensor_to_array(response.sequence, SEQUENCE)
-    result.states = [
-        (tensor_to_array(s.h, "state.h"), tensor_to_array(s.c, "state.c")) for s in response.state
-    ]
-    return result
 
 
 class AsyncLstmClient:
@@ -149,6 +115,24 @@ class AsyncLstmClient:
         response = await self._health_check(request, timeout=self.timeout, metadata=self._metadata)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
+    def stream(self) -> grpc.aio.StreamStreamCall[pb.PredictRequest, pb.PredictResponse]:
+        """A PredictStream call: requests answered in order, on one connection."""
+        return self._stub.PredictStream(metadata=self._metadata)
+
+    def sequence(
+        self,
+        model: str,
+        sequence_id: int | str,
+        *,
+        version: int = 0,
+        initial_state: LayerStates | None = None,
+    ) -> AsyncSequence:
+        """A server-held sequence over one PredictStream: `await seq.step(chunk)`, the first
+        step starting it (from `initial_state`, a Prediction's states, to continue one)."""
+        return AsyncSequence(
+            self.stream, model, sequence_id, version=version, initial_state=initial_state
+        )
+
     async def close(self) -> None:
         await self.channel.close()
 
@@ -159,50 +143,43 @@ class AsyncLstmClient:
         await self.close()
 
 
-def _blocking(
-    method: Callable[Concatenate[AsyncLstmClient, P], Coroutine[Any, Any, T]],
-) -> Callable[Concatenate[LstmClient, P], T]:
-    """AsyncLstmClient's method, run to completion on the blocking client's loop thread."""
-
-    def call(client: LstmClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return client._run(method(client._client, *args, **kwargs))
-
-    call.__name__, call.__doc__ = method.__name__, method.__doc__
-    return call
-
-
-class LstmClient:
-    """Blocking client: `with LstmClient("localhost:50051") as c: c.predict("seed", x)`."""
+class LstmClient(Blocking[AsyncLstmClient]):
+    """Blocking client: `with LstmClient("localhost:50051") as c: c.predict("seed", x)`.
+    The same methods as AsyncLstmClient, run on a private event-loop thread."""
 
     def __init__(
         self, target: str, timeout: float | None = 30.0, security: Security | None = None
     ) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="lstm-client", daemon=True
-        )
-        self._thread.start()
+        loop = LoopThread()
 
         async def open_client() -> AsyncLstmClient:  # the channel belongs to the loop thread
             return AsyncLstmClient(target, timeout, security)
 
-        self._client = self._run(open_client())
+        super().__init__(loop, loop.run(open_client()))
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+    predict = blocking(AsyncLstmClient.predict)
+    list_models = blocking(AsyncLstmClient.list_models)
+    describe = blocking(AsyncLstmClient.describe)
+    health = blocking(AsyncLstmClient.health)
 
-    predict = _blocking(AsyncLstmClient.predict)
-    list_models = _blocking(AsyncLstmClient.list_models)
-    describe = _blocking(AsyncLstmClient.describe)
-    health = _blocking(AsyncLstmClient.health)
+    def sequence(
+        self,
+        model: str,
+        sequence_id: int | str,
+        *,
+        version: int = 0,
+        initial_state: LayerStates | None = None,
+    ) -> BlockingSequence:
+        """A server-held sequence over one stream (see AsyncLstmClient.sequence)."""
+        handle = self._inner.sequence(
+            model, sequence_id, version=version, initial_state=initial_state
+        )
+        return BlockingSequence(self._loop, handle)
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._run(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        if not self._loop.closed:
+            self._loop.run(self._inner.close())
+            self._loop.close()
 
     def __enter__(self) -> Self:
         return self

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 
@@ -36,8 +37,8 @@ OUTPUT_ENUM: dict[str, int] = {
 _CHOICE_OF_ENUM = {value: choice for choice, value in OUTPUT_ENUM.items()}
 _CHOICE_OF_ENUM[pb.OUTPUT_UNSPECIFIED] = LAST_HIDDEN
 # PredictRequest fields named like tensors
-SEQUENCE_FIELD = "sequence"  # not a tensor name
-INITIAL_STATE_FIELD = "initial_state"  # not a tensor name
+SEQUENCE_FIELD: Final = "sequence"  # not a tensor name
+INITIAL_STATE_FIELD: Final = "initial_state"  # not a tensor name
 
 
 def array_to_tensor(array: np.ndarray) -> pb.Tensor:

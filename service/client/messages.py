@@ -1,0 +1,75 @@
+"""lstm.v1 messages as the client builds and reads them: numpy in, numpy out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
+
+import numpy as np
+
+from lstm_serving.contract import LAST_HIDDEN, LENGTHS, OUTPUT_CHOICES, SEQUENCE
+from lstm_serving.proto.v1 import lstm_pb2 as pb
+from lstm_serving.protocols.lstm_v1 import OUTPUT_ENUM, array_to_tensor, tensor_to_array
+
+
+@dataclass
+class Prediction:
+    model: str
+    version: int
+    last_hidden: np.ndarray | None = None  # [batch, units]
+    sequence: np.ndarray | None = None  # [batch, time, units]
+    states: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (h, c) per layer
+
+
+LayerStates = Sequence[tuple[np.ndarray, np.ndarray]]  # (h, c) per layer, as Prediction.states
+
+
+class PredictOptions(TypedDict, total=False):
+    lengths: Sequence[int] | np.ndarray | None  # per sequence, in 1..time; None: all `time`
+    output: str  # "last_hidden" (default), "sequence" or "both"
+    version: int  # 0 (default): the newest
+    return_state: bool  # also each layer's final (h, c)
+    initial_state: LayerStates | None  # continue from these (a Prediction's states); None: 0
+    sequence_id: int | str | None  # a step of this server-held sequence (batch 1)
+    sequence_start: bool  # its first step
+    sequence_end: bool  # its last step: the server frees its state
+
+
+def predict_request(
+    model: str, inputs: np.ndarray, **options: Unpack[PredictOptions]
+) -> pb.PredictRequest:
+    output, lengths = options.get("output", LAST_HIDDEN), options.get(LENGTHS)
+    if output not in OUTPUT_CHOICES:
+        raise ValueError(f"output must be one of {', '.join(OUTPUT_CHOICES)}, got {output!r}")
+    request = pb.PredictRequest(
+        model=model,
+        version=options.get("version", 0),
+        input=array_to_tensor(inputs),
+        lengths=[] if lengths is None else [int(n) for n in lengths],
+        output=OUTPUT_ENUM[output],  # type: ignore[arg-type]  # the enum's int values
+        return_state=options.get("return_state", False),
+    )
+    for k, (h, c) in enumerate(options.get("initial_state") or ()):
+        request.initial_state.add(layer=k, h=array_to_tensor(h), c=array_to_tensor(c))
+    sequence_id = options.get("sequence_id")
+    if sequence_id is not None:
+        request.sequence.start = options.get("sequence_start", False)
+        request.sequence.end = options.get("sequence_end", False)
+        if isinstance(sequence_id, str):
+            request.sequence.text = sequence_id
+        else:
+            request.sequence.number = sequence_id
+    return request
+
+
+def prediction(response: pb.PredictResponse) -> Prediction:
+    result = Prediction(response.model, response.version)
+    if response.HasField(LAST_HIDDEN):
+        result.last_hidden = tensor_to_array(response.last_hidden, LAST_HIDDEN)
+    if response.HasField(SEQUENCE):
+        result.sequence = tensor_to_array(response.sequence, SEQUENCE)
+    result.states = [
+        (tensor_to_array(s.h, "state.h"), tensor_to_array(s.c, "state.c")) for s in response.state
+    ]
+    return result
