@@ -10,7 +10,12 @@ import numpy as np
 
 from lstm_serving.contract import LAST_HIDDEN, LENGTHS, OUTPUT_CHOICES, SEQUENCE
 from lstm_serving.proto.v1 import lstm_pb2 as pb
-from lstm_serving.protocols.lstm_v1 import OUTPUT_ENUM, array_to_tensor, tensor_to_array
+from lstm_serving.protocols.lstm_v1 import (
+    INITIAL_STATE_FIELD,
+    OUTPUT_ENUM,
+    array_to_tensor,
+    tensor_to_array,
+)
 
 
 @dataclass
@@ -50,7 +55,7 @@ def predict_request(
         output=OUTPUT_ENUM[output],  # type: ignore[arg-type]  # the enum's int values
         return_state=options.get("return_state", False),
     )
-    for k, (h, c) in enumerate(options.get("initial_state") or ()):
+    for k, (h, c) in enumerate(options.get(INITIAL_STATE_FIELD) or ()):
         request.initial_state.add(layer=k, h=array_to_tensor(h), c=array_to_tensor(c))
     sequence_id = options.get("sequence_id")
     if sequence_id is not None:

@@ -60,6 +60,20 @@ def predict_requests(draw: st.DrawFn) -> pb.PredictRequest:
     )
     if draw(st.booleans()):
         request.input.CopyFrom(draw(tensors()))
+    for _ in range(draw(st.integers(0, 3))):  # initial states, right or wrong
+        request.initial_state.add(
+            layer=draw(st.integers(-1, 3)), h=draw(tensors()), c=draw(tensors())
+        )
+    if draw(st.booleans()):  # a sequence step: ids, flags, repeats in any order
+        which = draw(st.sampled_from(["number", "text", "none"]))
+        if which == "number":
+            request.sequence.number = draw(st.sampled_from([0, 1, 2, 2**64 - 1]))
+        elif which == "text":
+            request.sequence.text = draw(st.sampled_from(["", "a", "é\x00", "x" * 300]))
+        else:
+            request.sequence.SetInParent()
+        request.sequence.start = draw(st.booleans())
+        request.sequence.end = draw(st.booleans())
     return request
 
 
@@ -73,7 +87,9 @@ def infer_requests(draw: st.DrawFn) -> v2.ModelInferRequest:
     raw = draw(st.booleans())
     for _ in range(draw(st.integers(0, 3))):
         tensor = request.inputs.add(
-            name=draw(st.sampled_from(["input", "lengths", "mask", ""])),
+            name=draw(
+                st.sampled_from(["input", "lengths", "mask", "", "initial_h_0", "initial_c_1"])
+            ),
             datatype=draw(st.sampled_from(["FP32", "INT32", "FP64", "BYTES", ""])),
             shape=draw(shapes),
         )
@@ -86,7 +102,21 @@ def infer_requests(draw: st.DrawFn) -> v2.ModelInferRequest:
         st.lists(st.sampled_from(["last_hidden", "sequence", "final_c_1", "x"]), max_size=3)
     ):
         request.outputs.add(name=name)
+    for key in draw(st.lists(st.sampled_from(SEQUENCE_PARAMETERS), max_size=3)):
+        parameter = request.parameters[key]
+        kind = draw(st.sampled_from(["int64_param", "string_param", "bool_param", "double_param"]))
+        value = {"int64_param": 0, "string_param": "", "bool_param": False, "double_param": 0.0}
+        setattr(parameter, kind, draw(st.sampled_from([value[kind], *PARAMETER_VALUES[kind]])))
     return request
+
+
+SEQUENCE_PARAMETERS = ["sequence_id", "sequence_start", "sequence_end"]
+PARAMETER_VALUES: dict[str, list[object]] = {
+    "int64_param": [1, -1, 2**63 - 1],
+    "string_param": ["s", "é" * 100],
+    "bool_param": [True],
+    "double_param": [1.5],
+}
 
 
 @settings(max_examples=3000, deadline=None)
@@ -131,7 +161,11 @@ def live(seed_repository: Path) -> Iterator[grpc.Channel]:
         assert "Traceback" not in err, err
 
 
-CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+CLIENT_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,  # a START of a sequence a previous example left open
+}
 
 
 @settings(
@@ -154,6 +188,34 @@ def test_live_v2_rpcs(live: grpc.Channel, request: v2.ModelInferRequest) -> None
         v2_grpc.GRPCInferenceServiceStub(live).ModelInfer(request, timeout=10)
     except grpc.RpcError as exc:
         assert exc.code() in CLIENT_ERRORS, (exc.code(), exc.details())
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(requests=st.lists(predict_requests(), min_size=1, max_size=6))
+def test_live_streams(live: grpc.Channel, requests: list[pb.PredictRequest]) -> None:
+    """PredictStream answers in order until a message fails, which ends the stream with a
+    client error; ModelStreamInfer answers every message, errors in error_message."""
+    answered = 0
+    try:
+        for _ in pb_grpc.LstmServiceStub(live).PredictStream(iter(requests), timeout=10):
+            answered += 1
+    except grpc.RpcError as exc:
+        assert exc.code() in CLIENT_ERRORS, (exc.code(), exc.details())
+        assert answered < len(requests)
+    else:
+        assert answered == len(requests)
+    infer = [v2.ModelInferRequest(model_name=r.model, id=str(i)) for i, r in enumerate(requests)]
+    for message in infer:
+        message.inputs.add(name="input", datatype="FP32", shape=[1, 1, 2])
+        message.raw_input_contents.append(b"\0" * 8)
+        message.parameters["sequence_id"].int64_param = 77
+    answers = list(v2_grpc.GRPCInferenceServiceStub(live).ModelStreamInfer(iter(infer), timeout=10))
+    assert [a.infer_response.id for a in answers] == [m.id for m in infer]
+    for answer in answers:
+        code = answer.error_message.split(":", 1)[0]
+        assert not answer.error_message or grpc.StatusCode[code] in CLIENT_ERRORS, answer
 
 
 def test_server_still_answers_after_the_fuzzing(live: grpc.Channel) -> None:

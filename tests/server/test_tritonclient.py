@@ -80,3 +80,10 @@ def test_stream_of_120_with_one_bad_request(report: dict[str, Any]) -> None:
 
 def test_mixed_v1_and_v2_under_concurrency_are_exact(report: dict[str, Any]) -> None:
     assert report["mixed"] == {"requests": 200, "wrong": 0}
+
+
+def test_sequences_with_tritonclient_unary_and_streamed(report: dict[str, Any]) -> None:
+    sequences = report["sequences"]
+    assert sequences["errors"] == []
+    assert sequences["unary_steps"] > 100 and sequences["stream_steps"] > 100
+    assert sequences["max_abs_diff"] <= 1e-6

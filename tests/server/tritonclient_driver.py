@@ -177,9 +177,76 @@ def main(target: str) -> dict[str, Any]:
         "requests": len(mixed),
         "wrong": sum(t != a["last_hidden"] for t, a in zip(together, alone, strict=True)),
     }
+    report["sequences"] = sequences(v1, v2, rng)
     v1.close()
     v2.close()
     return report
+
+
+def sequences(v1: LstmClient, v2: triton.InferenceServerClient, rng: np.random.Generator) -> Any:
+    """64 server-held sequences the way Triton users send them: 32 by unary infer from 8
+    threads, 32 interleaved on one stream (every chunk sent without waiting); each chunk's
+    `sequence` output against the whole sequence run alone through lstm.v1."""
+    xs = [
+        rng.standard_normal((1, int(rng.integers(4, 30)), 2)).astype(np.float32) for _ in range(64)
+    ]
+    whole = [v1.predict("seed", x, output="sequence").sequence for x in xs]
+    chunk = 3
+    worst = [0.0]
+
+    def check(i: int, n: int, result: Any) -> None:
+        expected = whole[i][:, n * chunk : (n + 1) * chunk]  # type: ignore[index]
+        worst[0] = max(worst[0], float(np.abs(result.as_numpy("sequence") - expected).max()))
+
+    def flags(i: int, n: int) -> dict[str, Any]:
+        last = (xs[i].shape[1] - 1) // chunk
+        sequence_id = 5000 + i if i % 2 else f"triton-{i}"
+        return {"sequence_id": sequence_id, "sequence_start": n == 0, "sequence_end": n == last}
+
+    def chunk_inputs(i: int, n: int) -> list[triton.InferInput]:
+        part = np.ascontiguousarray(xs[i][:, n * chunk : (n + 1) * chunk])
+        return [triton.InferInput("input", list(part.shape), "FP32").set_data_from_numpy(part)]
+
+    outputs = [triton.InferRequestedOutput("sequence")]
+
+    def unary(i: int) -> int:
+        steps = int((xs[i].shape[1] + chunk - 1) // chunk)
+        for n in range(steps):
+            check(i, n, v2.infer("seed", chunk_inputs(i, n), outputs=outputs, **flags(i, n)))
+        return steps
+
+    with ThreadPoolExecutor(8) as pool:
+        unary_steps = sum(pool.map(unary, range(32)))
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    v2.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sent = []
+    for n in range(max(x.shape[1] for x in xs)):
+        for i in range(32, 64):
+            if n * chunk < xs[i].shape[1]:
+                request_id = f"{i}:{n}"
+                v2.async_stream_infer(
+                    "seed",
+                    chunk_inputs(i, n),
+                    request_id=request_id,
+                    outputs=outputs,
+                    **flags(i, n),
+                )
+                sent.append(request_id)
+    errors = []
+    for _ in sent:
+        result, error = answers.get(timeout=60)
+        if error is not None:
+            errors.append(str(error))
+            continue
+        i, n = (int(v) for v in result.get_response().id.split(":"))
+        check(i, n, result)
+    v2.stop_stream()
+    return {
+        "unary_steps": unary_steps,
+        "stream_steps": len(sent),
+        "errors": errors,
+        "max_abs_diff": worst[0],
+    }
 
 
 if __name__ == "__main__":
