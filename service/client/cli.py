@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,8 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from lstm_serving.client import loadwork
 from lstm_serving.client.client import LstmClient, Prediction, Security
-from lstm_serving.client.load_command import run_load
+from lstm_serving.client.load_command import add_load_arguments, run_load
 from lstm_serving.contract import LAST_HIDDEN, OUTPUT_CHOICES, SEQUENCE, Architecture, LayerSpec
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.tables import format_table
@@ -55,41 +55,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     predict.add_argument("--return-state", action="store_true", help="also each layer's (h, c)")
     predict.add_argument("--version", type=int, default=0, help="0: newest")
     predict.add_argument("--seed", type=int, default=0, help="seed for --random")
-    load = sub.add_parser(
-        "load", help="load test: a table per concurrency or rate level", formatter_class=command
+    add_load_arguments(
+        sub.add_parser(
+            "load", help="load test: a table per concurrency or rate level", formatter_class=command
+        )
     )
-    load.add_argument("name")
-    load.add_argument(
-        "--concurrency",
-        default="1,16,64",
-        help="closed-loop levels, e.g. 1,16,64 (for v2-stream: in flight)",
+    sequence = sub.add_parser(
+        "sequence",
+        help="stream a .npy file through a server-held sequence, a chunk a call",
+        formatter_class=command,
     )
-    load.add_argument("--rate", help="open-loop levels in requests/s, e.g. 500,2000")
-    load.add_argument("--protocol", choices=loadwork.PROTOCOLS, default="lstm")
-    load.add_argument("--duration", type=float, default=10.0, help="seconds per level")
-    load.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    load.add_argument("--batch-size", type=int, default=1, help="sequences per request")
-    load.add_argument("--time", type=int, default=10, help="time steps per sequence")
-    load.add_argument(
-        "--lengths", default="full", help="full, uniform:LO:HI or list:A,B,... (per sequence)"
+    sequence.add_argument("name")
+    sequence.add_argument("--input", type=Path, required=True, help=".npy [time, features]")
+    sequence.add_argument("--chunk", type=int, default=10, help="time steps per call")
+    sequence.add_argument("--id", default="", help="sequence id (default: a random one)")
+    sequence.add_argument("--output", choices=tuple(OUTPUT_CHOICES), default=LAST_HIDDEN)
+    sequence.add_argument(
+        "--keep-open", action="store_true", help="do not end the sequence after the last chunk"
     )
-    load.add_argument("--output", choices=tuple(OUTPUT_CHOICES), default=LAST_HIDDEN)
-    load.add_argument(
-        "--channels", type=int, default=1, help="gRPC channels (connections) per process"
-    )
-    load.add_argument("--processes", type=int, default=1, help="client processes")
-    load.add_argument("--metrics-url", help="server's /metrics: adds queue vs compute split")
-    load.add_argument(
-        "--verify",
-        type=Path,
-        metavar="MODEL.onnx",
-        help="check sampled answers against ONNX Runtime on this model file "
-        "(needs the verify extra: pip install 'lstm-serving[verify]')",
-    )
-    load.add_argument(
-        "--features", type=int, help="input features (default: asked with lstm.v1 DescribeModel)"
-    )
-    load.add_argument("--json-file", type=Path, help="also write the results as JSON here")
+    sequence.add_argument("--version", type=int, default=0, help="0: newest")
     health = sub.add_parser(
         "health", help="SERVING or NOT_SERVING; exit 3 unless SERVING", formatter_class=command
     )
@@ -163,6 +147,8 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
         return 0
     if args.command == "load":
         return run_load(args, args.features or client.describe(args.name).input_size)
+    if args.command == "sequence":
+        return run_sequence(args, client)
     if args.command == "describe":
         d = client.describe(args.name, args.version)
         print(json.dumps(MessageToDict(d)) if args.json else _describe_text(d))
@@ -193,6 +179,34 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
         return_state=args.return_state,
     )
     print(json.dumps(_prediction_dict(p)) if args.json else _prediction_text(p))
+    return 0
+
+
+def run_sequence(args: argparse.Namespace, client: LstmClient) -> int:
+    """Streams the file's steps through one sequence over one stream; prints each chunk."""
+    try:
+        x = np.load(args.input, allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError) as exc:
+        print(f"lstm-client: cannot read {args.input} as a .npy array: {exc}", file=sys.stderr)
+        return 2
+    x = x[0] if x.ndim == 3 and x.shape[0] == 1 else x
+    if x.ndim != 2 or args.chunk < 1:
+        print(
+            "lstm-client: sequence takes a [time, features] array and --chunk >= 1", file=sys.stderr
+        )
+        return 2
+    sequence_id = args.id or f"lstm-client-{os.getpid()}-{time.time_ns()}"
+    chunks = [(a, min(a + args.chunk, len(x))) for a in range(0, len(x), args.chunk)]
+    answers = []
+    with client.sequence(args.name, sequence_id, version=args.version) as handle:
+        for n, (a, b) in enumerate(chunks):
+            last = n == len(chunks) - 1 and not args.keep_open
+            p = handle.step(x[a:b], end=last, output=args.output)
+            answers.append({"steps": [a, b], **_prediction_dict(p)})
+            if not args.json:
+                print(f"steps {a}..{b - 1}:\n{_prediction_text(p)}")
+    if args.json:
+        print(json.dumps({"sequence_id": sequence_id, "chunks": answers}))
     return 0
 
 

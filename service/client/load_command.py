@@ -9,6 +9,7 @@ import json
 import sys
 import urllib.request
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,57 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lstm_serving.client import loadgen, loadwork
 from lstm_serving.client.loadgen import LevelResult
+from lstm_serving.client.sequence_load import SEQUENCE_PROTOCOLS
+from lstm_serving.contract import LAST_HIDDEN, OUTPUT_CHOICES
 from lstm_serving.tables import format_table
+
+
+def add_load_arguments(load: argparse.ArgumentParser) -> None:
+    load.add_argument("name")
+    load.add_argument(
+        "--concurrency",
+        default="1,16,64",
+        help="closed-loop levels, e.g. 1,16,64 (for v2-stream: in flight)",
+    )
+    load.add_argument("--rate", help="open-loop levels in requests/s, e.g. 500,2000")
+    load.add_argument(
+        "--protocol",
+        choices=sorted({*loadwork.PROTOCOLS, *SEQUENCE_PROTOCOLS}),
+        default="lstm",
+        help="lstm-stream: with --sequences only",
+    )
+    load.add_argument(
+        "--sequences",
+        type=int,
+        default=0,
+        help="server-held sequences at once (the levels of --concurrency are ignored): each "
+        "stepped --chunk steps a call for --time steps, then the next one starts",
+    )
+    load.add_argument("--chunk", type=int, default=1, help="time steps per call, --sequences")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    load.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    load.add_argument("--batch-size", type=int, default=1, help="sequences per request")
+    load.add_argument("--time", type=int, default=10, help="time steps per sequence")
+    load.add_argument(
+        "--lengths", default="full", help="full, uniform:LO:HI or list:A,B,... (per sequence)"
+    )
+    load.add_argument("--output", choices=tuple(OUTPUT_CHOICES), default=LAST_HIDDEN)
+    load.add_argument(
+        "--channels", type=int, default=1, help="gRPC channels (connections) per process"
+    )
+    load.add_argument("--processes", type=int, default=1, help="client processes")
+    load.add_argument("--metrics-url", help="server's /metrics: adds queue vs compute split")
+    load.add_argument(
+        "--verify",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="check sampled answers against ONNX Runtime on this model file "
+        "(needs the verify extra: pip install 'lstm-serving[verify]')",
+    )
+    load.add_argument(
+        "--features", type=int, help="input features (default: asked with lstm.v1 DescribeModel)"
+    )
+    load.add_argument("--json-file", type=Path, help="also write the results as JSON here")
 
 
 def run_load(args: argparse.Namespace, features: int) -> int:
@@ -30,6 +81,18 @@ def run_load(args: argparse.Namespace, features: int) -> int:
     except ValueError as exc:
         print(f"lstm-client: bad --concurrency, --rate or --lengths: {exc}", file=sys.stderr)
         return 2
+    if args.sequences:
+        if args.rate or args.verify or args.chunk < 1:
+            print(
+                "lstm-client: --sequences runs a closed loop of --chunk >= 1 steps a call "
+                "(no --rate, no --verify)",
+                file=sys.stderr,
+            )
+            return 2
+        levels = [(args.sequences, 0.0)]
+    elif args.protocol not in loadwork.PROTOCOLS:
+        print(f"lstm-client: --protocol {args.protocol} needs --sequences", file=sys.stderr)
+        return 2
     spec = loadwork.LoadSpec(
         target=args.target,
         model=args.name,
@@ -42,6 +105,7 @@ def run_load(args: argparse.Namespace, features: int) -> int:
         duration=args.duration,
         warmup=args.warmup,
         channels=args.channels,
+        chunk=args.chunk if args.sequences else 0,
     )
     sample = 200 if args.verify else 0
     if args.verify:  # ONNX Runtime only when asked for (the verify extra), never otherwise

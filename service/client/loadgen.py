@@ -23,6 +23,7 @@ import numpy as np
 
 from lstm_serving.client.client import Security, aio_channel
 from lstm_serving.client.loadwork import LoadSpec, Workload
+from lstm_serving.client.sequence_load import SequenceWork
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -100,14 +101,23 @@ async def run_level(
     keep_answers: int = 0,
     seed: int = 0,
 ) -> LevelResult:
-    """One level: closed loop with `concurrency` callers, or open loop at `rate` when > 0."""
-    work = Workload(spec, seed)
+    """One level: closed loop with `concurrency` callers, or open loop at `rate` when > 0;
+    with spec.chunk, `concurrency` server-held sequences stepped chunk by chunk."""
+    sequences = (
+        SequenceWork(
+            spec.model, spec.protocol, spec.time_steps, spec.chunk, spec.features, seed=seed
+        )
+        if spec.chunk
+        else None
+    )
+    work = Workload(spec, seed) if sequences is None else None
     channels = [aio_channel(spec.target, spec.security) for _ in range(spec.channels)]
     metadata = (spec.security or Security()).metadata()
     record = _Recorder(keep_answers)
     stop_at = float("inf")
 
     async def call(channel_index: int, index: int, started: float) -> None:
+        assert work is not None
         try:
             response = await work.call(channels[channel_index], index, spec.timeout, metadata)
             record.ok(started, index, response)
@@ -132,15 +142,25 @@ async def run_level(
         await asyncio.gather(*tasks)
 
     async def stream(channel_index: int) -> None:
+        assert work is not None
         await work.stream(
             channels[channel_index], concurrency, lambda: stop_at, record, spec.timeout, metadata
+        )
+
+    async def sequence(caller: int) -> None:
+        assert sequences is not None
+        channel = channels[caller % len(channels)]
+        await sequences.caller(
+            channel, caller, lambda: stop_at, record, spec.timeout, metadata, time.perf_counter
         )
 
     try:
         for channel in channels:
             await channel.channel_ready()
         stop_at = time.perf_counter() + spec.warmup + spec.duration
-        if rate > 0:
+        if sequences is not None:
+            tasks = [asyncio.ensure_future(sequence(i)) for i in range(concurrency)]
+        elif rate > 0:
             tasks = [asyncio.ensure_future(open_loop())]
         elif spec.protocol == "v2-stream":
             tasks = [asyncio.ensure_future(stream(i)) for i in range(len(channels))]

@@ -40,6 +40,7 @@ class LoadSpec:
     warmup: float = 2.0
     channels: int = 1
     variants: int = 64  # distinct random requests cycled through
+    chunk: int = 0  # > 0: server-held sequences of time_steps, this many steps a call
     timeout: float = 30.0
     security: Security | None = None  # TLS and token, as for LstmClient
 

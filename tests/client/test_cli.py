@@ -217,3 +217,71 @@ def test_metrics_port_in_use_is_a_clear_start_failure(seed_repository: Path) -> 
     assert f"cannot serve /metrics on 127.0.0.1:{metrics_port}" in err and "--metrics-port" in err
     assert "Traceback" not in err and "Event loop is closed" not in err
     assert "never awaited" not in err
+
+
+def test_sequence_streams_a_file_in_chunks(served: int, tmp_path: Path) -> None:
+    x = np.random.default_rng(4).standard_normal((23, 2)).astype(np.float32)
+    np.save(tmp_path / "series.npy", x)
+    np.save(tmp_path / "batch.npy", x[None])
+    expected = json.loads(
+        client(
+            served,
+            "--json",
+            "predict",
+            "seed",
+            "--input",
+            str(tmp_path / "batch.npy"),
+            "--output",
+            "sequence",
+        ).stdout
+    )["sequence"][0]
+    out = client(
+        served,
+        "--json",
+        "sequence",
+        "seed",
+        "--input",
+        str(tmp_path / "series.npy"),
+        "--chunk",
+        "5",
+        "--output",
+        "sequence",
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [chunk["steps"] for chunk in report["chunks"]] == [
+        [0, 5],
+        [5, 10],
+        [10, 15],
+        [15, 20],
+        [20, 23],
+    ]
+    got = np.concatenate([np.array(chunk["sequence"][0]) for chunk in report["chunks"]])
+    np.testing.assert_allclose(got, np.array(expected), atol=1e-6)
+    ended = client(served, "predict", "seed", "--random", "1,2")  # the server still serves
+    assert ended.returncode == 0
+
+
+@pytest.mark.parametrize("protocol", ["lstm", "lstm-stream", "v2", "v2-stream"])
+def test_load_with_sequences(served: int, protocol: str) -> None:
+    out = client(
+        served,
+        "--json",
+        "load",
+        "seed",
+        "--sequences",
+        "8",
+        "--chunk",
+        "2",
+        "--time",
+        "6",
+        "--protocol",
+        protocol,
+        "--duration",
+        "1.0",
+        "--warmup",
+        "0.2",
+    )
+    assert out.returncode == 0, out.stderr
+    (level,) = json.loads(out.stdout)["levels"]
+    assert level["errors"] == {} and level["concurrency"] == 8 and level["requests"] > 20
