@@ -20,6 +20,7 @@ from lstm_serving.client.messages import (
     LayerStates,
     Prediction,
     PredictOptions,
+    affinity,
     predict_request,
     prediction,
 )
@@ -94,7 +95,8 @@ class AsyncLstmClient:
     ) -> Prediction:
         """inputs [batch, time, features]; options: lengths, output, version, return_state."""
         request = predict_request(model, inputs, **options)
-        response = await self._stub.Predict(request, timeout=self.timeout, metadata=self._metadata)
+        metadata = self._metadata + affinity(options.get("sequence_id"))
+        response = await self._stub.Predict(request, timeout=self.timeout, metadata=metadata)
         return prediction(response)
 
     async def list_models(self) -> dict[str, list[int]]:

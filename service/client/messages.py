@@ -68,6 +68,14 @@ def predict_request(
     return request
 
 
+AFFINITY_HEADER = "x-lstm-sequence-id"  # what a load balancer hashes to keep a sequence together
+
+
+def affinity(sequence_id: int | str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata that routes a unary step of a server-held sequence to its replica."""
+    return () if sequence_id is None else ((AFFINITY_HEADER, str(sequence_id)),)
+
+
 def prediction(response: pb.PredictResponse) -> Prediction:
     result = Prediction(response.model, response.version)
     if response.HasField(LAST_HIDDEN):

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
-from lstm_serving.client.messages import predict_request
+from lstm_serving.client.messages import affinity, predict_request
 from lstm_serving.contract import INPUT, LAST_HIDDEN
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -91,7 +91,9 @@ class SequenceWork:
             for n in range(len(self.bounds)):
                 started = clock()
                 try:
-                    response = await steps.asend(self.request(number, n, sequence_id))
+                    response = await steps.asend(
+                        (self.request(number, n, sequence_id), sequence_id)
+                    )
                 except grpc.aio.AioRpcError as exc:
                     record.failed(exc.code().name)
                     steps = self._stepper(channel, rpc_timeout, metadata)  # a fresh stream
@@ -115,18 +117,20 @@ class SequenceWork:
                 else v2_grpc.GRPCInferenceServiceStub(channel)
             )
             call = stub.Predict if self.protocol == "lstm" else stub.ModelInfer
-            request = yield None
+            request, sequence_id = yield None
             while True:
-                request = yield await call(request, timeout=rpc_timeout, metadata=metadata)
+                headers = metadata + affinity(sequence_id)  # for a balancer in front
+                answer = await call(request, timeout=rpc_timeout, metadata=headers)
+                request, sequence_id = yield answer
         stream: Any = (
             pb_grpc.LstmServiceStub(channel).PredictStream(metadata=metadata)
             if self.protocol == "lstm-stream"
             else v2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(metadata=metadata)
         )
         try:
-            request = yield None
+            request, _ = yield None
             while True:
                 await stream.write(request)
-                request = yield await stream.read()
+                request, _ = yield await stream.read()
         finally:
             stream.cancel()

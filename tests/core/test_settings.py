@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from lstm_serving.core.settings import Settings, parse_settings
+from tests.conftest import ROOT
 
 
 def test_defaults() -> None:
@@ -46,3 +48,11 @@ def test_bad_values_exit_2_with_message(
         parse_settings(argv, env)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_flag_is_in_the_readme_table() -> None:
+    """The README's flag table is where users look: it lists every Settings field."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Server flags", 1)[1].split("\n\n", 3)[2]
+    missing = [f.name for f in fields(Settings) if f"`--{f.name.replace('_', '-')}" not in table]
+    assert not missing, missing

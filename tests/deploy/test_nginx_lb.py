@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from lstm_serving.client import loadgen
-from lstm_serving.client.client import LstmClient
+from lstm_serving.client.client import AsyncLstmClient, LstmClient, predict_request
 from lstm_serving.client.loadwork import LoadSpec
 from lstm_serving.core.runtime import Model
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from tests.conftest import ROOT
 from tests.processes import free_port, start, stop, wait_serving
 from tests.server.test_metrics import scrape, value
@@ -123,3 +124,40 @@ async def test_load_through_nginx_has_no_errors(balanced: tuple[int, list[int]])
         for m in metrics_ports
     ]
     assert all(a > b for a, b in zip(after, before, strict=True))  # both took part
+
+
+async def test_unary_steps_of_a_sequence_stay_on_one_replica(
+    balanced: tuple[int, list[int]],
+) -> None:
+    """With x-lstm-sequence-id (LstmClient sets it) every step meets its state; without it
+    nginx spreads the steps and they land where the sequence does not exist."""
+    lb_port, _ = balanced
+    rng = np.random.default_rng(8)
+    async with AsyncLstmClient(f"127.0.0.1:{lb_port}") as client:
+        for n in range(12):  # twelve sequences, ten unary steps each, all through nginx
+            x = rng.standard_normal((1, 10, 2)).astype(np.float32)
+            whole = await client.predict("seed", x, output="sequence")
+            for step in range(10):
+                got = await client.predict(
+                    "seed",
+                    x[:, step : step + 1],
+                    output="sequence",
+                    sequence_id=f"lb-{n}",
+                    sequence_start=step == 0,
+                    sequence_end=step == 9,
+                )
+                assert got.sequence is not None and whole.sequence is not None
+                assert np.abs(got.sequence - whole.sequence[:, step : step + 1]).max() <= 1e-6
+        stub = pb_grpc.LstmServiceStub(client.channel)
+        lost = 0
+        for n in range(6):  # the same steps without the header: spread over both replicas
+            for step in range(10):
+                request = predict_request(
+                    "seed", x[:, :1], sequence_id=f"spread-{n}", sequence_start=step == 0
+                )
+                try:
+                    await stub.Predict(request)
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.NOT_FOUND
+                    lost += 1
+        assert lost > 0  # P(none lost by chance) = (2 * 2**-10)**6
