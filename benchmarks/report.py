@@ -84,6 +84,15 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float | None, float, str
             ">=",
         ),
         (
+            "sequences: steps/s, 256 sequences of 1-step chunks on streams / unary echo (c=64)",
+            ratio(
+                get("sequences, 1-step chunks on streams", serve, 256, "requests_per_second"),
+                get(b1, "echo", 64, "requests_per_second"),
+            ),
+            1.5,
+            ">=",
+        ),
+        (
             "large model: lstm-serve seq/s / raw ONNX Runtime (B=16, 2 threads)",
             ratio(
                 get("large B=16", serve, 4, "sequences_per_second"),

@@ -81,6 +81,13 @@ SCENARIOS = (
         (64,),
         ("lstm-serve",),
     ),
+    Scenario(  # the level is the number of sequences, each on its own PredictStream
+        "sequences, 1-step chunks on streams",
+        "seed",
+        ("--sequences", "256", "--chunk", "1", "--time", "20", "--protocol", "lstm-stream"),
+        (256,),
+        ("lstm-serve",),
+    ),
     Scenario(
         "large B=16",
         "large",
@@ -150,8 +157,8 @@ def raw_ort(model_file: Path, batch: int, steps: int, threads: int, seconds: flo
     code = f"""
 import time, numpy as np
 from pathlib import Path
-from lstm_serving.core.runtime import Model, ModelFile
-m = Model(ModelFile("m", 1, Path({str(model_file)!r})), "cpu", {threads})
+from lstm_serving.core.runtime import Model
+m = Model(Path({str(model_file)!r}), "m", 1, "cpu", {threads})
 x = np.random.default_rng(0).standard_normal(({batch}, {steps}, m.architecture.input_size))
 x = x.astype(np.float32); n = np.full({batch}, {steps}, np.int32)
 for _ in range(3): m.run(x, n, ["last_hidden"])
