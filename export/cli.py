@@ -1,6 +1,8 @@
-"""`lstm-export`: build or load a stacked LSTM, write it as a verified ONNX model.
+"""`lstm-export`: a stacked LSTM from PyTorch (our StackedLSTM, random or from a state_dict of
+the usual layouts) or from a Keras file, written as a verified ONNX model.
 
-Writes DIR/NAME/VERSION/model.onnx only after the model passes verification.
+Writes DIR/NAME/VERSION/model.onnx only after the model passes verification against its
+source's own semantics.
 Exit status: 0 written, 1 failed (bad weights, verification, existing version), 2 bad usage.
 """
 
@@ -16,9 +18,12 @@ from pathlib import Path
 import onnx
 import torch
 
-from lstm_serving.export.model import StackedLSTM
-from lstm_serving.export.onnx_graph import architecture_of, build_model
-from lstm_serving.export.verify import TOLERANCE, verify
+from lstm_serving.export.keras_source import KerasError, read_keras, weights_of
+from lstm_serving.export.model import HEAD_ACTIVATIONS, StackedLSTM
+from lstm_serving.export.onnx_graph import architecture_of, graph_of, recorded_architecture
+from lstm_serving.export.spec import sha256_of
+from lstm_serving.export.torch_source import LayoutError, build_model, read_layout
+from lstm_serving.export.verify import TOLERANCE, Reference, torch_reference, verify_against
 
 
 class ExportError(Exception):
@@ -28,29 +33,46 @@ class ExportError(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="lstm-export",
-        description="Export a stacked LSTM to a verified ONNX model in a model repository.",
+        description="Export a stacked LSTM (PyTorch or Keras) to a verified ONNX model in a "
+        "model repository.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--input-size", type=int, required=True, help="features per time step")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--keras", type=Path, help="a Keras model file, .keras or .h5 (read without TensorFlow)"
+    )
+    source.add_argument(
+        "--weights",
+        type=Path,
+        help="a PyTorch state_dict (torch.save(model.state_dict(), path)): our StackedLSTM, a "
+        "plain nn.LSTM, LSTMs under any prefix, and a trailing nn.Linear head",
+    )
+    p.add_argument(
+        "--input-size", type=int, help="features per step (with --weights: checked against them)"
+    )
     p.add_argument(
         "--layers",
         type=int,
         nargs="+",
-        required=True,
         metavar="UNITS",
-        help="units of each LSTM layer, first to last (e.g. 64 32)",
+        help="units of each LSTM layer, first to last (e.g. 64 32); with --weights: a check",
     )
     p.add_argument("--bidirectional", action="store_true", help="every layer bidirectional")
     p.add_argument(
-        "--dropout",
-        type=float,
-        default=0.0,
-        help="dropout between layers (training only; recorded, not exported)",
+        "--dropout", type=float, default=0.0, help="dropout between layers (training only)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights")
     p.add_argument(
-        "--weights",
-        type=Path,
-        help="state_dict saved with torch.save(model.state_dict()); random if absent",
+        "--head", metavar="PREFIX", help="with --weights: the Linear head's key prefix (e.g. fc.)"
+    )
+    p.add_argument(
+        "--head-activation",
+        choices=tuple(HEAD_ACTIVATIONS),
+        default="linear",
+        help="what the PyTorch forward applies after the head",
+    )
+    p.add_argument(
+        "--head-per-step", action="store_true", help="the head runs on every step, not the last"
     )
     p.add_argument("--name", required=True, help="model name in the repository")
     p.add_argument("--version", type=int, help="version number (default: next free, from 1)")
@@ -61,13 +83,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--version must be >= 1")
     if "/" in args.name or args.name in ("", ".", ".."):
         p.error(f"--name {args.name!r} is not a valid directory name")
-    if args.weights is not None and not args.weights.is_file():
-        p.error(f"--weights {args.weights}: no such file")
+    for flag, path in (("--weights", args.weights), ("--keras", args.keras)):
+        if path is not None and not path.is_file():
+            p.error(f"{flag} {path}: no such file")
+    if args.weights is None and args.keras is None and (not args.layers or not args.input_size):
+        p.error("--input-size and --layers are required without --weights or --keras")
     return args
 
 
-def load_weights(module: StackedLSTM, path: Path) -> None:
-    """Loads a state_dict without unpickling arbitrary objects; lists every mismatch."""
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict, read without unpickling arbitrary objects."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused a pickled object
@@ -83,29 +108,59 @@ def load_weights(module: StackedLSTM, path: Path) -> None:
             f"{path} holds a {type(state).__name__}, not a state_dict of tensors: "
             "save it with torch.save(model.state_dict(), path)"
         )
+    return state
+
+
+def module_from_weights(args: argparse.Namespace) -> StackedLSTM:
+    """A StackedLSTM of the widths the weights have, loaded; lists every mismatch."""
+    path = args.weights
+    state = load_state(path)
+    try:
+        layout = read_layout(state, args.head, args.head_activation, args.head_per_step)
+    except LayoutError as exc:
+        raise ExportError(f"{path}: {exc}") from exc
+    units = args.layers or layout.units
+    input_size = args.input_size or layout.input_size
+    bidirectional = args.bidirectional or layout.bidirectional
+    try:
+        module = StackedLSTM(input_size, units, bidirectional, args.dropout, layout.head)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    renamed = {layout.renamed.get(k, k): v for k, v in state.items()}
     expected = module.state_dict()
+    for k, lstm in enumerate(module.layers):  # nn.LSTM(bias=False): no bias keys at all
+        names = [n for n in expected if n.startswith(f"layers.{k}.bias_")]
+        if not any(n in renamed for n in names) and isinstance(lstm, torch.nn.LSTM):
+            renamed.update({n: torch.zeros_like(expected[n]) for n in names})
     problems = [
         f"missing key {k} (expected shape {list(v.shape)})"
         for k, v in expected.items()
-        if k not in state
+        if k not in renamed
     ]
     problems += [
-        f"unexpected key {k} (shape {list(v.shape)})" for k, v in state.items() if k not in expected
+        f"unexpected key {k} (shape {list(v.shape)})"
+        for k, v in renamed.items()
+        if k not in expected
     ]
     problems += [
-        f"{k}: shape {list(state[k].shape)} in the file, {list(v.shape)} for the declared layers"
+        f"{k}: shape {list(renamed[k].shape)} in the file, {list(v.shape)} for the declared layers"
         for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        if k in renamed and renamed[k].shape != v.shape
     ]
     if problems:
         raise ExportError(
-            f"{path} does not match --input-size {module.input_size} --layers "
-            + " ".join(map(str, module.units))
-            + (" --bidirectional" if module.bidirectional else "")
+            f"{path} does not match --input-size {input_size} --layers "
+            + " ".join(map(str, units))
+            + (" --bidirectional" if bidirectional else "")
             + ":\n  "
             + "\n  ".join(problems)
+            + "\n(the layers are read from the weights: "
+            + ", ".join(f"{n} -> {m}" for n, m in list(layout.renamed.items())[:6])
+            + (", ..." if len(layout.renamed) > 6 else "")
+            + ")"
         )
-    module.load_state_dict({k: v.float() for k, v in state.items()})
+    module.load_state_dict({k: v.float() for k, v in renamed.items()})
+    return module
 
 
 def target_path(repository: Path, name: str, version: int | None, force: bool) -> Path:
@@ -134,20 +189,33 @@ def write_atomically(model: onnx.ModelProto, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    try:
-        torch.manual_seed(args.seed)
-        module = StackedLSTM(args.input_size, args.layers, args.bidirectional, args.dropout)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from exc
-    if args.weights is not None:
-        load_weights(module, args.weights)
-    module.eval()
+    if args.keras is not None:
+        try:
+            spec, reference = read_keras(args.keras)
+        except KerasError as exc:
+            raise ExportError(f"{args.keras}: {exc}") from exc
+        arch = architecture_of(spec, sha256_of(weights_of(spec)))
+        model = graph_of(spec, arch)
+        check: Reference = reference
+        for note in spec.notes:
+            print(f"note: {note}")
+    else:
+        if args.weights is not None:
+            module = module_from_weights(args)
+        else:
+            try:
+                torch.manual_seed(args.seed)
+                module = StackedLSTM(args.input_size, args.layers, args.bidirectional, args.dropout)
+            except ValueError as exc:
+                raise ExportError(str(exc)) from exc
+        module.eval()
+        model, check = build_model(module), torch_reference(module)
+        arch = recorded_architecture(model)
     path = target_path(args.repository, args.name, args.version, args.force)
-    print(architecture_of(module).summary())
-    print(f"\nVerifying against PyTorch (tolerance {TOLERANCE:g} absolute) ...", flush=True)
-    model = build_model(module)
+    print(arch.summary())
+    print(f"\nVerifying against the source (tolerance {TOLERANCE:g} absolute) ...", flush=True)
     try:
-        report = verify(module, model)
+        report = verify_against(model, check, arch)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the ONNX checker rejected the graph: {exc}") from exc
     worst = report.worst()

@@ -1,12 +1,33 @@
-"""StackedLSTM: a stack of single-layer LSTMs whose widths may differ, with Keras semantics."""
+"""StackedLSTM: a stack of single-layer LSTMs whose widths may differ, with Keras semantics,
+and an optional Linear head (on the final state, or on every step)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [directions, batch, units]
+HEAD_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "linear": lambda z: z,
+    "relu": torch.relu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "softmax": lambda z: torch.softmax(z, dim=-1),
+}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """A Linear layer on the stack: what its forward applies after the LSTMs."""
+
+    units: int
+    activation: str = "linear"  # one of HEAD_ACTIVATIONS
+    per_step: bool = False  # on every step of the sequence, not on the final state
+    bias: bool = True
 
 
 class StackedLSTM(nn.Module):
@@ -16,7 +37,12 @@ class StackedLSTM(nn.Module):
     """
 
     def __init__(
-        self, input_size: int, layers: list[int], bidirectional: bool = False, dropout: float = 0.0
+        self,
+        input_size: int,
+        layers: list[int],
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        head: HeadConfig | None = None,
     ) -> None:
         super().__init__()
         if input_size < 1 or not layers or min(layers) < 1:
@@ -33,6 +59,8 @@ class StackedLSTM(nn.Module):
             self.layers.append(nn.LSTM(width, units, batch_first=True, bidirectional=bidirectional))
             width = self.directions * units
         self.dropout = nn.Dropout(dropout)
+        self.head_config = head
+        self.head = None if head is None else nn.Linear(width, head.units, bias=head.bias)
 
     @property
     def output_size(self) -> int:
@@ -69,3 +97,16 @@ class StackedLSTM(nn.Module):
         h_last = finals[-1][0]  # [D, B, H]: forward then backward final states
         last_hidden = h_last.permute(1, 0, 2).reshape(batch, self.output_size)
         return out, last_hidden, finals
+
+    def prediction(
+        self, sequence: torch.Tensor, last_hidden: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """The head's output: on last_hidden, or on every step (zeros past each length)."""
+        assert self.head is not None and self.head_config is not None
+        config = self.head_config
+        z = self.head(sequence if config.per_step else last_hidden)
+        z = HEAD_ACTIVATIONS[config.activation](z)
+        if config.per_step:
+            steps = torch.arange(sequence.shape[1])[None, :] < lengths.to("cpu")[:, None]
+            z = z * steps[:, :, None].to(z.dtype)
+        return z

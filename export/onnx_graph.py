@@ -1,18 +1,19 @@
-"""Writes a StackedLSTM as an ONNX graph of native LSTM nodes, one per layer.
+"""Writes a ModelSpec as an ONNX graph of native LSTM nodes, one per layer, and its head.
 
 Not torch.onnx.export: its graphs hide `sequence_lens` (see shared/DESIGN.md), and exact
 padded batching needs it. The graph is time-major inside (ONNX Runtime refuses layout=1)
-with Transposes at the edges, so the public interface stays batch-first.
+with Transposes at the edges, so the public interface stays batch-first. A go_backwards
+layer runs ONNX's "reverse" direction and hands on its steps in processing order (as Keras
+does), reversed within each sequence's length.
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from lstm_serving.contract import (
@@ -20,123 +21,135 @@ from lstm_serving.contract import (
     LAST_HIDDEN,
     LENGTHS,
     METADATA_KEY,
+    PREDICTION,
     SEQUENCE,
     STATE_PARTS,
     Architecture,
     final_state,
     initial_state,
 )
-from lstm_serving.export.model import StackedLSTM
+from lstm_serving.export.spec import DEFAULT_ACTIVATIONS, Activation, Head, LstmLayer, ModelSpec
 from lstm_serving.version import __version__
 
 OPSET = 17
 PRODUCER = "lstm-serving"
 PRODUCER_VERSION = __version__
-# PyTorch stores gate blocks as i, f, g, o; ONNX wants i, o, f, c (c is PyTorch's g).
-_TORCH_TO_ONNX_GATES = (0, 3, 1, 2)
+HEAD_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax"}
 
 
-def _onnx_gates(weight: np.ndarray) -> np.ndarray:
-    """Reorders the 4 gate blocks along axis 0 from PyTorch's order to ONNX's."""
-    blocks = np.split(weight, 4, axis=0)
-    return np.concatenate([blocks[i] for i in _TORCH_TO_ONNX_GATES], axis=0)
-
-
-def layer_weights(lstm: torch.nn.LSTM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ONNX W [D, 4H, in], R [D, 4H, H] and B [D, 8H] (B = [W_b, R_b]) of one torch layer."""
-    suffixes = ["_l0", "_l0_reverse"] if lstm.bidirectional else ["_l0"]
-    w, r, b = [], [], []
-    for sfx in suffixes:
-        params = {
-            name: getattr(lstm, name + sfx).detach().cpu().numpy().astype(np.float32)
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        }
-        w.append(_onnx_gates(params["weight_ih"]))
-        r.append(_onnx_gates(params["weight_hh"]))
-        b.append(np.concatenate([_onnx_gates(params["bias_ih"]), _onnx_gates(params["bias_hh"])]))
-    return np.stack(w), np.stack(r), np.stack(b)
-
-
-def weights_sha256(module: StackedLSTM) -> str:
-    """A hash of every parameter, in state_dict order, to tie a model file to its weights."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().astype(np.float32).tobytes())
-    return digest.hexdigest()
-
-
-def architecture_of(module: StackedLSTM) -> Architecture:
-    return Architecture.build(
-        module.input_size,
-        module.units,
-        module.bidirectional,
-        OPSET,
+def architecture_of(spec: ModelSpec, weights_sha256: str, torch_version: str = "") -> Architecture:
+    return Architecture(
+        input_size=spec.input_size,
+        layers=tuple(layer.spec() for layer in spec.layers),
+        opset=OPSET,
         exporter=f"{PRODUCER} {PRODUCER_VERSION}",
-        torch_version=torch.__version__,
+        torch_version=torch_version,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        weights_sha256=weights_sha256(module),
+        weights_sha256=weights_sha256,
+        head=None if spec.head is None else spec.head.spec(),
+        mask_value=spec.mask_value,
+        source=spec.source,
     )
 
 
-def _value(name: str, dtype: int, shape: list[int | str]) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, dtype, shape)
+def recorded_architecture(model: onnx.ModelProto) -> Architecture:
+    """The architecture record a graph carries in its metadata."""
+    return Architecture.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
 
 
-def build_model(module: StackedLSTM) -> onnx.ModelProto:
-    """The ONNX model for `module`, its architecture recorded in metadata_props."""
-    arch = architecture_of(module)
-    d = module.directions
-    direction = "bidirectional" if module.bidirectional else "forward"
+def _value(name: str, elem: int, shape: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _constant(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _lstm_attributes(layer: LstmLayer) -> dict[str, Any]:
+    """hidden_size and direction; activations (with alpha/beta) only where not the default."""
+    attributes: dict[str, Any] = {"hidden_size": layer.units, "direction": layer.direction}
+    activations: tuple[Activation, ...] = (layer.gates, layer.cell, layer.cell)
+    if tuple(a.name for a in activations) != DEFAULT_ACTIVATIONS:
+        per_direction = 2 if layer.direction == "bidirectional" else 1
+        activations *= per_direction
+        attributes["activations"] = [a.name for a in activations]
+        alphas = [a.alpha for a in activations if a.alpha is not None]
+        betas = [a.beta for a in activations if a.beta is not None]
+        if alphas:
+            attributes["activation_alpha"] = alphas
+        if betas:
+            attributes["activation_beta"] = betas
+    return attributes
+
+
+def graph_of(spec: ModelSpec, arch: Architecture) -> onnx.ModelProto:
+    """The ONNX model for `spec`, its architecture recorded in metadata_props."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     inputs = [
-        _value(INPUT, TensorProto.FLOAT, ["batch", "time", module.input_size]),
+        _value(INPUT, TensorProto.FLOAT, ["batch", "time", spec.input_size]),
         _value(LENGTHS, TensorProto.INT32, ["batch"]),
     ]
     outputs = [
-        _value(LAST_HIDDEN, TensorProto.FLOAT, ["batch", module.output_size]),
-        _value(SEQUENCE, TensorProto.FLOAT, ["batch", "time", module.output_size]),
+        _value(LAST_HIDDEN, TensorProto.FLOAT, ["batch", arch.output_size]),
+        _value(SEQUENCE, TensorProto.FLOAT, ["batch", "time", arch.output_size]),
     ]
-    inits.append(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "shape_b_"))
-    if d == 1:
-        inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1_"))
-    else:
-        inits.append(numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), "shape_tb_"))
+    inits.append(_constant("shape_b_", [0, -1]))
+    if any(layer.direction != "bidirectional" for layer in spec.layers):
+        inits.append(_constant("axis1_", [1]))
+    if any(layer.direction == "bidirectional" for layer in spec.layers):
+        inits.append(_constant("shape_tb_", [0, 0, -1]))
+    if any(layer.direction == "reverse" for layer in spec.layers) or (
+        spec.head is not None and spec.head.per_step
+    ):
+        nodes.append(helper.make_node("Cast", [LENGTHS], ["lengths64_"], to=TensorProto.INT64))
     nodes.append(helper.make_node("Transpose", [INPUT], ["x_0"], perm=[1, 0, 2]))
     x = "x_0"  # time-major [T, B, features]
-    for k, lstm in enumerate(module.layers):
-        units = module.units[k]
-        assert isinstance(lstm, torch.nn.LSTM)
-        w, r, b = layer_weights(lstm)
-        inits += [numpy_helper.from_array(a, f"{n}_{k}") for n, a in (("W", w), ("R", r), ("B", b))]
+    for k, layer in enumerate(spec.layers):
+        d = 2 if layer.direction == "bidirectional" else 1
+        inits += [
+            numpy_helper.from_array(a.astype(np.float32), f"{n}_{k}")
+            for n, a in (("W", layer.W), ("R", layer.R), ("B", layer.B))
+        ]
         initial = [initial_state(k, s) for s in STATE_PARTS]
         final = [final_state(k, s) for s in STATE_PARTS]
-        inputs += [_value(n, TensorProto.FLOAT, [d, "batch", units]) for n in initial]
-        outputs += [_value(n, TensorProto.FLOAT, [d, "batch", units]) for n in final]
+        inputs += [_value(n, TensorProto.FLOAT, [d, "batch", layer.units]) for n in initial]
+        outputs += [_value(n, TensorProto.FLOAT, [d, "batch", layer.units]) for n in final]
         nodes.append(
             helper.make_node(
                 "LSTM",
                 [x, f"W_{k}", f"R_{k}", f"B_{k}", LENGTHS, *initial],
                 [f"y_{k}", *final],
                 name=f"lstm_{k}",
-                hidden_size=units,
-                direction=direction,
+                **_lstm_attributes(layer),
             )
         )
         # Y is [T, D, B, H]; the next layer (and `sequence`) wants [T, B, D*H].
+        steps = f"x_{k + 1}" if layer.direction != "reverse" else f"yr_{k}"
         if d == 1:
-            nodes.append(helper.make_node("Squeeze", [f"y_{k}", "axis1_"], [f"x_{k + 1}"]))
+            nodes.append(helper.make_node("Squeeze", [f"y_{k}", "axis1_"], [steps]))
         else:
             nodes.append(helper.make_node("Transpose", [f"y_{k}"], [f"ytb_{k}"], perm=[0, 2, 1, 3]))
-            nodes.append(helper.make_node("Reshape", [f"ytb_{k}", "shape_tb_"], [f"x_{k + 1}"]))
+            nodes.append(helper.make_node("Reshape", [f"ytb_{k}", "shape_tb_"], [steps]))
+        if layer.direction == "reverse":  # processing order, as Keras's go_backwards returns
+            nodes.append(
+                helper.make_node(
+                    "ReverseSequence",
+                    [steps, "lengths64_"],
+                    [f"x_{k + 1}"],
+                    batch_axis=1,
+                    time_axis=0,
+                )
+            )
         x = f"x_{k + 1}"
-    last = len(module.layers) - 1
+    last = len(spec.layers) - 1
     nodes.append(helper.make_node("Transpose", [x], [SEQUENCE], perm=[1, 0, 2]))
     # final_h of the last layer is [D, B, H]; last_hidden is [B, D*H], forward state first.
     last_h = final_state(last, "h")
     nodes.append(helper.make_node("Transpose", [last_h], ["hbd_"], perm=[1, 0, 2]))
     nodes.append(helper.make_node("Reshape", ["hbd_", "shape_b_"], [LAST_HIDDEN]))
+    if spec.head is not None:
+        _add_head(spec.head, nodes, inits, outputs)
     graph = helper.make_graph(nodes, "stacked_lstm", inputs, outputs, initializer=inits)
     model = helper.make_model(
         graph,
@@ -147,3 +160,46 @@ def build_model(module: StackedLSTM) -> onnx.ModelProto:
     model.ir_version = 8  # readable by every ONNX Runtime of the last few years
     helper.set_model_props(model, {METADATA_KEY: arch.to_json()})
     return model
+
+
+def _add_head(
+    head: Head,
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    outputs: list[onnx.ValueInfoProto],
+) -> None:
+    """Dense on last_hidden, or on every step of `sequence` with the steps past each length
+    set to zero (as `sequence` is), then its activation."""
+    source = SEQUENCE if head.per_step else LAST_HIDDEN
+    inits.append(numpy_helper.from_array(head.kernel.astype(np.float32), "head_kernel_"))
+    nodes.append(helper.make_node("MatMul", [source, "head_kernel_"], ["head_mm_"]))
+    value = "head_mm_"
+    if head.bias is not None:
+        inits.append(numpy_helper.from_array(head.bias.astype(np.float32), "head_bias_"))
+        nodes.append(helper.make_node("Add", [value, "head_bias_"], ["head_z_"]))
+        value = "head_z_"
+    if head.activation != "linear":
+        kind = HEAD_ACTIVATIONS[head.activation]
+        extra: dict[str, Any] = {"axis": -1} if kind == "Softmax" else {}
+        nodes.append(helper.make_node(kind, [value], ["head_a_"], **extra))
+        value = "head_a_"
+    shape: list[int | str] = ["batch", head.kernel.shape[1]]
+    if head.per_step:
+        shape.insert(1, "time")
+        inits += [_constant("one_", [1]), _constant("axis2_", [2]), _constant("axis0_", [0])]
+        inits.append(numpy_helper.from_array(np.array(0, np.int64), "zero_"))
+        inits.append(numpy_helper.from_array(np.array(1, np.int64), "step_"))
+        nodes += [
+            helper.make_node("Shape", [INPUT], ["input_shape_"]),
+            helper.make_node("Gather", ["input_shape_", "step_"], ["time_"], axis=0),
+            helper.make_node("Range", ["zero_", "time_", "step_"], ["steps_"]),
+            helper.make_node("Unsqueeze", ["steps_", "axis0_"], ["steps_row_"]),
+            helper.make_node("Unsqueeze", ["lengths64_", "one_"], ["lengths_col_"]),
+            helper.make_node("Less", ["steps_row_", "lengths_col_"], ["valid_"]),
+            helper.make_node("Cast", ["valid_"], ["validf_"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["validf_", "axis2_"], ["valid3_"]),
+            helper.make_node("Mul", [value, "valid3_"], [PREDICTION]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", [value], [PREDICTION]))
+    outputs.append(_value(PREDICTION, TensorProto.FLOAT, shape))

@@ -1,11 +1,14 @@
-"""Proves an exported ONNX model computes what its PyTorch module computes.
+"""Proves an exported ONNX model computes what its source framework computes.
 
-onnx's full checker, then ONNX Runtime against PyTorch on random padded batches of mixed
-lengths (every output and final state), then state carry-over across two chunks.
+onnx's full checker, then ONNX Runtime against a reference of the source's own semantics
+(PyTorch's forward, or the NumPy Keras forward pass of `keras_reference`) on random padded
+batches of mixed lengths and random initial states (every output and final state), then,
+where the model can carry state, two chunks with carried state against one whole run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,15 +20,21 @@ from lstm_serving.contract import (
     INPUT,
     LAST_HIDDEN,
     LENGTHS,
+    PREDICTION,
     SEQUENCE,
+    Architecture,
     final_state,
     initial_state,
 )
 from lstm_serving.export.model import StackedLSTM
+from lstm_serving.export.onnx_graph import recorded_architecture
 
 TOLERANCE = 1e-5  # absolute, float32; observed differences are ~1e-7
 BATCH_SIZES = (1, 7, 32)
 TIMES = (1, 10, 37)
+States = list[tuple[np.ndarray, np.ndarray]]  # (h, c) per layer, [directions, batch, units]
+# (inputs [B, T, F], lengths [B], initial states) -> every graph output, by name
+Reference = Callable[[np.ndarray, np.ndarray, States], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -51,19 +60,15 @@ class VerificationReport:
         return max(self.cases, key=lambda case: case.max_abs_diff)
 
 
-def _feeds(
-    x: np.ndarray, lengths: np.ndarray, states: list[tuple[np.ndarray, np.ndarray]]
-) -> dict[str, np.ndarray]:
+def _feeds(x: np.ndarray, lengths: np.ndarray, states: States) -> dict[str, np.ndarray]:
     feeds = {INPUT: x, LENGTHS: lengths.astype(np.int32)}
     for k, (h, c) in enumerate(states):
         feeds[initial_state(k, "h")], feeds[initial_state(k, "c")] = h, c
     return feeds
 
 
-def _random_states(
-    module: StackedLSTM, batch: int, rng: np.random.Generator
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    shapes = [(module.directions, batch, units) for units in module.units]
+def _random_states(arch: Architecture, batch: int, rng: np.random.Generator) -> States:
+    shapes = [(layer.directions, batch, layer.units) for layer in arch.layers]
     return [
         (
             rng.standard_normal(s).astype(np.float32) * 0.5,
@@ -71,24 +76,6 @@ def _random_states(
         )
         for s in shapes
     ]
-
-
-def _torch_outputs(
-    module: StackedLSTM,
-    x: np.ndarray,
-    lengths: np.ndarray,
-    states: list[tuple[np.ndarray, np.ndarray]],
-) -> dict[str, np.ndarray]:
-    with torch.no_grad():
-        sequence, last_hidden, finals = module.forward_with_state(
-            torch.from_numpy(x),
-            torch.from_numpy(lengths.astype(np.int64)),
-            [(torch.from_numpy(h), torch.from_numpy(c)) for h, c in states],
-        )
-    out = {SEQUENCE: sequence.numpy(), LAST_HIDDEN: last_hidden.numpy()}
-    for k, (h, c) in enumerate(finals):
-        out[final_state(k, "h")], out[final_state(k, "c")] = h.numpy(), c.numpy()
-    return out
 
 
 def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -100,47 +87,78 @@ def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return max(float(np.max(np.abs(a[n] - b[n]), initial=0.0)) for n in a)
 
 
-def verify(
-    module: StackedLSTM, model: onnx.ModelProto, tolerance: float = TOLERANCE, seed: int = 0
+def verify_against(
+    model: onnx.ModelProto,
+    reference: Reference,
+    arch: Architecture,
+    tolerance: float = TOLERANCE,
+    seed: int = 0,
 ) -> VerificationReport:
-    """Checks `model` against `module`; raises onnx.checker.ValidationError if malformed."""
+    """Checks `model` against `reference`; raises onnx.checker.ValidationError if malformed."""
     onnx.checker.check_model(model, full_check=True)
-    module = module.eval()
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 
-    def run(
-        x: np.ndarray, lengths: np.ndarray, states: list[tuple[np.ndarray, np.ndarray]]
-    ) -> dict[str, np.ndarray]:
+    def run(x: np.ndarray, lengths: np.ndarray, states: States) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(names, _feeds(x, lengths, states)), strict=True))
 
     rng = np.random.default_rng(seed)
     report = VerificationReport(tolerance)
     for batch in BATCH_SIZES:
         for time in TIMES:
-            x = rng.standard_normal((batch, time, module.input_size)).astype(np.float32)
+            x = rng.standard_normal((batch, time, arch.input_size)).astype(np.float32)
             lengths = rng.integers(1, time + 1, size=batch)
             lengths[0] = time
             lengths[-1] = 1 if batch > 1 else lengths[-1]
-            states = _random_states(module, batch, rng)
-            diff = _max_diff(run(x, lengths, states), _torch_outputs(module, x, lengths, states))
+            states = _random_states(arch, batch, rng)
+            diff = _max_diff(run(x, lengths, states), reference(x, lengths, states))
             report.cases.append(Case(f"batch {batch}, time {time}, mixed lengths", diff))
 
-    if not module.bidirectional:
+    if arch.carries_state:
         # Two chunks, chunk 1's final states fed as chunk 2's initial states, equal one run.
         batch, time, split = 5, 23, 9
-        x = rng.standard_normal((batch, time, module.input_size)).astype(np.float32)
-        zeros = [
-            (np.zeros_like(h), np.zeros_like(c)) for h, c in _random_states(module, batch, rng)
-        ]
-        whole = _torch_outputs(module, x, np.full(batch, time), zeros)
+        x = rng.standard_normal((batch, time, arch.input_size)).astype(np.float32)
+        zeros = [(np.zeros_like(h), np.zeros_like(c)) for h, c in _random_states(arch, batch, rng)]
+        whole = reference(x, np.full(batch, time), zeros)
         first = run(x[:, :split], np.full(batch, split), zeros)
         carried = [
             (first[final_state(k, "h")], first[final_state(k, "c")]) for k in range(len(zeros))
         ]
         second = run(x[:, split:], np.full(batch, time - split), carried)
-        second[SEQUENCE] = np.concatenate([first[SEQUENCE], second[SEQUENCE]], axis=1)
+        for name in (SEQUENCE, PREDICTION):
+            if name in second and second[name].ndim == 3:
+                second[name] = np.concatenate([first[name], second[name]], axis=1)
         report.cases.append(
             Case("two chunks with carried state vs whole", _max_diff(second, whole))
         )
     return report
+
+
+def torch_reference(module: StackedLSTM) -> Reference:
+    """The module's own forward, outputs named as the graph's."""
+    module = module.eval()
+
+    def reference(x: np.ndarray, lengths: np.ndarray, states: States) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            lengths_t = torch.from_numpy(lengths.astype(np.int64))
+            sequence, last_hidden, finals = module.forward_with_state(
+                torch.from_numpy(x),
+                lengths_t,
+                [(torch.from_numpy(h), torch.from_numpy(c)) for h, c in states],
+            )
+            out = {SEQUENCE: sequence.numpy(), LAST_HIDDEN: last_hidden.numpy()}
+            if module.head is not None:
+                out[PREDICTION] = module.prediction(sequence, last_hidden, lengths_t).numpy()
+        for k, (h, c) in enumerate(finals):
+            out[final_state(k, "h")], out[final_state(k, "c")] = h.numpy(), c.numpy()
+        return out
+
+    return reference
+
+
+def verify(
+    module: StackedLSTM, model: onnx.ModelProto, tolerance: float = TOLERANCE, seed: int = 0
+) -> VerificationReport:
+    """Checks `model` against the PyTorch `module` it was made from."""
+    arch = recorded_architecture(model)
+    return verify_against(model, torch_reference(module), arch, tolerance, seed)

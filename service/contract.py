@@ -17,7 +17,7 @@ from lstm_serving.tables import table_lines
 
 T = TypeVar("T")
 METADATA_KEY = "lstm_serving.architecture"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Graph inputs: [batch, time, features] float32 and [batch] int32 (each in 1..time).
 INPUT: Final = "input"
@@ -26,6 +26,9 @@ LENGTHS: Final = "lengths"
 # step [batch, time, units] (zeros past each length).
 LAST_HIDDEN: Final = "last_hidden"
 SEQUENCE: Final = "sequence"
+# A model with a head (Keras Dense, PyTorch Linear) also returns what its framework's predict /
+# forward returns: [batch, units], or [batch, time, units] for a per-step head.
+PREDICTION: Final = "prediction"
 STATE_PARTS = ("h", "c")
 # What a caller may ask for by name (lstm-client --output, the lstm.v1 Output enum).
 BOTH: Final = "both"
@@ -33,6 +36,7 @@ OUTPUT_CHOICES: dict[str, tuple[str, ...]] = {
     LAST_HIDDEN: (LAST_HIDDEN,),
     SEQUENCE: (SEQUENCE,),
     BOTH: (LAST_HIDDEN, SEQUENCE),
+    PREDICTION: (PREDICTION,),
 }
 
 
@@ -69,10 +73,11 @@ def parameter_count(input_size: int, units: int, directions: int, *, keras: bool
 @dataclass(frozen=True)
 class LayerSpec:
     units: int
-    direction: str  # "forward" or "bidirectional"
+    direction: str  # "forward", "reverse" (Keras go_backwards) or "bidirectional"
     input_size: int
     parameters: int
     keras_parameters: int
+    activations: tuple[str, ...] = ()  # ONNX (gates, cell) activations; () = Sigmoid, Tanh
 
     @property
     def directions(self) -> int:
@@ -81,6 +86,16 @@ class LayerSpec:
     @property
     def output_size(self) -> int:
         return self.directions * self.units
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A Dense/Linear layer on the last LSTM layer's output (its final state, or each step)."""
+
+    units: int
+    activation: str  # linear, relu, sigmoid, tanh, softmax
+    per_step: bool
+    parameters: int
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,9 @@ class Architecture:
     created: str = ""
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    head: HeadSpec | None = None
+    mask_value: float | None = None  # Keras Masking: trailing steps all equal to it are padding
+    source: str = ""  # what the model was exported from (e.g. "keras 3.15.1 .keras")
 
     @classmethod
     def build(
@@ -141,12 +159,19 @@ class Architecture:
         return self.layers[0].direction == "bidirectional"
 
     @property
+    def carries_state(self) -> bool:
+        """Whether chunks with carried state equal the whole: every layer runs forward."""
+        return all(layer.direction == "forward" for layer in self.layers)
+
+    @property
     def parameters(self) -> int:
-        return sum(layer.parameters for layer in self.layers)
+        head = self.head.parameters if self.head is not None else 0
+        return sum(layer.parameters for layer in self.layers) + head
 
     @property
     def keras_parameters(self) -> int:
-        return sum(layer.keras_parameters for layer in self.layers)
+        head = self.head.parameters if self.head is not None else 0
+        return sum(layer.keras_parameters for layer in self.layers) + head
 
     def state_inputs(self) -> tuple[str, ...]:
         return tuple(initial_state(k, s) for k in range(len(self.layers)) for s in STATE_PARTS)
@@ -168,14 +193,33 @@ class Architecture:
     def output_shapes(self) -> dict[str, list[int]]:
         """Every graph output and its shape, -1 for batch and time."""
         shapes = {LAST_HIDDEN: [-1, self.output_size], SEQUENCE: [-1, -1, self.output_size]}
+        if self.head is not None:
+            steps = [-1] if self.head.per_step else []
+            shapes[PREDICTION] = [-1, *steps, self.head.units]
         for k, layer in enumerate(self.layers):
             for s in STATE_PARTS:
                 shapes[final_state(k, s)] = [layer.directions, -1, layer.units]
         return shapes
 
+    def default_outputs(self) -> tuple[str, ...]:
+        """What a call that names no output gets: the head's answer, else the final state."""
+        return (PREDICTION,) if self.head is not None else (LAST_HIDDEN,)
+
     def to_json(self) -> str:
+        """Format 1 for what format 1 can say (a server that knows only it still reads the
+        file); format 2 adds a head, masking, per-layer activations and the source."""
         record = asdict(self)
         record["output_size"] = self.output_size
+        for key in ("head", "mask_value", "source"):
+            if record[key] in (None, ""):
+                del record[key]
+        for layer in record["layers"]:
+            if not layer["activations"]:
+                del layer["activations"]
+        extended = any(k in record for k in ("head", "mask_value", "source")) or any(
+            "activations" in layer or layer["direction"] == "reverse" for layer in record["layers"]
+        )
+        record["format_version"] = 2 if extended else 1
         return json.dumps(record, sort_keys=True)
 
     @classmethod
@@ -183,9 +227,13 @@ class Architecture:
         """Parses the metadata record; raises ValueError naming what is wrong."""
         try:
             record = json.loads(text)
-            layers = tuple(LayerSpec(**layer) for layer in record.pop("layers"))
+            layers = tuple(
+                LayerSpec(**{**layer, "activations": tuple(layer.get("activations", ()))})
+                for layer in record.pop("layers")
+            )
             record.pop("output_size", None)
-            arch = cls(layers=layers, **record)
+            head = record.pop("head", None)
+            arch = cls(layers=layers, head=None if head is None else HeadSpec(**head), **record)
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ValueError(f"malformed {METADATA_KEY} metadata: {exc}") from exc
         if not arch.layers:
@@ -199,24 +247,46 @@ class Architecture:
 
     def summary(self) -> str:
         """A Keras-style table: what each layer receives and returns, and its parameters."""
+        kinds = {
+            "forward": "LSTM",
+            "reverse": "LSTM, go_backwards",
+            "bidirectional": "Bidirectional",
+        }
         rows = [("Layer", "Receives", "Output shape", "Params (stored)", "Params (Keras)")]
         rows.append(("input", "", f"(None, None, {self.input_size})", "", ""))
         for k, layer in enumerate(self.layers):
-            kind = "LSTM" if layer.direction == "forward" else "Bidirectional(LSTM)"
             rows.append(
                 (
-                    f"lstm_{k}: {kind}({layer.units})",
+                    f"lstm_{k}: {kinds[layer.direction]}({layer.units})",
                     f"(None, None, {layer.input_size})",
                     f"(None, None, {layer.output_size})",
                     f"{layer.parameters:,}",
                     f"{layer.keras_parameters:,}",
                 )
             )
+        outputs = [
+            f"{LAST_HIDDEN} (None, {self.output_size})",
+            f"{SEQUENCE} (None, None, {self.output_size})",
+        ]
+        if self.head is not None:
+            steps = "None, " if self.head.per_step else ""
+            shape = f"(None, {steps}{self.head.units})"
+            rows.append(
+                (
+                    f"head: Dense({self.head.units}, {self.head.activation})",
+                    f"(None, {steps}{self.output_size})",
+                    shape,
+                    f"{self.head.parameters:,}",
+                    f"{self.head.parameters:,}",
+                )
+            )
+            outputs.insert(0, f"{PREDICTION} {shape}")
         rows.append(("Total", "", "", f"{self.parameters:,}", f"{self.keras_parameters:,}"))
         lines = table_lines(rows)
         rule = "-" * len(max(lines, key=len))
-        outputs = (
-            f"Outputs: {LAST_HIDDEN} (None, {self.output_size}), "
-            f"{SEQUENCE} (None, None, {self.output_size}); None = any batch or time"
-        )
-        return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1], outputs])
+        footer = [f"Outputs: {', '.join(outputs)}; None = any batch or time"]
+        if self.mask_value is not None:
+            footer.append(f"Masking: trailing steps whose features all equal {self.mask_value:g}")
+        if self.source:
+            footer.append(f"Exported from: {self.source}")
+        return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1], *footer])

@@ -1,0 +1,180 @@
+"""Keras model files read with h5py and the standard library (no TensorFlow, no Keras):
+the Sequential layer list and each layer's weight arrays, in Keras's own layout.
+
+- `.keras` (Keras 3): a zip of config.json, metadata.json and model.weights.h5, whose groups
+  are `layers/<snake_case class><_counter>` in layer order (not the config's names).
+- legacy `.h5` (Keras 3 and tf.keras 2.x): root attributes `model_config` and
+  `keras_version`; `model_weights/<layer name>` with ordered `weight_names` (attributes
+  Keras may split into `name0`, `name1`, ... when large).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py  # type: ignore[import-untyped]
+import numpy as np
+
+Weights = dict[str, list[np.ndarray]]  # "cell" (or "forward"/"backward", "dense") -> arrays
+
+
+class KerasError(Exception):
+    """A file or model this reader cannot map; the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class KerasLayer:
+    class_name: str
+    name: str
+    config: dict[str, Any]
+    weights: Weights = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KerasModel:
+    layers: list[KerasLayer]
+    keras_version: str
+    file_format: str  # ".keras" or ".h5"
+
+    @property
+    def keras_2(self) -> bool:
+        return self.keras_version.startswith("2.")
+
+
+def read_keras_file(path: Path) -> KerasModel:
+    if zipfile.is_zipfile(path):
+        return _read_zip(path)
+    if h5py.is_hdf5(path):
+        return _read_h5(path)
+    raise KerasError("neither a .keras archive (zip) nor an HDF5 .h5 file")
+
+
+def _sequential(config: dict[str, Any]) -> list[dict[str, Any]]:
+    kind = config.get("class_name")
+    if kind != "Sequential":
+        raise KerasError(
+            f"the model is a {kind}, and only Sequential models are read: rebuild it as "
+            "keras.Sequential([...]) with the same layers and save that"
+        )
+    inner = config["config"]
+    layers = inner["layers"] if isinstance(inner, dict) else inner  # Keras 2.2: a list
+    return [layer for layer in layers if isinstance(layer, dict)]
+
+
+def _snake(class_name: str) -> str:
+    """Keras's own to_snake_case, which names the weight groups of a .keras file."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _read_zip(path: Path) -> KerasModel:
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        missing = {"config.json", "model.weights.h5"} - names
+        if missing:
+            raise KerasError(f"not a Keras 3 archive: no {', '.join(sorted(missing))}")
+        config = json.loads(archive.read("config.json"))
+        metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+        weights_file = io.BytesIO(archive.read("model.weights.h5"))
+    layers: list[KerasLayer] = []
+    counters: dict[str, int] = {}
+    with h5py.File(weights_file, "r") as h5:
+        for layer in _sequential(config):
+            class_name, layer_config = layer["class_name"], layer["config"]
+            if class_name == "InputLayer":
+                layers.append(KerasLayer(class_name, layer_config.get("name", ""), layer_config))
+                continue
+            base = _snake(class_name)
+            count = counters.get(base, 0)
+            counters[base] = count + 1
+            group = h5.get(f"layers/{base}" + (f"_{count}" if count else ""))
+            layers.append(
+                KerasLayer(
+                    class_name, layer_config.get("name", ""), layer_config, _zip_weights(group)
+                )
+            )
+    return KerasModel(layers, str(metadata.get("keras_version", "3")), ".keras")
+
+
+def _vars(group: Any) -> list[np.ndarray]:
+    if group is None or "vars" not in group:
+        return []
+    variables = group["vars"]
+    return [np.asarray(variables[str(i)], dtype=np.float32) for i in range(len(variables))]
+
+
+def _zip_weights(group: Any) -> Weights:
+    if group is None:
+        return {}
+    found: Weights = {}
+    for part, path in (
+        ("cell", "cell"),  # LSTM
+        ("forward", "forward_layer/cell"),  # Bidirectional
+        ("backward", "backward_layer/cell"),
+        ("dense", "layer"),  # TimeDistributed(Dense)
+    ):
+        arrays = _vars(group[path]) if path in group else []
+        if arrays:
+            found[part] = arrays
+    own = _vars(group)  # Dense
+    if own and not found:
+        found["dense"] = own
+    return found
+
+
+def _attribute_list(group: Any, name: str) -> list[str]:
+    """An attribute Keras may have split into name0, name1, ... when it grew large."""
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    else:
+        values, n = [], 0
+        while f"{name}{n}" in group.attrs:
+            values += list(group.attrs[f"{name}{n}"])
+            n += 1
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _read_h5(path: Path) -> KerasModel:
+    with h5py.File(path, "r") as h5:
+        if "model_config" not in h5.attrs:
+            raise KerasError(
+                "this HDF5 file has no model_config: it holds weights only "
+                "(save_weights); save the whole model with model.save(path)"
+            )
+        raw = h5.attrs["model_config"]
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        version = h5.attrs.get("keras_version", b"2")
+        version = version.decode() if isinstance(version, bytes) else str(version)
+        weights_root = h5.get("model_weights", h5)
+        stored = set(_attribute_list(weights_root, "layer_names"))
+        layers = []
+        for layer in _sequential(config):
+            class_name, layer_config = layer["class_name"], layer["config"]
+            name = layer_config.get("name", "")
+            weights = _h5_weights(weights_root[name], class_name) if name in stored else {}
+            layers.append(KerasLayer(class_name, name, layer_config, weights))
+    return KerasModel(layers, version, ".h5")
+
+
+def _h5_weights(group: Any, class_name: str) -> Weights:
+    """Weight arrays by part, each in Keras's order: kernel, recurrent_kernel, bias."""
+    roles: dict[str, dict[str, np.ndarray]] = {}
+    for weight_name in _attribute_list(group, "weight_names"):
+        leaf = weight_name.rsplit("/", 1)[-1].split(":")[0]
+        if "backward" in weight_name:
+            part = "backward"
+        elif "forward" in weight_name:
+            part = "forward"
+        else:
+            part = "dense" if class_name in ("Dense", "TimeDistributed") else "cell"
+        roles.setdefault(part, {})[leaf] = np.asarray(group[weight_name], dtype=np.float32)
+    order = ("kernel", "recurrent_kernel", "bias")
+    return {
+        part: [arrays[role] for role in order if role in arrays] for part, arrays in roles.items()
+    }

@@ -1,0 +1,99 @@
+"""What the graph writer needs to know of a model, whatever it came from (PyTorch, Keras):
+each LSTM layer's weights in ONNX's layout and order, its direction and activations, and an
+optional Dense/Linear head. Sources map into it (`torch_source`, `keras_source`); the graph
+writer (`onnx_graph`) reads only this. NumPy only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lstm_serving.contract import HeadSpec, LayerSpec
+
+DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")  # ONNX's f (gates), g (cell), h (output)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An ONNX activation of the LSTM operator, with its alpha/beta where it has them."""
+
+    name: str
+    alpha: float | None = None
+    beta: float | None = None
+
+
+SIGMOID, TANH = Activation("Sigmoid"), Activation("Tanh")
+
+
+@dataclass(frozen=True)
+class LstmLayer:
+    W: np.ndarray  # [directions, 4H, input] gates i, o, f, c
+    R: np.ndarray  # [directions, 4H, H]
+    B: np.ndarray  # [directions, 8H]: input biases, then recurrent biases
+    direction: str  # "forward", "reverse" (Keras go_backwards) or "bidirectional"
+    gates: Activation = SIGMOID  # f: i, o, f gates (Keras recurrent_activation)
+    cell: Activation = TANH  # g and h: candidate and output (Keras activation)
+    bias: bool = True  # False: Keras use_bias=False (B is zeros, and not counted by Keras)
+
+    @property
+    def units(self) -> int:
+        return int(self.R.shape[2])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.W.shape[2])
+
+    def spec(self) -> LayerSpec:
+        activations = (self.gates.name, self.cell.name)
+        keras_bias = self.B.size // 2 if self.bias else 0  # Keras keeps one bias vector
+        return LayerSpec(
+            units=self.units,
+            direction=self.direction,
+            input_size=self.input_size,
+            parameters=int(self.W.size + self.R.size + self.B.size),
+            keras_parameters=int(self.W.size + self.R.size + keras_bias),
+            activations=() if activations == ("Sigmoid", "Tanh") else activations,
+        )
+
+
+@dataclass(frozen=True)
+class Head:
+    """Dense / Linear on the last layer's output: on its final state, or on every step."""
+
+    kernel: np.ndarray  # [input, units]
+    bias: np.ndarray | None  # [units]
+    activation: str  # linear, relu, sigmoid, tanh or softmax
+    per_step: bool  # Keras TimeDistributed(Dense) / Dense after return_sequences=True
+
+    def spec(self) -> HeadSpec:
+        parameters = self.kernel.size + (0 if self.bias is None else self.bias.size)
+        return HeadSpec(
+            units=int(self.kernel.shape[1]),
+            activation=self.activation,
+            per_step=self.per_step,
+            parameters=int(parameters),
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    layers: list[LstmLayer]
+    head: Head | None = None
+    mask_value: float | None = None  # Keras Masking: trailing steps equal to it are padding
+    source: str = ""  # e.g. "keras 3.15.1 .keras"; "" for our own StackedLSTM
+    notes: list[str] = field(default_factory=list)  # what the user should know, printed
+
+    @property
+    def input_size(self) -> int:
+        return self.layers[0].input_size
+
+
+def sha256_of(arrays: list[np.ndarray]) -> str:
+    """A hash of weights, in order, to tie a model file to the weights it was made from."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()
