@@ -21,9 +21,20 @@ from google.protobuf.json_format import MessageToDict
 
 from lstm_serving.client.client import LstmClient, Prediction, Security
 from lstm_serving.client.load_command import add_load_arguments, run_load
-from lstm_serving.contract import LAST_HIDDEN, OUTPUT_CHOICES, SEQUENCE, Architecture, LayerSpec
+from lstm_serving.contract import (
+    LAST_HIDDEN,
+    OUTPUT_CHOICES,
+    PREDICTION,
+    SEQUENCE,
+    Architecture,
+    HeadSpec,
+    LayerSpec,
+)
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.tables import format_table
+
+
+SEQUENCE_COMMAND = "sequence"  # not a tensor name
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,7 +62,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--input", type=Path, help=".npy file of shape [batch, time, features]")
     source.add_argument("--random", metavar="B,T", help="random normal input of B sequences of T")
     predict.add_argument("--lengths", type=int, nargs="+", help="one length per sequence")
-    predict.add_argument("--output", choices=tuple(OUTPUT_CHOICES), default=LAST_HIDDEN)
+    predict.add_argument(
+        "--output",
+        choices=tuple(OUTPUT_CHOICES),
+        help="default: the model's own answer (its head's prediction, else last_hidden)",
+    )
     predict.add_argument("--return-state", action="store_true", help="also each layer's (h, c)")
     predict.add_argument("--version", type=int, default=0, help="0: newest")
     predict.add_argument("--seed", type=int, default=0, help="seed for --random")
@@ -61,7 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     )
     sequence = sub.add_parser(
-        "sequence",
+        SEQUENCE_COMMAND,
         help="stream a .npy file through a server-held sequence, a chunk a call",
         formatter_class=command,
     )
@@ -69,7 +84,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sequence.add_argument("--input", type=Path, required=True, help=".npy [time, features]")
     sequence.add_argument("--chunk", type=int, default=10, help="time steps per call")
     sequence.add_argument("--id", default="", help="sequence id (default: a random one)")
-    sequence.add_argument("--output", choices=tuple(OUTPUT_CHOICES), default=LAST_HIDDEN)
+    sequence.add_argument(
+        "--output", choices=tuple(OUTPUT_CHOICES), help="default: the model's own answer"
+    )
     sequence.add_argument(
         "--keep-open", action="store_true", help="do not end the sequence after the last chunk"
     )
@@ -82,6 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _describe_text(d: pb.ModelDescription) -> str:
+    head = d.head if d.HasField("head") else None
     arch = Architecture(
         input_size=d.input_size,
         layers=tuple(
@@ -89,6 +107,11 @@ def _describe_text(d: pb.ModelDescription) -> str:
             for la in d.layers
         ),
         opset=0,
+        head=None
+        if head is None
+        else HeadSpec(head.units, head.activation, head.per_step, head.parameters),
+        mask_value=d.mask_value if d.HasField("mask_value") else None,
+        source=d.source,
     )
     b = d.batching
     return "\n".join(
@@ -110,6 +133,8 @@ def _prediction_dict(p: Prediction) -> dict[str, Any]:
         out[LAST_HIDDEN] = p.last_hidden.tolist()
     if p.sequence is not None:
         out[SEQUENCE] = p.sequence.tolist()
+    if p.prediction is not None:
+        out[PREDICTION] = p.prediction.tolist()
     if p.states:
         out["state"] = [{"h": h.tolist(), "c": c.tolist()} for h, c in p.states]
     return out
@@ -118,7 +143,7 @@ def _prediction_dict(p: Prediction) -> dict[str, Any]:
 def _prediction_text(p: Prediction) -> str:
     lines = [f"model {p.model} version {p.version}"]
     with np.printoptions(precision=4, suppress=True, threshold=200, linewidth=100):
-        for name in (LAST_HIDDEN, SEQUENCE):
+        for name in (PREDICTION, LAST_HIDDEN, SEQUENCE):
             value = getattr(p, name)
             if value is not None:
                 lines += [f"{name} {list(value.shape)}:", str(value)]
@@ -147,7 +172,7 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
         return 0
     if args.command == "load":
         return run_load(args, args.features or client.describe(args.name).input_size)
-    if args.command == "sequence":
+    if args.command == SEQUENCE_COMMAND:
         return run_sequence(args, client)
     if args.command == "describe":
         d = client.describe(args.name, args.version)

@@ -8,7 +8,7 @@ from typing import TypedDict, Unpack
 
 import numpy as np
 
-from lstm_serving.contract import LAST_HIDDEN, LENGTHS, OUTPUT_CHOICES, SEQUENCE
+from lstm_serving.contract import LAST_HIDDEN, LENGTHS, OUTPUT_CHOICES, PREDICTION, SEQUENCE
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols.lstm_v1 import (
     INITIAL_STATE_FIELD,
@@ -24,6 +24,7 @@ class Prediction:
     version: int
     last_hidden: np.ndarray | None = None  # [batch, units]
     sequence: np.ndarray | None = None  # [batch, time, units]
+    prediction: np.ndarray | None = None  # the head's output: [batch, units] or per step
     states: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (h, c) per layer
 
 
@@ -32,7 +33,8 @@ LayerStates = Sequence[tuple[np.ndarray, np.ndarray]]  # (h, c) per layer, as Pr
 
 class PredictOptions(TypedDict, total=False):
     lengths: Sequence[int] | np.ndarray | None  # per sequence, in 1..time; None: all `time`
-    output: str  # "last_hidden" (default), "sequence" or "both"
+    output: str | None  # "last_hidden", "sequence", "both", "prediction"; None: the model's own
+    return_prediction: bool  # also the head's output
     version: int  # 0 (default): the newest
     return_state: bool  # also each layer's final (h, c)
     initial_state: LayerStates | None  # continue from these (a Prediction's states); None: 0
@@ -44,16 +46,17 @@ class PredictOptions(TypedDict, total=False):
 def predict_request(
     model: str, inputs: np.ndarray, **options: Unpack[PredictOptions]
 ) -> pb.PredictRequest:
-    output, lengths = options.get("output", LAST_HIDDEN), options.get(LENGTHS)
-    if output not in OUTPUT_CHOICES:
+    output, lengths = options.get("output"), options.get(LENGTHS)
+    if output is not None and output not in OUTPUT_CHOICES:
         raise ValueError(f"output must be one of {', '.join(OUTPUT_CHOICES)}, got {output!r}")
     request = pb.PredictRequest(
         model=model,
         version=options.get("version", 0),
         input=array_to_tensor(inputs),
         lengths=[] if lengths is None else [int(n) for n in lengths],
-        output=OUTPUT_ENUM[output],  # type: ignore[arg-type]  # the enum's int values
+        output=OUTPUT_ENUM.get(output or "", pb.OUTPUT_UNSPECIFIED),  # type: ignore[arg-type]
         return_state=options.get("return_state", False),
+        return_prediction=options.get("return_prediction", False),
     )
     for k, (h, c) in enumerate(options.get(INITIAL_STATE_FIELD) or ()):
         request.initial_state.add(layer=k, h=array_to_tensor(h), c=array_to_tensor(c))
@@ -82,6 +85,8 @@ def prediction(response: pb.PredictResponse) -> Prediction:
         result.last_hidden = tensor_to_array(response.last_hidden, LAST_HIDDEN)
     if response.HasField(SEQUENCE):
         result.sequence = tensor_to_array(response.sequence, SEQUENCE)
+    if response.HasField(PREDICTION):
+        result.prediction = tensor_to_array(response.prediction, PREDICTION)
     result.states = [
         (tensor_to_array(s.h, "state.h"), tensor_to_array(s.c, "state.c")) for s in response.state
     ]

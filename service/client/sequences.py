@@ -22,7 +22,6 @@ import numpy as np
 
 from lstm_serving.client.blocking import Blocking, blocking
 from lstm_serving.client.messages import LayerStates, Prediction, predict_request, prediction
-from lstm_serving.contract import LAST_HIDDEN
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 
 Stream = grpc.aio.StreamStreamCall[pb.PredictRequest, pb.PredictResponse]
@@ -54,7 +53,7 @@ class AsyncSequence:
         inputs: np.ndarray,
         *,
         end: bool = False,
-        output: str = LAST_HIDDEN,
+        output: str | None = None,
         return_state: bool = False,
     ) -> Prediction:
         """The next chunk, [time, features] or [1, time, features]; answered in order."""

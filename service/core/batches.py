@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lstm_serving.contract import SEQUENCE, batch_axis
+from lstm_serving.contract import batch_axis
 
 Arrays = dict[str, np.ndarray]
 
@@ -79,12 +79,13 @@ def check_rows(results: Mapping[str, np.ndarray], rows: int) -> None:
 def split(
     results: Mapping[str, np.ndarray], outputs: Sequence[str], start: int, rows: int, steps: int
 ) -> Arrays:
-    """One request's rows [start, start + rows) of `outputs`; the sequence output restored to
-    the request's own `steps` (zeros past each length)."""
+    """One request's rows [start, start + rows) of `outputs`; outputs with a time axis restored
+    to the request's own `steps` (zeros past each length)."""
     own: Arrays = {}
     for name in outputs:
         array = results[name]
-        if name == SEQUENCE:
+        if batch_axis(name) == 0 and array.ndim == 3:  # [batch, time, units]: sequence, a
+            # per-step prediction
             sequence = np.zeros((rows, steps, array.shape[2]), dtype=np.float32)
             shared = min(steps, array.shape[1])
             sequence[:, :shared] = array[start : start + rows, :shared]

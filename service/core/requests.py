@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,13 @@ class Encoded:
 SequenceId = int | str
 
 
+class OutputSet(enum.Enum):
+    """Outputs named by what they are rather than one by one."""
+
+    ALL = "all"  # every output the model has (a v2 request that names none)
+    DEFAULT = "default"  # the model's own answer: its head's, else the final state
+
+
 @dataclass(frozen=True)
 class SequenceStep:
     """A call that is one step of a server-held sequence (Triton's sequence_id/start/end)."""
@@ -48,8 +56,9 @@ class InferRequest:
     version: int  # 0: the newest loaded
     inputs: Encoded  # [batch, time, features] float32
     lengths: np.ndarray | None  # [batch]; None: every sequence is `time` long
-    outputs: tuple[str, ...] | None  # contract output names; None: every output the model has
+    outputs: tuple[str, ...] | OutputSet  # contract output names, or a set of them
     with_states: bool = False  # also every layer's final (h, c)
+    with_prediction: bool = False  # also the head's output
     deadline: float | None = None  # time.monotonic() value
     # contract.initial_state names -> [directions, batch, units]; None: zeros
     initial_states: dict[str, np.ndarray] | None = None

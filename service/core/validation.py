@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lstm_serving.contract import STATE_PARTS, Architecture, initial_state
-from lstm_serving.core.requests import InferRequest, SequenceStep
+from lstm_serving.contract import PREDICTION, STATE_PARTS, Architecture, initial_state
+from lstm_serving.core.requests import InferRequest, OutputSet, SequenceStep
 from lstm_serving.errors import FailedPrecondition, InvalidArgument
 
 MAX_DIMENSION = 2**31 - 1
@@ -86,6 +86,11 @@ def check_outputs(outputs: Sequence[str], arch: Architecture) -> tuple[str, ...]
     """Names the model has, each once."""
     known = arch.output_shapes()
     for name in outputs:
+        if name == PREDICTION and arch.head is None:
+            raise InvalidArgument(
+                f"this model has no head, so no {PREDICTION!r}: it was exported without a "
+                f"Dense/Linear layer; ask for {', '.join(known)}"
+            )
         if name not in known:
             raise InvalidArgument(f"unknown output {name!r}: this model has {', '.join(known)}")
     if len(set(outputs)) != len(outputs):
@@ -123,6 +128,30 @@ def check_initial_states(
     return checked
 
 
+def masked_lengths(inputs: np.ndarray, lengths: np.ndarray, mask_value: float) -> np.ndarray:
+    """A Keras Masking model's lengths: trailing steps whose features all equal mask_value are
+    padding. A masked step before a sequence's end (Keras would skip it) is refused."""
+    masked = (inputs == np.float32(mask_value)).all(axis=2)  # [batch, time]
+    steps = np.arange(inputs.shape[1])
+    unmasked_end = np.where(~masked, steps + 1, 0).max(axis=1)  # last unmasked step + 1
+    ends = np.minimum(lengths, unmasked_end)
+    inside = masked & (steps[None, :] < ends[:, None])
+    if inside.any():
+        row, step = (int(v) for v in np.argwhere(inside)[0])
+        raise InvalidArgument(
+            f"input[{row}] step {step} is masked (every feature == {mask_value:g}, the model's "
+            "Masking value) before its last step: this server takes masked steps as trailing "
+            "padding only; drop that step or send the sequence without it"
+        )
+    if (ends == 0).any():
+        row = int(np.flatnonzero(ends == 0)[0])
+        raise InvalidArgument(
+            f"input[{row}] is masked at every step (every feature == {mask_value:g}): nothing "
+            "to compute"
+        )
+    return np.asarray(ends, dtype=np.int32)
+
+
 def check_request(
     request: InferRequest, arch: Architecture, max_sequence_length: int, max_sequences: int
 ) -> Checked:
@@ -131,9 +160,17 @@ def check_request(
     inputs = check_finite(request.inputs.decode())
     batch, steps, _ = inputs.shape
     lengths = check_lengths(request.lengths, batch, steps)
-    names = tuple(arch.output_shapes()) if request.outputs is None else request.outputs
-    if request.with_states:
-        names += tuple(n for n in arch.state_outputs() if n not in names)
+    if arch.mask_value is not None:
+        lengths = masked_lengths(inputs, lengths, arch.mask_value)
+    if request.outputs is OutputSet.ALL:
+        names = tuple(arch.output_shapes())
+    elif request.outputs is OutputSet.DEFAULT:
+        names = arch.default_outputs()
+    else:
+        names = request.outputs
+    extra = arch.state_outputs() if request.with_states else ()
+    extra += (PREDICTION,) if request.with_prediction else ()
+    names += tuple(n for n in extra if n not in names)
     initial = check_initial_states(request.initial_states, arch, batch)
     return Checked(inputs, lengths, check_outputs(names, arch), initial)
 
@@ -157,10 +194,11 @@ def check_sequence_step(step: SequenceStep, arch: Architecture, checked: Checked
             f"a step of {step.describe()} holds one sequence (input shape[0] == 1), not "
             f"{checked.inputs.shape[0]}: send the others as their own sequences"
         )
-    if arch.bidirectional:
+    if not arch.carries_state:
         raise FailedPrecondition(
-            "this model is bidirectional: its backward direction needs the whole sequence at "
-            "once, so its state cannot be carried across calls; send whole sequences"
+            "this model has a backward layer (bidirectional or go_backwards), which needs the "
+            "whole sequence at once, so its state cannot be carried across calls; send whole "
+            "sequences"
         )
     if checked.initial is not None and not step.start:
         raise InvalidArgument(

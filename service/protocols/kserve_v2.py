@@ -18,7 +18,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from lstm_serving.contract import INPUT, LENGTHS, Architecture, is_initial_state
-from lstm_serving.core.requests import Encoded, InferRequest, InferResult, SequenceStep
+from lstm_serving.core.requests import (
+    Encoded,
+    InferRequest,
+    InferResult,
+    OutputSet,
+    SequenceStep,
+)
 from lstm_serving.core.validation import check_dimensions
 from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
@@ -112,7 +118,7 @@ def decode_infer_request(
         version=parse_version(request.model_version),
         inputs=tensors[INPUT],
         lengths=tensors[LENGTHS].decode() if LENGTHS in tensors else None,
-        outputs=tuple(o.name for o in request.outputs) or None,
+        outputs=tuple(o.name for o in request.outputs) or OutputSet.ALL,
         deadline=deadline,
         initial_states=states or None,
         sequence=_sequence(request.parameters),

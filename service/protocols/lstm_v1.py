@@ -17,12 +17,19 @@ from lstm_serving.contract import (
     INPUT,
     LAST_HIDDEN,
     OUTPUT_CHOICES,
+    PREDICTION,
     SEQUENCE,
     Architecture,
     final_state,
     initial_state,
 )
-from lstm_serving.core.requests import Encoded, InferRequest, InferResult, SequenceStep
+from lstm_serving.core.requests import (
+    Encoded,
+    InferRequest,
+    InferResult,
+    OutputSet,
+    SequenceStep,
+)
 from lstm_serving.core.validation import check_dimensions
 from lstm_serving.errors import InvalidArgument
 from lstm_serving.proto.v1 import lstm_pb2 as pb
@@ -33,9 +40,9 @@ OUTPUT_ENUM: dict[str, int] = {
     LAST_HIDDEN: pb.LAST_HIDDEN,
     SEQUENCE: pb.SEQUENCE,
     BOTH: pb.LAST_HIDDEN_AND_SEQUENCE,
+    PREDICTION: pb.PREDICTION,
 }
 _CHOICE_OF_ENUM = {value: choice for choice, value in OUTPUT_ENUM.items()}
-_CHOICE_OF_ENUM[pb.OUTPUT_UNSPECIFIED] = LAST_HIDDEN
 # PredictRequest fields named like tensors
 SEQUENCE_FIELD: Final = "sequence"  # not a tensor name
 INITIAL_STATE_FIELD: Final = "initial_state"  # not a tensor name
@@ -77,16 +84,22 @@ def decode_predict(
 ) -> InferRequest:
     if not request.HasField(INPUT):
         raise InvalidArgument("input is not set: send a [batch, time, features] Tensor")
-    if request.output not in _CHOICE_OF_ENUM:
+    if request.output != pb.OUTPUT_UNSPECIFIED and request.output not in _CHOICE_OF_ENUM:
         raise InvalidArgument(f"output {request.output} is not a known Output value")
+    outputs: tuple[str, ...] | OutputSet = (
+        OutputSet.DEFAULT
+        if request.output == pb.OUTPUT_UNSPECIFIED
+        else OUTPUT_CHOICES[_CHOICE_OF_ENUM[request.output]]
+    )
     lengths = request.lengths
     return InferRequest(
         model=request.model,
         version=request.version,
         inputs=Encoded(tuple(request.input.shape), lambda: tensor_to_array(request.input, INPUT)),
         lengths=np.asarray(lengths, dtype=np.int32) if len(lengths) else None,
-        outputs=OUTPUT_CHOICES[_CHOICE_OF_ENUM[request.output]],
+        outputs=outputs,
         with_states=request.return_state,
+        with_prediction=request.return_prediction,
         deadline=deadline,
         initial_states=decode_states(request.initial_state, INITIAL_STATE_FIELD),
         sequence=_sequence(request.sequence) if in_sequence(request) else None,
@@ -135,6 +148,8 @@ def encode_prediction(result: InferResult) -> pb.PredictResponse:
         response.last_hidden.CopyFrom(array_to_tensor(arrays[LAST_HIDDEN]))
     if SEQUENCE in arrays:
         response.sequence.CopyFrom(array_to_tensor(arrays[SEQUENCE]))
+    if PREDICTION in arrays:
+        response.prediction.CopyFrom(array_to_tensor(arrays[PREDICTION]))
     response.state.extend(encode_states(arrays, len(result.architecture.layers)))
     return response
 
@@ -170,4 +185,14 @@ def describe(
         weights_sha256=arch.weights_sha256,
         exporter=arch.exporter,
         created=arch.created,
+        source=arch.source,
+        head=None
+        if arch.head is None
+        else pb.HeadDescription(
+            units=arch.head.units,
+            activation=arch.head.activation,
+            per_step=arch.head.per_step,
+            parameters=arch.head.parameters,
+        ),
+        mask_value=arch.mask_value,
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lstm_serving.contract import Architecture
-from lstm_serving.core.requests import Encoded, InferRequest
+from lstm_serving.core.requests import Encoded, InferRequest, OutputSet
 from lstm_serving.core.validation import check_lengths, check_request
 from lstm_serving.errors import InvalidArgument
 
@@ -15,7 +15,7 @@ ARCH = Architecture.build(2, [4, 3], False, 17)
 
 def request(
     inputs: np.ndarray,
-    outputs: tuple[str, ...] | None = ("last_hidden",),
+    outputs: tuple[str, ...] | OutputSet = ("last_hidden",),
     with_states: bool = False,
 ) -> InferRequest:
     return InferRequest("m", 0, Encoded.of(inputs), None, outputs, with_states)
@@ -59,7 +59,7 @@ def test_lengths() -> None:
 
 def test_outputs_default_states_and_unknown_names() -> None:
     x = np.zeros((1, 2, 2), np.float32)
-    every = check_request(request(x, outputs=None), ARCH, 10, 3).outputs
+    every = check_request(request(x, outputs=OutputSet.ALL), ARCH, 10, 3).outputs
     assert every == tuple(ARCH.output_shapes())
     with_states = check_request(
         request(x, outputs=("sequence",), with_states=True), ARCH, 10, 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lstm_serving.contract import Architecture
-from lstm_serving.core.requests import InferResult
+from lstm_serving.core.requests import InferResult, OutputSet
 from lstm_serving.errors import InvalidArgument
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1 as codec
@@ -43,7 +43,11 @@ def test_tensor_mismatches(tensor: pb.Tensor, message: str) -> None:
 def test_decode_predict_maps_outputs_and_states() -> None:
     x = pb.Tensor(shape=[1, 2, 2], values=[0.0] * 4)
     plain = codec.decode_predict(pb.PredictRequest(model="m", input=x), deadline=None)
-    assert plain.outputs == ("last_hidden",) and not plain.with_states and plain.lengths is None
+    assert plain.outputs is OutputSet.DEFAULT and not plain.with_states and plain.lengths is None
+    head = codec.decode_predict(
+        pb.PredictRequest(input=x, output=pb.SEQUENCE, return_prediction=True), deadline=None
+    )
+    assert head.outputs == ("sequence",) and head.with_prediction
     both = codec.decode_predict(
         pb.PredictRequest(
             input=x, output=pb.LAST_HIDDEN_AND_SEQUENCE, return_state=True, lengths=[1]

@@ -30,25 +30,37 @@ class _Output:
 class _OutputEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Output.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OUTPUT_UNSPECIFIED: _Output.ValueType  # 0
-    """Same as LAST_HIDDEN (Keras return_sequences=False)."""
+    """The model's own answer: PREDICTION for a model with a head (Keras Dense, PyTorch Linear),
+    LAST_HIDDEN for one without.
+    """
     LAST_HIDDEN: _Output.ValueType  # 1
     """The last layer's hidden state at each sequence's own last step: [batch, units]."""
     SEQUENCE: _Output.ValueType  # 2
     """The last layer's output at every step, zeros past each length: [batch, time, units]."""
     LAST_HIDDEN_AND_SEQUENCE: _Output.ValueType  # 3
     """Both of the above."""
+    PREDICTION: _Output.ValueType  # 4
+    """The head's output, what Keras predict / the PyTorch forward returns: [batch, units], or
+    [batch, time, units] for a per-step head (zeros past each length).
+    """
 
 class Output(_Output, metaclass=_OutputEnumTypeWrapper):
     """Which outputs a Predict call returns."""
 
 OUTPUT_UNSPECIFIED: Output.ValueType  # 0
-"""Same as LAST_HIDDEN (Keras return_sequences=False)."""
+"""The model's own answer: PREDICTION for a model with a head (Keras Dense, PyTorch Linear),
+LAST_HIDDEN for one without.
+"""
 LAST_HIDDEN: Output.ValueType  # 1
 """The last layer's hidden state at each sequence's own last step: [batch, units]."""
 SEQUENCE: Output.ValueType  # 2
 """The last layer's output at every step, zeros past each length: [batch, time, units]."""
 LAST_HIDDEN_AND_SEQUENCE: Output.ValueType  # 3
 """Both of the above."""
+PREDICTION: Output.ValueType  # 4
+"""The head's output, what Keras predict / the PyTorch forward returns: [batch, units], or
+[batch, time, units] for a per-step head (zeros past each length).
+"""
 Global___Output: _TypeAlias = Output  # noqa: Y015
 
 @_typing.final
@@ -96,6 +108,7 @@ class PredictRequest(_message.Message):
     RETURN_STATE_FIELD_NUMBER: _builtins.int
     INITIAL_STATE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    RETURN_PREDICTION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name, as in the repository (`models/<name>/<version>/model.onnx`)."""
     version: _builtins.int
@@ -103,6 +116,8 @@ class PredictRequest(_message.Message):
     output: Global___Output.ValueType
     return_state: _builtins.bool
     """Also return each layer's final (h, c)."""
+    return_prediction: _builtins.bool
+    """Also return the head's output (`prediction`), whatever `output` says."""
     @_builtins.property
     def input(self) -> Global___Tensor:
         """[batch, time, features] float32."""
@@ -136,10 +151,11 @@ class PredictRequest(_message.Message):
         return_state: _builtins.bool = ...,
         initial_state: _abc.Iterable[Global___LayerState] | None = ...,
         sequence: Global___Sequence | None = ...,
+        return_prediction: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "sequence", b"sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input", b"input", "lengths", b"lengths", "model", b"model", "output", b"output", "return_state", b"return_state", "sequence", b"sequence", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input", b"input", "lengths", b"lengths", "model", b"model", "output", b"output", "return_prediction", b"return_prediction", "return_state", b"return_state", "sequence", b"sequence", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -217,6 +233,7 @@ class PredictResponse(_message.Message):
     LAST_HIDDEN_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    PREDICTION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     @_builtins.property
@@ -225,6 +242,8 @@ class PredictResponse(_message.Message):
     def sequence(self) -> Global___Tensor: ...
     @_builtins.property
     def state(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerState]: ...
+    @_builtins.property
+    def prediction(self) -> Global___Tensor: ...
     def __init__(
         self,
         *,
@@ -233,10 +252,11 @@ class PredictResponse(_message.Message):
         last_hidden: Global___Tensor | None = ...,
         sequence: Global___Tensor | None = ...,
         state: _abc.Iterable[Global___LayerState] | None = ...,
+        prediction: Global___Tensor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_hidden", b"last_hidden", "sequence", b"sequence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_hidden", b"last_hidden", "prediction", b"prediction", "sequence", b"sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_hidden", b"last_hidden", "model", b"model", "sequence", b"sequence", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_hidden", b"last_hidden", "model", b"model", "prediction", b"prediction", "sequence", b"sequence", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -424,6 +444,9 @@ class ModelDescription(_message.Message):
     WEIGHTS_SHA256_FIELD_NUMBER: _builtins.int
     EXPORTER_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    MASK_VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     input_size: _builtins.int
@@ -434,12 +457,20 @@ class ModelDescription(_message.Message):
     """sha256 of the weights, as recorded at export."""
     exporter: _builtins.str
     created: _builtins.str
+    source: _builtins.str
+    """What the model was exported from, e.g. "keras 3.15.1 .keras"; empty for lstm-export's own."""
+    mask_value: _builtins.float
+    """Keras Masking: trailing steps whose features all equal it are padding."""
     @_builtins.property
     def loaded_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerDescription]: ...
     @_builtins.property
     def batching(self) -> Global___BatchingLimits: ...
+    @_builtins.property
+    def head(self) -> Global___HeadDescription:
+        """Its Dense/Linear head, when it has one."""
+
     def __init__(
         self,
         *,
@@ -454,11 +485,46 @@ class ModelDescription(_message.Message):
         weights_sha256: _builtins.str = ...,
         exporter: _builtins.str = ...,
         created: _builtins.str = ...,
+        source: _builtins.str = ...,
+        head: Global___HeadDescription | None = ...,
+        mask_value: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mask_value", b"_mask_value", "batching", b"batching", "head", b"head", "mask_value", b"mask_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "created", b"created", "execution_provider", b"execution_provider", "exporter", b"exporter", "input_size", b"input_size", "layers", b"layers", "loaded_versions", b"loaded_versions", "name", b"name", "output_size", b"output_size", "version", b"version", "weights_sha256", b"weights_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mask_value", b"_mask_value", "batching", b"batching", "created", b"created", "execution_provider", b"execution_provider", "exporter", b"exporter", "head", b"head", "input_size", b"input_size", "layers", b"layers", "loaded_versions", b"loaded_versions", "mask_value", b"mask_value", "name", b"name", "output_size", b"output_size", "source", b"source", "version", b"version", "weights_sha256", b"weights_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__mask_value: _TypeAlias = _typing.Literal["mask_value"]  # noqa: Y015
+    _WhichOneofArgType__mask_value: _TypeAlias = _typing.Literal["_mask_value", b"_mask_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mask_value) -> _WhichOneofReturnType__mask_value | None: ...
+
+Global___ModelDescription: _TypeAlias = ModelDescription  # noqa: Y015
+
+@_typing.final
+class HeadDescription(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNITS_FIELD_NUMBER: _builtins.int
+    ACTIVATION_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    units: _builtins.int
+    activation: _builtins.str
+    """linear, relu, sigmoid, tanh or softmax"""
+    per_step: _builtins.bool
+    """On every step ([batch, time, units]) rather than on the final state ([batch, units])."""
+    parameters: _builtins.int
+    def __init__(
+        self,
+        *,
+        units: _builtins.int = ...,
+        activation: _builtins.str = ...,
+        per_step: _builtins.bool = ...,
+        parameters: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "parameters", b"parameters", "per_step", b"per_step", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ModelDescription: _TypeAlias = ModelDescription  # noqa: Y015
+Global___HeadDescription: _TypeAlias = HeadDescription  # noqa: Y015
