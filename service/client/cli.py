@@ -33,7 +33,6 @@ from lstm_serving.contract import (
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.tables import format_table
 
-
 SEQUENCE_COMMAND = "sequence"  # not a tensor name
 
 
