@@ -3,6 +3,7 @@ imported by lstm-export, served, and answered as `model.predict` answers (within
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -343,3 +344,37 @@ def test_stateful_is_accepted_with_a_note_and_weights_only_files_are_refused(
         timeout=120,
     )
     assert weights_only.returncode == 1 and "save the whole model" in weights_only.stderr
+
+
+async def test_a_head_keeps_batching_exact_and_state_carried(
+    keras_models: dict[str, Any], client: AsyncLstmClient
+) -> None:
+    """Concurrent calls share batches, bit for bit what each gets alone; chunks with carried
+    state (client-held and server-held) end where the whole sequence ends."""
+    rng = np.random.default_rng(5)
+    cases = [
+        rng.standard_normal((2, int(n), 3)).astype(np.float32) for n in rng.integers(1, 20, 24)
+    ]
+    alone = [await client.predict("stack3-keras", x) for x in cases]
+    together = await asyncio.gather(*(client.predict("stack3-keras", x) for x in cases))
+    for a, b in zip(alone, together, strict=True):
+        assert a.prediction is not None and b.prediction is not None
+        assert a.prediction.tobytes() == b.prediction.tobytes()
+    x = rng.standard_normal((1, 15, 3)).astype(np.float32)
+    whole = await client.predict("stack3-keras", x)
+    first = await client.predict("stack3-keras", x[:, :6], return_state=True)
+    rest = await client.predict("stack3-keras", x[:, 6:], initial_state=first.states)
+    held = [
+        await client.predict(
+            "stack3-keras",
+            x[:, a:b],
+            sequence_id="head",
+            sequence_start=a == 0,
+            sequence_end=b == 15,
+        )
+        for a, b in ((0, 4), (4, 11), (11, 15))
+    ]
+    assert whole.prediction is not None
+    for answer in (rest, held[-1]):
+        assert answer.prediction is not None
+        assert np.abs(answer.prediction - whole.prediction).max() <= 1e-6
