@@ -17,14 +17,13 @@ from grpc_health.v1 import health_pb2
 
 from lstm_serving.client.blocking import Blocking, LoopThread, blocking
 from lstm_serving.client.messages import (
-    LayerStates,
     Prediction,
     PredictOptions,
     affinity,
     predict_request,
     prediction,
 )
-from lstm_serving.client.sequences import AsyncSequence, BlockingSequence
+from lstm_serving.client.sequences import AsyncSequence, BlockingSequence, SequenceOptions
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 
@@ -122,18 +121,11 @@ class AsyncLstmClient:
         return self._stub.PredictStream(metadata=self._metadata)
 
     def sequence(
-        self,
-        model: str,
-        sequence_id: int | str,
-        *,
-        version: int = 0,
-        initial_state: LayerStates | None = None,
+        self, model: str, sequence_id: int | str, **options: Unpack[SequenceOptions]
     ) -> AsyncSequence:
         """A server-held sequence over one PredictStream: `await seq.step(chunk)`, the first
         step starting it (from `initial_state`, a Prediction's states, to continue one)."""
-        return AsyncSequence(
-            self.stream, model, sequence_id, version=version, initial_state=initial_state
-        )
+        return AsyncSequence(self.stream, model, sequence_id, **options)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -165,17 +157,10 @@ class LstmClient(Blocking[AsyncLstmClient]):
     health = blocking(AsyncLstmClient.health)
 
     def sequence(
-        self,
-        model: str,
-        sequence_id: int | str,
-        *,
-        version: int = 0,
-        initial_state: LayerStates | None = None,
+        self, model: str, sequence_id: int | str, **options: Unpack[SequenceOptions]
     ) -> BlockingSequence:
         """A server-held sequence over one stream (see AsyncLstmClient.sequence)."""
-        handle = self._inner.sequence(
-            model, sequence_id, version=version, initial_state=initial_state
-        )
+        handle = self._inner.sequence(model, sequence_id, **options)
         return BlockingSequence(self._loop, handle)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Self, TypedDict, Unpack
 
 import grpc
 import numpy as np
@@ -23,8 +23,14 @@ import numpy as np
 from lstm_serving.client.blocking import Blocking, blocking
 from lstm_serving.client.messages import LayerStates, Prediction, predict_request, prediction
 from lstm_serving.proto.v1 import lstm_pb2 as pb
+from lstm_serving.protocols.lstm_v1 import INITIAL_STATE_FIELD
 
 Stream = grpc.aio.StreamStreamCall[pb.PredictRequest, pb.PredictResponse]
+
+
+class SequenceOptions(TypedDict, total=False):
+    version: int  # 0 (default): the newest
+    initial_state: LayerStates | None  # where its START continues from (a Prediction's states)
 
 
 class SequenceEnded(Exception):
@@ -37,13 +43,11 @@ class AsyncSequence:
         open_stream: Callable[[], Stream],
         model: str,
         sequence_id: int | str,
-        *,
-        version: int = 0,
-        initial_state: LayerStates | None = None,
+        **options: Unpack[SequenceOptions],
     ) -> None:
-        self.model, self.id, self.version = model, sequence_id, version
+        self.model, self.id, self.version = model, sequence_id, options.get("version", 0)
         self._open_stream = open_stream
-        self._initial = initial_state
+        self._initial = options.get(INITIAL_STATE_FIELD)
         self._call: Stream | None = None
         self.steps = 0
         self.ended = False

@@ -7,7 +7,7 @@ the longest length in the batch, runs it in a worker thread and hands each calle
 rows (merging and splitting: `batches`). Lengths go to the LSTM as `sequence_lens`, so no
 caller's answer depends on what else shared its batch (bit for bit). A request larger than
 `max_batch_size` runs as its own batch. Every submitted request ends answered or failed,
-whatever stops.
+whatever stops. Over 250 lines: the queue, its pipeline and its stop are one state machine.
 """
 
 from __future__ import annotations
