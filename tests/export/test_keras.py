@@ -163,12 +163,13 @@ async def test_describe_shows_the_keras_layer_table(client: AsyncLstmClient) -> 
 
 
 async def test_masked_steps_before_the_end_are_refused(client: AsyncLstmClient) -> None:
-    x = np.ones((1, 6, 2), np.float32)
-    x[0, 2] = 0.0  # a masked step in the middle: Keras would skip it
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.predict("masked-keras", x)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "step 2 is masked" in str(err.value.details())
+    for step in (2, 0):  # in the middle, at the start: Keras would skip it, we cannot
+        x = np.ones((1, 6, 2), np.float32)
+        x[0, step] = 0.0
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.predict("masked-keras", x)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"step {step} is masked" in str(err.value.details())
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.predict("seed-keras", np.ones((1, 3, 2), np.float32), output="prediction")
     assert "this model has no head" in str(err.value.details())
@@ -294,6 +295,27 @@ def refusal(tmp_path: Path, model: Any, suffix: str = "keras") -> str:
             lambda: keras.Model(*_functional()),
             "only Sequential models are read: rebuild it as keras.Sequential",
         ),
+        (
+            lambda: keras.Sequential([keras.Input((None, 2)), L.Bidirectional(L.GRU(3))]),
+            "Bidirectional(GRU); only Bidirectional(LSTM) is supported",
+        ),
+        (
+            lambda: keras.Sequential(
+                [keras.Input((None, 2)), L.LSTM(3, return_sequences=True), L.Masking(0.0)]
+            ),
+            "must come before the first LSTM",
+        ),
+        (
+            lambda: keras.Sequential(
+                [
+                    keras.Input((None, 2)),
+                    L.LSTM(3, return_sequences=True),
+                    L.TimeDistributed(L.Dense(2)),
+                    L.Dense(1),
+                ]
+            ),
+            "follows the Dense head",
+        ),
     ],
 )
 def test_refusals_name_the_layer_and_what_to_do(
@@ -305,6 +327,42 @@ def test_refusals_name_the_layer_and_what_to_do(
 def _functional() -> tuple[Any, Any]:
     inputs = keras.Input((None, 2))
     return inputs, L.LSTM(3)(inputs)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("return_state", "return_state=True is not supported"),
+        ("time_major", "time_major=True is not supported"),
+    ],
+)
+def test_lstm_options_of_tf_keras_2_files_are_refused(
+    tmp_path: Path, option: str, message: str
+) -> None:
+    """Options Keras 3 no longer writes, in a tf.keras 2 file made with h5py."""
+    lstm = {"name": "lstm", "units": 2, option: True}
+    config = {
+        "class_name": "Sequential",
+        "config": {"layers": [{"class_name": "LSTM", "config": lstm}]},
+    }
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+        f.attrs["keras_version"] = "2.11.0"
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = [b"lstm"]
+        layer = weights.create_group("lstm")
+        names = [b"lstm/lstm_cell/kernel:0", b"lstm/lstm_cell/recurrent_kernel:0"]
+        layer.attrs["weight_names"] = names
+        layer.create_dataset(names[0].decode(), data=np.zeros((3, 8), np.float32))
+        layer.create_dataset(names[1].decode(), data=np.zeros((2, 8), np.float32))
+    run = subprocess.run(
+        [EXPORT, "--keras", str(path), "--name", "m", "--repository", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and message in run.stderr
 
 
 def test_stateful_is_accepted_with_a_note_and_weights_only_files_are_refused(
