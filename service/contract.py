@@ -239,6 +239,11 @@ class Architecture:
             raise ValueError(f"malformed {METADATA_KEY} metadata: {exc}") from exc
         if not arch.layers:
             raise ValueError(f"malformed {METADATA_KEY} metadata: no layers")
+        counts = [arch.format_version, arch.input_size, arch.opset] + [
+            n for layer in arch.layers for n in (layer.units, layer.input_size, layer.parameters)
+        ]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+            raise ValueError(f"malformed {METADATA_KEY} metadata: a count is not an integer")
         if arch.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"{METADATA_KEY} format {arch.format_version} is newer than this server "

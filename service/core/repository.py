@@ -57,7 +57,10 @@ def load_model(file: ModelFile, settings: Settings) -> Model:
     """Loads, checks and warms one version (blocking: call it off the event loop)."""
     threads = settings.threads_per_worker()
     model = Model(file.path, file.name, file.version, settings.device, threads)
-    model.warm_up(settings.max_batch_size)
+    try:
+        model.warm_up(settings.max_batch_size)
+    except Exception as exc:  # ORT's own types: a graph that disagrees with its metadata
+        raise ModelLoadError(f"{file.path}: it does not run as its metadata says: {exc}") from exc
     log.info(
         "loaded %s version %d (%s, %d threads): %s",
         model.name,

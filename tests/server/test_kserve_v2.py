@@ -221,3 +221,27 @@ async def test_stream_longer_than_its_read_ahead_bound(
     requests = [infer_request(x, outputs=("last_hidden",), id=str(i)) for i in range(1000)]
     ids = [r.infer_response.id async for r in stub.ModelStreamInfer(iter(requests))]
     assert ids == [str(i) for i in range(1000)]
+
+
+VERSIONS = ["²", "\u0661", "\uff11", "00001", "0", "-1", "1" * 4300]  # Arabic-Indic, fullwidth
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: repr(v[:8]))
+async def test_version_strings_are_plain_ascii_integers(
+    stub: v2_grpc.GRPCInferenceServiceAsyncStub, version: str
+) -> None:
+    """Not digits to Python alone: Unicode digits, leading zeros, 4,300 digits are no version
+    here; NOT_FOUND (ready=false) on every RPC that takes one, never INTERNAL."""
+    ready = await stub.ModelReady(v2.ModelReadyRequest(name="seed", version=version))
+    assert ready.ready is False
+    for call in (
+        stub.ModelMetadata(v2.ModelMetadataRequest(name="seed", version=version)),
+        stub.ModelInfer(infer_request(np.zeros((1, 2, 2), np.float32), model_version=version)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "versions are integers >= 1" in str(err.value.details())
+    request = infer_request(np.zeros((1, 2, 2), np.float32), model_version=version)
+    (answer,) = [a async for a in stub.ModelStreamInfer(iter([request]))]
+    assert answer.error_message.startswith("NOT_FOUND")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from prometheus_client import generate_latest
 
 from lstm_serving.client.client import AsyncLstmClient, LstmClient
+from lstm_serving.contract import METADATA_KEY
 from tests.conftest import start_server
 from tests.processes import free_port, start, stop, wait_serving
 from tests.server.test_metrics import parse, value
@@ -109,3 +112,64 @@ def test_sighup_and_polling_in_a_server_process(repository: Path) -> None:
         for process in (hup, polled):
             code, err = stop(process)
             assert code == 0, err
+
+
+def _with_metadata(source: bytes, change: object) -> bytes:
+    """The model with its architecture record rewritten by `change` (record -> record)."""
+    model = onnx.load_from_string(source)
+    prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    prop.value = json.dumps(change(json.loads(prop.value)))  # type: ignore[operator]
+    return model.SerializeToString()
+
+
+def _renamed_output(source: bytes) -> bytes:
+    model = onnx.load_from_string(source)
+    for node in model.graph.node:
+        node.output[:] = ["lh" if name == "last_hidden" else name for name in node.output]
+    for output in model.graph.output:
+        if output.name == "last_hidden":
+            output.name = "lh"
+    return model.SerializeToString()
+
+
+async def test_files_that_cannot_be_served_are_refused_by_name_and_reload_goes_on(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Malformed metadata, metadata that disagrees with its graph, an output renamed, a
+    version folder that is not a plain ASCII integer: each refused (or ignored) with a line
+    naming the file, counted, never published; the reload task lives on to load a good one."""
+    server = await start_server(repository=repository)
+    source = (repository / "seed/1/model.onnx").read_bytes()
+    bad = {
+        2: _with_metadata(source, lambda record: "a JSON string"),
+        3: _with_metadata(source, lambda record: {**record, "format_version": "x"}),
+        4: _with_metadata(
+            source,
+            lambda record: {
+                **record,
+                "layers": [{**record["layers"][0], "units": 65}, *record["layers"][1:]],
+            },
+        ),
+        5: _renamed_output(source),
+    }
+    for version, content in bad.items():
+        add_version(repository, version, content)
+    (repository / "seed/²").mkdir()
+    (repository / "seed/²/model.onnx").write_bytes(source)
+    try:
+        await server.reload()
+        async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
+            assert await client.list_models() == {"seed": [1]}
+            add_version(repository, 6)
+            await server.reload()  # the reload task survived every bad file
+            assert await client.list_models() == {"seed": [1, 6]}
+            assert (await client.predict("seed", X)).version == 6
+    finally:
+        await server.stop(grace=1)
+    for version in bad:
+        assert f"rejected seed version {version}" in caplog.text
+        assert f"seed/{version}/model.onnx" in caplog.text
+    assert "graph outputs" in caplog.text and "does not run as its metadata says" in caplog.text
+    assert "ignored" in caplog.text and "seed/²/model.onnx" in caplog.text
+    samples = parse(generate_latest(server.metrics.registry).decode())
+    assert value(samples, "lstm_model_reloads_total", model="seed", result="rejected") == 4
