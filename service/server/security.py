@@ -7,6 +7,7 @@ and are compared in constant time. Health checks stay open to orchestrators with
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from lstm_serving.core.settings import Settings
+from lstm_serving.errors import StartupError
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 if TYPE_CHECKING:  # generic only in the type stubs
@@ -21,9 +23,21 @@ if TYPE_CHECKING:  # generic only in the type stubs
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS from --tls-cert/--tls-key; with --tls-client-ca, client certificates required."""
+    """TLS from --tls-cert/--tls-key; with --tls-client-ca, client certificates required.
+
+    The pair is checked here: gRPC itself only fails to listen, as if the port were taken.
+    """
     if settings.tls_cert is None or settings.tls_key is None:
         return None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key
+        )
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"--tls-key {settings.tls_key} does not go with --tls-cert {settings.tls_cert} "
+            f"({exc.reason or exc}): give the key the certificate was issued for, both PEM"
+        ) from exc
     client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],

@@ -100,6 +100,7 @@ def test_taken_port_fails_loudly(seed_repository: Path) -> None:
         _, err = process.communicate(timeout=60)
     assert process.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err
+    assert "Traceback" not in err and "Event loop is closed" not in err
 
 
 def test_second_server_on_same_port_is_refused(served: int, seed_repository: Path) -> None:

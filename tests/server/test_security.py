@@ -26,7 +26,7 @@ from lstm_serving.client.client import AsyncLstmClient, Security
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.server.app import LstmServer
-from tests.conftest import start_server
+from tests.conftest import ROOT, start_server
 from tests.processes import client, free_port, start, stop
 
 X = np.ones((1, 3, 2), np.float32)
@@ -253,3 +253,18 @@ def test_bad_tls_settings_exit_2(tmp_path: Path, pki: Path, seed_repository: Pat
     process = start(seed_repository, free_port(), "--auth-token-file", str(tmp_path / "empty"))
     _, err = process.communicate(timeout=30)
     assert process.returncode == 1 and "holds no token" in err and "Traceback" not in err
+
+
+def test_a_key_that_is_not_the_certificates_stops_the_start_clearly(pki: Path) -> None:
+    process = start(
+        ROOT / "models",
+        free_port(),
+        "--tls-cert",
+        str(pki / "server.pem"),
+        "--tls-key",
+        str(pki / "client.key"),
+    )
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "does not go with --tls-cert" in err and "is the port in use" not in err
+    assert "Traceback" not in err and "Event loop is closed" not in err
