@@ -24,6 +24,13 @@ class Settings:
     )
     host: str = field(default="0.0.0.0", metadata={"help": "address to listen on"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free one)"})
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "address /metrics listens on (it has no auth: 0.0.0.0 only where a "
+            "Prometheus on another host must scrape it over a trusted network)"
+        },
+    )
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus /metrics port (reserved; 0 disables)"}
     )

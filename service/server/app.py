@@ -33,7 +33,7 @@ from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb
 from lstm_serving.proto.v1 import lstm_pb2, lstm_pb2_grpc
 from lstm_serving.server.kserve_v2 import InferenceServicer
 from lstm_serving.server.lstm_v1 import LstmServicer
-from lstm_serving.server.security import BearerTokenInterceptor, read_tokens, server_credentials
+from lstm_serving.server.security import BearerTokenInterceptor, server_credentials
 
 log = logging.getLogger("lstm-serve")
 
@@ -62,15 +62,14 @@ class LstmServer:
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()
         self.repository = RepositorySync(self.registry, settings, self.metrics)
-        interceptors = []
+        self._tokens: BearerTokenInterceptor | None = None
         if settings.auth_token_file is not None:
             try:
-                tokens = read_tokens(settings.auth_token_file)
+                self._tokens = BearerTokenInterceptor(settings.auth_token_file)
             except (OSError, ValueError) as exc:
                 raise StartupError(f"--auth-token-file: {exc}") from exc
-            interceptors.append(BearerTokenInterceptor(tokens))
         self._server = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=[self._tokens] if self._tokens is not None else [],
             options=[
                 ("grpc.so_reuseport", int(reuse_port)),
                 ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
@@ -114,7 +113,7 @@ class LstmServer:
         if self.settings.metrics_port and not self._reuse_port:
             registry = aggregate_registry() if multiprocess_mode() else self.metrics.registry
             self._metrics_http = MetricsEndpoint(
-                self.settings.metrics_port, self.settings.host, registry
+                self.settings.metrics_port, self.settings.metrics_host, registry
             )
         await self._server.start()
         return self.port
@@ -134,7 +133,8 @@ class LstmServer:
             if on
         ]
         metrics = (
-            f"; metrics on http://{address(self.settings.host, self._metrics_http.port)}/metrics"
+            f"; metrics on http://{address(self.settings.metrics_host, self._metrics_http.port)}"
+            "/metrics"
             if self._metrics_http is not None
             else ""
         )
@@ -146,6 +146,9 @@ class LstmServer:
         )
 
     async def reload(self) -> None:
+        """SIGHUP: the token file again, and the repository."""
+        if self._tokens is not None:
+            self._tokens.reread()
         await self.repository.reload()
 
     async def stop(self, grace: float | None = None) -> None:
@@ -194,6 +197,7 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
 
 
 async def _poll(server: LstmServer, interval: float) -> None:
+    """--reload-interval: the repository only (tokens are re-read on SIGHUP)."""
     while interval > 0:
         await asyncio.sleep(interval)
-        await server.reload()
+        await server.repository.reload()

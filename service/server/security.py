@@ -7,6 +7,7 @@ and are compared in constant time. Health checks stay open to orchestrators with
 from __future__ import annotations
 
 import hmac
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import grpc
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import StartupError
 
+log = logging.getLogger(__name__)
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 if TYPE_CHECKING:  # generic only in the type stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -54,10 +56,24 @@ def read_tokens(path: Path) -> list[str]:
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Answers UNAUTHENTICATED unless `authorization: Bearer <token>` names a known token."""
+    """Answers UNAUTHENTICATED unless `authorization: Bearer <token>` names a known token.
 
-    def __init__(self, tokens: list[str]) -> None:
+    `reread` takes the file again (on SIGHUP): a token removed from it stops working without a
+    restart. A file that cannot be read, or holds none, leaves the tokens as they were.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._tokens = [t.encode() for t in read_tokens(path)]
+
+    def reread(self) -> None:
+        try:
+            tokens = read_tokens(self._path)
+        except (OSError, ValueError) as exc:
+            log.error("kept the tokens already read: --auth-token-file %s", exc)
+            return
         self._tokens = [t.encode() for t in tokens]
+        log.info("re-read %d bearer tokens from %s", len(tokens), self._path)
 
     def _authorized(self, metadata: Any) -> bool:
         header = dict(metadata or ()).get("authorization", "")

@@ -85,7 +85,9 @@ def _supervise(settings: Settings, worker: Worker) -> int:
         signal.signal(sig, forward)
     metrics_http = None
     if settings.metrics_port:  # after the fork: the workers must not inherit its socket
-        metrics_http = MetricsEndpoint(settings.metrics_port, settings.host, aggregate_registry())
+        metrics_http = MetricsEndpoint(
+            settings.metrics_port, settings.metrics_host, aggregate_registry()
+        )
     log.info("started %d workers on port %d", len(workers), settings.port)
     alive = {process.sentinel: process for process in workers}
     codes = []

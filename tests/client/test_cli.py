@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +287,18 @@ def test_load_with_sequences(served: int, protocol: str) -> None:
     assert out.returncode == 0, out.stderr
     (level,) = json.loads(out.stdout)["levels"]
     assert level["errors"] == {} and level["concurrency"] == 8 and level["requests"] > 20
+
+
+def test_metrics_listen_on_loopback_unless_told(seed_repository: Path) -> None:
+    """--host 0.0.0.0 opens gRPC to every interface; /metrics (no auth) stays on loopback."""
+    port, metrics_port = free_port(), free_port()
+    process = start(seed_repository, port, "--host", "0.0.0.0", "--metrics-port", str(metrics_port))
+    try:
+        wait_serving(process, port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert b"lstm_requests_total" in r.read()
+    finally:
+        code, err = stop(process)
+    assert code == 0
+    assert f"SERVING on 0.0.0.0:{port}" in err
+    assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in err

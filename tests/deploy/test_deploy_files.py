@@ -59,7 +59,10 @@ def test_compose_topology() -> None:
     )
     assert "--metrics-port" in server["command"] and "8002" in server["command"]
     assert "ports" not in server  # reached through the load balancer only
-    assert services["lb"]["ports"] == ["${LSTM_PORT:-50051}:50051"]
+    assert services["lb"]["ports"] == ["${LSTM_PORT:-50051}:50051"]  # the one public port
+    for unauthenticated in ("prometheus", "grafana"):
+        assert all(port.startswith("127.0.0.1:") for port in services[unauthenticated]["ports"])
+    assert server["command"][server["command"].index("--metrics-host") + 1] == "0.0.0.0"
     assert services["loadtest"]["profiles"] == ["loadtest"]
     assert "lb:50051" in services["loadtest"]["command"]
     dockerfile = (ROOT / "Dockerfile").read_text()

@@ -268,3 +268,23 @@ def test_a_key_that_is_not_the_certificates_stops_the_start_clearly(pki: Path) -
     assert process.returncode == 1
     assert "does not go with --tls-cert" in err and "is the port in use" not in err
     assert "Traceback" not in err and "Event loop is closed" not in err
+
+
+async def test_tokens_are_re_read_on_sighup(seed_repository: Path, tmp_path: Path) -> None:
+    """Rotation without a restart: after the file changes and SIGHUP (server.reload), the
+    removed token is refused and the new one works; an emptied file changes nothing."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("old-token\n")
+    server = await start_server(repository=seed_repository, auth_token_file=tokens)
+    target = f"127.0.0.1:{server.port}"
+    try:
+        assert await _works(target, Security(token="old-token"))
+        tokens.write_text("new-token\n")
+        await server.reload()
+        assert not await _works(target, Security(token="old-token"))
+        assert await _works(target, Security(token="new-token"))
+        tokens.write_text("\n")  # a mistake while editing: keep what works
+        await server.reload()
+        assert await _works(target, Security(token="new-token"))
+    finally:
+        await server.stop(grace=1)
