@@ -97,8 +97,9 @@ class LstmServer:
             await self.health.set(service, status)
 
     async def start(self) -> int:
-        """Listens (health NOT_SERVING) and serves /metrics; returns the bound gRPC port."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        """Listens (health NOT_SERVING until loaded) and serves /metrics; returns the port."""
+        if not self.registry.ready:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         target = address(self.settings.host, self.settings.port)
         credentials = server_credentials(self.settings)
         try:
@@ -123,6 +124,9 @@ class LstmServer:
         models = await asyncio.to_thread(load_models, self.settings)
         serve_models(self.registry, models, self.settings, self.metrics)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def announce(self) -> None:
+        """The start-up line: where it serves, with what protection, and where /metrics is."""
         security = [
             name
             for name, on in (
@@ -183,11 +187,16 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload()))
     try:
-        await server.start()
-        await server.load()
+        if reuse_port:  # a worker listens once ready: the kernel may hand it connections at once
+            await server.load()
+            await server.start()
+        else:  # alone: listen at once (health NOT_SERVING) so orchestrators see it starting
+            await server.start()
+            await server.load()
     except BaseException:
         await server.stop(grace=0)
         raise
+    server.announce()
     poller = loop.create_task(_poll(server, settings.reload_interval))
     await stopping.wait()
     poller.cancel()

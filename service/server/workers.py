@@ -3,7 +3,9 @@ server, ONNX Runtime session or thread exists.
 
 The parent holds the port reserved for its whole life (grpc's multiprocessing example), so
 no other process can take it between a worker's exit and its replacement; it serves the
-summed /metrics, forwards SIGTERM/SIGINT/SIGHUP, and replaces a worker that dies.
+summed /metrics, forwards SIGTERM/SIGINT/SIGHUP, and replaces a worker that dies (backing off
+when it keeps dying: a model it cannot load must not become a fork loop). A worker loads its
+models before it listens, so the kernel never hands a connection to a worker not yet ready.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -36,6 +39,11 @@ from lstm_serving.errors import StartupError
 log = logging.getLogger("lstm-serve")
 
 Worker = Callable[[Settings, bool], None]
+# A worker that exits this soon after its start, again and again, is replaced ever later:
+# immediately the first time, then after 0.5 s, 1 s, 2 s, ... up to 30 s.
+QUICK_EXIT_S = 10.0
+BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
 
 
 @contextlib.contextmanager
@@ -90,26 +98,45 @@ def _supervise(settings: Settings, worker: Worker) -> int:
         )
     log.info("started %d workers on port %d", len(workers), settings.port)
     alive = {process.sentinel: process for process in workers}
+    started = {process.sentinel: time.monotonic() for process in workers}
+    quick_exits: dict[str, int] = {}  # worker name -> exits in a row soon after its start
+    due: list[tuple[float, str]] = []  # replacements waiting out their backoff
     codes = []
-    while alive:
-        for sentinel in multiprocessing.connection.wait(list(alive)):
+    while alive or due:
+        wait = max(0.0, min(at for at, _ in due) - time.monotonic()) if due else None
+        for sentinel in multiprocessing.connection.wait(list(alive), wait):
             process = alive.pop(cast(int, sentinel))  # we waited on the sentinels (ints)
             process.join()
+            workers.remove(process)
             if multiprocess_mode() and process.pid is not None:
                 mark_worker_dead(process.pid)
             if stopping:
                 codes.append(process.exitcode or 0)
                 continue
+            lived = time.monotonic() - started.pop(cast(int, sentinel))
+            quick = quick_exits[process.name] = (
+                quick_exits.get(process.name, 0) + 1 if lived < QUICK_EXIT_S else 0
+            )
+            delay = 0.0 if quick <= 1 else min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (quick - 2))
             log.error(
-                "%s (pid %s) exited with code %s; starting a new one",
+                "%s (pid %s) exited with code %s after %.1f s; starting a new one%s",
                 process.name,
                 process.pid,
                 process.exitcode,
+                lived,
+                f" in {delay:g} s (backoff: it keeps exiting soon after it starts)"
+                if delay
+                else "",
             )
-            workers.remove(process)
-            replacement = spawn(process.name)
+            due.append((time.monotonic() + delay, process.name))
+        if stopping:
+            due.clear()
+        for at, name in [d for d in due if d[0] <= time.monotonic()]:
+            due.remove((at, name))
+            replacement = spawn(name)
             workers.append(replacement)
             alive[replacement.sentinel] = replacement
+            started[replacement.sentinel] = time.monotonic()
     if metrics_http is not None:
         metrics_http.close()
         directory = Path(os.environ[MULTIPROC_ENV])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -74,4 +75,29 @@ async def test_a_killed_worker_loses_only_its_in_flight_calls(seed_repository: P
     finally:
         code, err = stop(process)
     assert code == 0, err
-    assert "exited with code -9; starting a new one" in err
+    assert re.search(r"exited with code -9 after [\d.]+ s; starting a new one", err)
+
+
+def test_a_worker_that_cannot_load_is_replaced_with_backoff(
+    seed_repository: Path, tmp_path: Path
+) -> None:
+    """A model file that cannot be loaded appears; a worker is killed: its replacements fail,
+    ever more slowly (not hundreds a second), and the other worker serves throughout."""
+    repository = tmp_path / "models"
+    shutil.copytree(seed_repository, repository)
+    port = free_port()
+    process = start(repository, port, "--workers", "2")
+    try:
+        wait_serving(process, port)
+        (repository / "seed/2").mkdir()
+        (repository / "seed/2/model.onnx").write_bytes(b"not an ONNX file")
+        os.kill(int(worker_pids(process)[0]), signal.SIGKILL)
+        time.sleep(4)
+        for _ in range(4):
+            assert client(port, "predict", "seed", "--random", "1,3").returncode == 0
+    finally:
+        code, err = stop(process)
+    assert code == 0 or code == 1  # the worker that could not load exited 1 itself
+    failures = len(re.findall(r"exited with code 1 after", err))
+    assert 2 <= failures <= 6, err[-3000:]  # 0 s, 0.5 s, 1 s, 2 s: not a fork loop
+    assert "backoff: it keeps exiting soon after it starts" in err
