@@ -79,6 +79,13 @@ class Settings:
         default=16 * 1024 * 1024,
         metadata={"help": "largest gRPC message received or sent, in bytes"},
     )
+    max_connection_idle: float = field(
+        default=300.0,
+        metadata={
+            "help": "seconds a connection may carry no call before the server closes it "
+            "(GOAWAY; clients reconnect when they next call); 0: never"
+        },
+    )
     grace_period: float = field(
         default=10.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"}
     )
@@ -141,6 +148,7 @@ _NON_NEGATIVE = (
     "grace_period",
     "reload_interval",
     "sequence_idle_timeout",
+    "max_connection_idle",
 )
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -76,6 +76,11 @@ class LstmServer:
                 ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                *(
+                    [("grpc.max_connection_idle_ms", int(settings.max_connection_idle * 1000))]
+                    if settings.max_connection_idle
+                    else []
+                ),
             ],
         )
         dataplane = DataPlane(self.registry, settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,12 +36,21 @@ def _restart_with_multiprocess_metrics(argv: Sequence[str] | None) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "lstm_serving.server.main", *args])
 
 
+def raise_open_files_limit() -> None:
+    """Every connection is a descriptor: the soft limit (often 1,024) goes up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.info("open files limit: %d (was %d; hard limit %d)", hard, soft, hard)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
+    raise_open_files_limit()
     try:  # fail fast, before forking, on a repository with nothing to serve
         scan_repository(settings.repository)
         if settings.workers == 1:
