@@ -13,6 +13,7 @@ from tests.conftest import BIN
 
 SERVE = str(BIN / "lstm-serve")
 CLIENT = str(BIN / "lstm-client")
+EXPORT = str(BIN / "lstm-export")
 
 
 _RESERVED: list[socket.socket] = []
@@ -31,6 +32,11 @@ def free_port() -> int:
     holder.bind(("127.0.0.1", 0))
     _RESERVED.append(holder)
     return int(holder.getsockname()[1])
+
+
+def export(*args: str) -> subprocess.CompletedProcess[str]:
+    """lstm-export as a user runs it."""
+    return subprocess.run([EXPORT, *args], capture_output=True, text=True, timeout=120)
 
 
 def client(port: int, *args: str) -> subprocess.CompletedProcess[str]:

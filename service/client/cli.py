@@ -2,6 +2,7 @@
 
 Exit status: 0 ok, 1 the server answered with an error (its status code is printed; for
 `load`: a request failed or a verified answer was wrong), 2 bad usage, 3 not SERVING.
+Over 250 lines: every subcommand's arguments and output in one place (load's in load_command).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""`lstm-serve` and `lstm-client` as real processes: start, every subcommand, signals, failures."""
+"""`lstm-serve` and `lstm-client` as real processes: start, every subcommand, signals, failures.
+
+Over 250 lines: one served fixture drives every subcommand's test.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ a trailing nn.Linear head; exported with --weights alone, served as PyTorch answ
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,8 +15,7 @@ from torch import nn
 from lstm_serving.client.client import AsyncLstmClient
 from lstm_serving.server.app import LstmServer
 from tests.conftest import start_server
-
-EXPORT = str(Path(sys.executable).parent / "lstm-export")
+from tests.processes import export
 
 
 class PlainLSTM(nn.Module):
@@ -73,20 +71,9 @@ def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, nn.Module]:
         torch.manual_seed(seed)
         module = make().eval()
         torch.save(module.state_dict(), root / f"{name}.pt")
-        run = subprocess.run(
-            [
-                EXPORT,
-                "--weights",
-                str(root / f"{name}.pt"),
-                "--name",
-                name,
-                "--repository",
-                str(root / "models"),
-                *flags,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        weights = str(root / f"{name}.pt")
+        run = export(
+            "--weights", weights, "--name", name, "--repository", str(root / "models"), *flags
         )
         assert run.returncode == 0, run.stderr
         built[name] = module
@@ -116,38 +103,32 @@ async def test_served_answers_equal_the_pytorch_forward(
     assert np.abs(got - expected).max() <= 1e-5
 
 
-def export(
+def export_state(
     tmp_path: Path, state: dict[str, torch.Tensor], *flags: str
 ) -> subprocess.CompletedProcess[str]:
     torch.save(state, tmp_path / "w.pt")
-    return subprocess.run(
-        [
-            EXPORT,
-            "--weights",
-            str(tmp_path / "w.pt"),
-            "--name",
-            "m",
-            "--repository",
-            str(tmp_path / "r"),
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return export(
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--name",
+        "m",
+        "--repository",
+        str(tmp_path / "r"),
+        *flags,
     )
 
 
 def test_layouts_that_cannot_be_read_say_what_to_do(tmp_path: Path) -> None:
     lstm = nn.LSTM(3, 4).state_dict()
     two_heads = {**lstm, "a.weight": torch.zeros(2, 4), "b.weight": torch.zeros(3, 4)}
-    run = export(tmp_path, two_heads)
+    run = export_state(tmp_path, two_heads)
     assert run.returncode == 1 and "name it with --head PREFIX" in run.stderr
     assert "a., b." in run.stderr
-    chosen = export(tmp_path, two_heads, "--head", "b.")
+    chosen = export_state(tmp_path, two_heads, "--head", "b.")
     assert chosen.returncode == 1 and "unexpected key a.weight" in chosen.stderr
-    no_lstm = export(tmp_path, {"fc.weight": torch.zeros(2, 4)})
+    no_lstm = export_state(tmp_path, {"fc.weight": torch.zeros(2, 4)})
     assert no_lstm.returncode == 1 and "no LSTM weights found" in no_lstm.stderr
-    wrong_check = export(tmp_path, lstm, "--layers", "5")
+    wrong_check = export_state(tmp_path, lstm, "--layers", "5")
     assert (
         wrong_check.returncode == 1 and "shape [16, 4] in the file, [20, 5]" in wrong_check.stderr
     )

@@ -2,6 +2,7 @@
 server-held sequences (unary and streaming, interleaved and batched), and every error.
 
 Every answer is compared with the whole sequence run alone, without state, by the same server.
+Over 250 lines: the models and the server fixture serve every case.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ server's v2 module define the same `inference.*` symbols, which one process cann
 Compares every v2 answer with the lstm.v1 answer for the same input (bit for bit), also under
 a concurrent mix of v1 and v2 calls. Prints one JSON report on stdout.
 Usage: python tritonclient_driver.py HOST:PORT
+Over 250 lines: one process, one client, every v2 feature tritonclient reaches.
 """
 
 from __future__ import annotations
