@@ -19,9 +19,9 @@ import onnx
 import torch
 
 from lstm_serving.export.keras_source import KerasError, read_keras, weights_of
-from lstm_serving.export.model import HEAD_ACTIVATIONS, StackedLSTM
+from lstm_serving.export.model import StackedLSTM
 from lstm_serving.export.onnx_graph import architecture_of, graph_of, recorded_architecture
-from lstm_serving.export.spec import sha256_of
+from lstm_serving.export.spec import HEAD_ACTIVATIONS, sha256_of
 from lstm_serving.export.torch_source import LayoutError, build_model, read_layout
 from lstm_serving.export.verify import TOLERANCE, Reference, torch_reference, verify_against
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from lstm_serving.export.keras_files import KerasError, KerasLayer, KerasModel, read_keras_file
 from lstm_serving.export.keras_reference import KerasForward, RefHead, RefLayer
-from lstm_serving.export.spec import Activation, Head, LstmLayer, ModelSpec
+from lstm_serving.export.spec import HEAD_ACTIVATIONS, Activation, Head, LstmLayer, ModelSpec
 from lstm_serving.export.torch_source import onnx_gates
 
 __all__ = ["KerasError", "read_keras", "weights_of"]
@@ -26,7 +26,6 @@ SUPPORTED = (
     "InputLayer, LSTM, Bidirectional(LSTM), Masking, Dropout, SpatialDropout1D, GaussianNoise, "
     "GaussianDropout, AlphaDropout, and a final Dense or TimeDistributed(Dense)"
 )
-HEAD_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 LSTM_ACTIVATIONS = (
     "tanh",
     "sigmoid",

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [directions, batch, units]
-HEAD_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+HEAD_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "linear": lambda z: z,
     "relu": torch.relu,
     "sigmoid": torch.sigmoid,
@@ -25,7 +25,7 @@ class HeadConfig:
     """A Linear layer on the stack: what its forward applies after the LSTMs."""
 
     units: int
-    activation: str = "linear"  # one of HEAD_ACTIVATIONS
+    activation: str = "linear"  # one of spec.HEAD_ACTIVATIONS
     per_step: bool = False  # on every step of the sequence, not on the final state
     bias: bool = True
 
@@ -105,7 +105,7 @@ class StackedLSTM(nn.Module):
         assert self.head is not None and self.head_config is not None
         config = self.head_config
         z = self.head(sequence if config.per_step else last_hidden)
-        z = HEAD_ACTIVATIONS[config.activation](z)
+        z = HEAD_FUNCTIONS[config.activation](z)
         if config.per_step:
             steps = torch.arange(sequence.shape[1])[None, :] < lengths.to("cpu")[:, None]
             z = z * steps[:, :, None].to(z.dtype)

@@ -34,7 +34,7 @@ from lstm_serving.version import __version__
 OPSET = 17
 PRODUCER = "lstm-serving"
 PRODUCER_VERSION = __version__
-HEAD_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax"}
+HEAD_OPS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax"}
 
 
 def architecture_of(spec: ModelSpec, weights_sha256: str, torch_version: str = "") -> Architecture:
@@ -179,7 +179,7 @@ def _add_head(
         nodes.append(helper.make_node("Add", [value, "head_bias_"], ["head_z_"]))
         value = "head_z_"
     if head.activation != "linear":
-        kind = HEAD_ACTIVATIONS[head.activation]
+        kind = HEAD_OPS[head.activation]
         extra: dict[str, Any] = {"axis": -1} if kind == "Softmax" else {}
         nodes.append(helper.make_node(kind, [value], ["head_a_"], **extra))
         value = "head_a_"

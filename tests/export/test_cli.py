@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,13 @@ import onnxruntime as ort
 import torch
 
 from lstm_serving.export import StackedLSTM
-
-EXPORT = str(Path(sys.executable).parent / "lstm-export")
+from tests.processes import export
 
 
 def _export(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        EXPORT,
-        "--input-size",
-        "2",
-        "--layers",
-        "6",
-        "4",
-        "--name",
-        "m",
-        "--repository",
-        str(repo),
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return export(
+        "--input-size", "2", "--layers", "6", "4", "--name", "m", "--repository", str(repo), *args
+    )
 
 
 def test_exports_next_free_version_and_prints_summary(tmp_path: Path) -> None:
@@ -120,5 +107,5 @@ def test_bad_weights_files_are_refused_without_running_code(tmp_path: Path) -> N
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     result = _export(tmp_path, "--version", "0")
     assert result.returncode == 2 and "--version must be >= 1" in result.stderr
-    missing = subprocess.run([EXPORT, "--layers", "4"], capture_output=True, text=True)
+    missing = export("--layers", "4")
     assert missing.returncode == 2 and "required" in missing.stderr
