@@ -13,15 +13,9 @@ import numpy as np
 
 from lstm_serving.contract import HeadSpec, LayerSpec
 
-DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")
+DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")  # ONNX's f (gates), g (cell), h (output)
 # What a head may apply after its Dense/Linear (Keras's names; PyTorch's via --head-activation).
-HEAD_ACTIVATIONS = (
-    "linear",
-    "relu",
-    "sigmoid",
-    "tanh",
-    "softmax",
-)  # ONNX's f (gates), g (cell), h (output)
+HEAD_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 
 
 @dataclass(frozen=True)
