@@ -29,16 +29,18 @@ from lstm_serving.core.registry import Registry
 from lstm_serving.core.repository import RepositorySync, load_models, serve_models
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import StartupError
-from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
-from lstm_serving.proto.v1 import lstm_pb2, lstm_pb2_grpc
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2
+from lstm_serving.proto.v1 import lstm_pb2
+from lstm_serving.server.codec import add_servicer
 from lstm_serving.server.kserve_v2 import InferenceServicer
 from lstm_serving.server.lstm_v1 import LstmServicer
 from lstm_serving.server.security import BearerTokenInterceptor, server_credentials
 
 log = logging.getLogger("lstm-serve")
 
-LSTM_SERVICE = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
-V2_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+LSTM_API = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"]
+V2_API = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+LSTM_SERVICE, V2_SERVICE = LSTM_API.full_name, V2_API.full_name
 REFUSAL_WINDOW_S = 0.5  # on shutdown: new calls get UNAVAILABLE this long before the port closes
 # Calls gRPC core holds until the Python server picks them up. Past its defaults (1,000 soft,
 # 3,000 hard) core ends calls CANCELLED with no message and nothing counted: measured here,
@@ -84,12 +86,8 @@ class LstmServer:
             ],
         )
         dataplane = DataPlane(self.registry, settings)
-        lstm_pb2_grpc.add_LstmServiceServicer_to_server(
-            LstmServicer(dataplane, settings, self.metrics), self._server
-        )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(dataplane, self.metrics), self._server
-        )
+        add_servicer(self._server, LstmServicer(dataplane, settings, self.metrics), LSTM_API)
+        add_servicer(self._server, InferenceServicer(dataplane, self.metrics), V2_API)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.reflection:
             reflection.enable_server_reflection(SERVICES, self._server)

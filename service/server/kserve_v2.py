@@ -19,6 +19,7 @@ from lstm_serving.errors import ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.protocols import kserve_v2
+from lstm_serving.server.codec import decoded
 from lstm_serving.server.status import (
     Context,
     ObservedServicer,
@@ -79,7 +80,7 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: v2.ModelInferRequest, deadline: float | None, owner: str
     ) -> v2.ModelInferResponse:
-        call = kserve_v2.decode_infer_request(request, deadline, owner)
+        call = kserve_v2.decode_infer_request(decoded(request), deadline, owner)
         return kserve_v2.encode_infer_response(await self._dataplane.infer(call), request.id)
 
     @answers_errors
@@ -103,10 +104,12 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
         )
 
         async def read() -> None:
-            async for request in request_iterator:
-                answer = self._stream_one(request, deadline, owner)
-                await pending.put(asyncio.ensure_future(answer))
-            await pending.put(None)
+            try:
+                async for request in request_iterator:
+                    answer = self._stream_one(request, deadline, owner)
+                    await pending.put(asyncio.ensure_future(answer))
+            finally:  # a failed read ends the stream (re-raised by `await reader`)
+                await pending.put(None)
 
         reader = asyncio.ensure_future(read())
         try:
@@ -133,9 +136,9 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
             return v2.ModelStreamInferResponse(
                 error_message=f"{code.name}: {message}",
                 infer_response=v2.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
+                    model_name=getattr(request, "model_name", ""),
+                    model_version=getattr(request, "model_version", ""),
+                    id=getattr(request, "id", ""),  # an Undecodable has none of these
                 ),
             )
         self.record("ModelStreamInfer", request, response, grpc.StatusCode.OK, started)

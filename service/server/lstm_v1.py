@@ -14,6 +14,7 @@ from lstm_serving.core.settings import Settings
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.protocols import lstm_v1
+from lstm_serving.server.codec import decoded
 from lstm_serving.server.status import (
     Context,
     ObservedServicer,
@@ -56,7 +57,7 @@ class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
         async for request in request_iterator:
             started = time.perf_counter()
             try:
-                call = lstm_v1.decode_predict(request, deadline, owner)
+                call = lstm_v1.decode_predict(decoded(request), deadline, owner)
                 response = lstm_v1.encode_prediction(await self._dataplane.infer(call))
             except Exception as exc:
                 code, message = self.failed("PredictStream", request, exc, started)

@@ -27,6 +27,7 @@ from lstm_serving.errors import (
     ServingError,
     Unavailable,
 )
+from lstm_serving.server.codec import Undecodable, decoded
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ STATUS: dict[type[ServingError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
+# Logged (at a rate limit) because an operator acts on them: the server is full or stopping.
+LOGGED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -55,15 +58,28 @@ class ThrottledLog:
         self._last: dict[grpc.StatusCode, float] = {}
         self._unlogged: dict[grpc.StatusCode, int] = {}
 
-    def warning(self, code: grpc.StatusCode, rpc: str, message: str) -> None:
+    def line(
+        self,
+        level: int,
+        code: grpc.StatusCode,
+        rpc: str,
+        message: str,
+        exc: BaseException | None = None,
+    ) -> None:
         now = time.monotonic()
         count = self._unlogged.get(code, 0) + 1
         if now - self._last.get(code, -self._interval) < self._interval:
             self._unlogged[code] = count
             return
         self._last[code], self._unlogged[code] = now, 0
-        log.warning(
-            "%s answered %s (%d since the last such line): %s", rpc, code.name, count, message
+        log.log(
+            level,
+            "%s answered %s (%d since the last such line): %s",
+            rpc,
+            code.name,
+            count,
+            message,
+            exc_info=exc,
         )
 
 
@@ -100,14 +116,14 @@ class ObservedServicer:
     def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
-        self._refusals = ThrottledLog()
+        self._log = ThrottledLog()
 
     def record(
         self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, started: float
     ) -> None:
         """Counts one answered call. Unknown model names become "_unknown" (bounded labels)."""
         model_field, version_field = self.LABEL_FIELDS.get(rpc, ("", ""))
-        name = getattr(request, model_field) if model_field else ""
+        name = getattr(request, model_field, "") if model_field else ""
         if name and not self._dataplane.registry.has(name):
             name = "_unknown"
         version = (
@@ -119,12 +135,13 @@ class ObservedServicer:
     def failed(
         self, rpc: str, request: Any, exc: Exception, started: float
     ) -> tuple[grpc.StatusCode, str]:
-        """The status a failed call gets; internal faults are logged, every failure counted."""
+        """The status a failed call gets, counted; internal faults, refusals and undecodable
+        requests are logged at a rate limit (a caller's mistake otherwise is not logged)."""
         code, message = status_of(exc)
         if code == grpc.StatusCode.INTERNAL:
-            log.error("%s failed", rpc, exc_info=exc)
-        elif code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
-            self._refusals.warning(code, rpc, message)
+            self._log.line(logging.ERROR, code, rpc, message, exc)
+        elif code in LOGGED or isinstance(request, Undecodable):
+            self._log.line(logging.WARNING, code, rpc, message)
         self.record(rpc, request, None, code, started)
         return code, message
 
@@ -136,7 +153,7 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     async def wrapper(self: ObservedServicer, request: Req, context: Context) -> Resp:
         started = time.perf_counter()
         try:
-            response = await handler(self, request, context)
+            response = await handler(self, decoded(request), context)
         except Exception as exc:
             code, message = self.failed(handler.__name__, request, exc, started)
             await context.abort(code, message)

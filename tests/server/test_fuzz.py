@@ -222,3 +222,25 @@ def test_server_still_answers_after_the_fuzzing(live: grpc.Channel) -> None:
     request = pb.PredictRequest(model="seed", input=pb.Tensor(shape=[1, 2, 2], values=[1] * 4))
     response = pb_grpc.LstmServiceStub(live).Predict(request, timeout=10)
     assert list(response.last_hidden.shape) == [1, 32]
+
+
+RAW_METHODS = (
+    "/lstm.v1.LstmService/Predict",
+    "/lstm.v1.LstmService/DescribeModel",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/inference.GRPCInferenceService/ModelMetadata",
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(method=st.sampled_from(RAW_METHODS), body=st.binary(max_size=64))
+def test_live_raw_bodies(live: grpc.Channel, method: str, body: bytes) -> None:
+    """Any bytes as a request body: an answer or a client error, never UNKNOWN or INTERNAL
+    (the fixture checks the log holds no traceback)."""
+    try:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = live.unary_unary(method)
+        call(body, timeout=10)
+    except grpc.RpcError as exc:
+        assert exc.code() in CLIENT_ERRORS, (exc.code(), exc.details())
