@@ -90,6 +90,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         max_queue_size: int,
+        max_queue_steps: int = 2**62,
         observer: BatchObserver | None = None,
         inline_seconds: float = INLINE_SECONDS,
     ) -> None:
@@ -101,8 +102,10 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_size = max_queue_size
+        self.max_queue_steps = max_queue_steps
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
+        self._queued_steps = 0  # sequence-steps (rows x padded time) waiting
         self._arrival = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(PIPELINE_DEPTH)
@@ -126,7 +129,7 @@ class Batcher:
             self._task = None
         while self._queue:
             self._fail(self._queue.popleft(), Unavailable(f"model {self.name} is shutting down"))
-        self._queued_rows = 0
+        self._queued_rows = self._queued_steps = 0
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -139,15 +142,21 @@ class Batcher:
         await self.wait_idle()
         await self.stop()
 
-    def admit(self) -> None:
-        """Raises unless a request can be queued now: callers check before decoding anything,
-        so a refusal in overload costs as little as it can."""
+    def admit(self, steps: int) -> None:
+        """Raises unless a request of `steps` sequence-steps can be queued now: callers check
+        before decoding anything, so a refusal in overload costs as little as it can."""
         if self._task is None or self._stopping:
             raise Unavailable(f"model {self.name} is not accepting requests (shutting down)")
         if len(self._queue) >= self.max_queue_size:
             raise ResourceExhausted(
                 f"model {self.name} has {len(self._queue)} requests queued (the limit, "
                 "--max-queue-size): retry with backoff"
+            )
+        if self._queued_steps + steps > self.max_queue_steps and self._queue:
+            raise ResourceExhausted(
+                f"model {self.name} has {self._queued_steps} sequence-steps queued; this "
+                f"request's {steps} would pass the limit of {self.max_queue_steps} "
+                "(--max-queue-steps): retry with backoff"
             )
 
     async def submit(
@@ -159,10 +168,11 @@ class Batcher:
         initial: States | None = None,
     ) -> Arrays:
         """Queues one request and waits for its own rows of the requested outputs."""
-        self.admit()
+        self.admit(inputs.shape[0] * inputs.shape[1])
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(inputs, lengths, tuple(outputs), deadline, initial, future))
         self._queued_rows += inputs.shape[0]
+        self._queued_steps += inputs.shape[0] * inputs.shape[1]
         self._idle.clear()
         self._observer.queue_changed(len(self._queue))
         self._arrival.set()
@@ -219,6 +229,7 @@ class Batcher:
                 break
             self._queue.popleft()
             self._queued_rows -= request.rows
+            self._queued_steps -= request.rows * request.inputs.shape[1]
             if request.future.done():  # the caller went away
                 continue
             if request.deadline is not None and request.deadline <= now:

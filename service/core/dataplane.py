@@ -12,27 +12,22 @@ from lstm_serving.core.registry import Registry, ServedModel
 from lstm_serving.core.requests import InferRequest, InferResult
 from lstm_serving.core.runtime import Model
 from lstm_serving.core.settings import Settings
-from lstm_serving.core.validation import Checked
+from lstm_serving.core.validation import Checked, Limits
 
 
 class DataPlane:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
-        self._settings = settings
+        self.limits = Limits.of(settings)
 
     def model(self, name: str, version: int = 0) -> Model:
         return self.registry.resolve(name, version).model
 
     async def infer(self, request: InferRequest) -> InferResult:
         served = self.registry.resolve(request.model, request.version)
-        served.batcher.admit()
         arch = served.model.architecture
-        checked = validation.check_request(
-            request,
-            arch,
-            self._settings.max_sequence_length,
-            self._settings.max_request_sequences,
-        )
+        served.batcher.admit(validation.check_input_shape(request.inputs.shape, arch, self.limits))
+        checked = validation.check_request(request, arch, self.limits)
         if request.sequence is not None:
             arrays = await self._step(served, request, checked)
         else:

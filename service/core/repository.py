@@ -88,6 +88,7 @@ def serve_models(
             max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000,
             max_queue_size=settings.max_queue_size,
+            max_queue_steps=settings.max_queue_steps,
             observer=metrics.batch_observer(model.name, model.provider),
         )
         sequences = SequenceStore(

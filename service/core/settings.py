@@ -67,6 +67,21 @@ class Settings:
     max_request_sequences: int = field(
         default=1024, metadata={"help": "most sequences one request may carry"}
     )
+    max_request_steps: int = field(
+        default=262144,
+        metadata={
+            "help": "most sequence-steps (sequences x time steps) one request may carry: a "
+            "request's compute time and ONNX Runtime memory grow with it (~1.3 KB a step for "
+            "the seed model)"
+        },
+    )
+    max_queue_steps: int = field(
+        default=1048576,
+        metadata={
+            "help": "sequence-steps waiting per model before RESOURCE_EXHAUSTED: bounds the "
+            "wait of a request behind the queue (>= --max-request-steps)"
+        },
+    )
     max_sequences: int = field(
         default=10000,
         metadata={"help": "server-held sequences open at once per model version"},
@@ -137,6 +152,8 @@ _POSITIVE = (
     "max_queue_size",
     "max_sequence_length",
     "max_request_sequences",
+    "max_request_steps",
+    "max_queue_steps",
     "max_message_bytes",
     "max_sequences",
 )
@@ -202,6 +219,11 @@ def parse_settings(
         choices = f.metadata.get("choices")
         if choices and args[f.name] not in choices:
             parser.error(f"{ENV_PREFIX}{f.name.upper()} must be one of {', '.join(choices)}")
+    if args["max_queue_steps"] < args["max_request_steps"]:
+        parser.error(
+            f"--max-queue-steps ({args['max_queue_steps']}) must be >= --max-request-steps "
+            f"({args['max_request_steps']}): a request that large could never be queued"
+        )
     if (args["tls_cert"] is None) != (args["tls_key"] is None):
         parser.error("--tls-cert and --tls-key go together")
     if args["tls_client_ca"] is not None and args["tls_cert"] is None:

@@ -12,9 +12,30 @@ import numpy as np
 
 from lstm_serving.contract import PREDICTION, STATE_PARTS, Architecture, initial_state
 from lstm_serving.core.requests import InferRequest, OutputSet, SequenceStep
-from lstm_serving.errors import FailedPrecondition, InvalidArgument
+from lstm_serving.core.settings import Settings
+from lstm_serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 MAX_DIMENSION = 2**31 - 1
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry and ask for (the --max-* flags of the same names)."""
+
+    max_sequence_length: int = 2048
+    max_request_sequences: int = 1024
+    max_request_steps: int = 2**62
+    max_message_bytes: int = 2**62  # an answer larger than this could not be sent
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            settings.max_sequence_length,
+            settings.max_request_sequences,
+            settings.max_request_steps,
+            settings.max_message_bytes,
+        )
 
 
 def check_dimensions(shape: Sequence[int], field: str) -> None:
@@ -25,10 +46,10 @@ def check_dimensions(shape: Sequence[int], field: str) -> None:
         raise InvalidArgument(f"{field} shape {list(shape)} has a dimension over 2^31 - 1")
 
 
-def check_input_shape(
-    shape: Sequence[int], arch: Architecture, max_sequence_length: int, max_sequences: int
-) -> None:
-    """[batch, time, features] against the model and the limits."""
+def check_input_shape(shape: Sequence[int], arch: Architecture, limits: Limits) -> int:
+    """[batch, time, features] against the model and the limits; returns its sequence-steps
+    (batch x time: what its compute time and memory grow with)."""
+    max_sequences, max_sequence_length = limits.max_request_sequences, limits.max_sequence_length
     shape = list(shape)
     if len(shape) != 3:
         raise InvalidArgument(
@@ -53,6 +74,13 @@ def check_input_shape(
             f"input shape[1] is {steps} time steps; the limit is {max_sequence_length} "
             "(--max-sequence-length)"
         )
+    if batch * steps > limits.max_request_steps:
+        raise ResourceExhausted(
+            f"input is {batch} sequences x {steps} time steps = {batch * steps} sequence-steps; "
+            f"the limit is {limits.max_request_steps} per request (--max-request-steps): send "
+            "fewer sequences per request"
+        )
+    return batch * steps
 
 
 def check_finite(array: np.ndarray) -> np.ndarray:
@@ -152,16 +180,38 @@ def masked_lengths(inputs: np.ndarray, lengths: np.ndarray, mask_value: float) -
     return np.asarray(ends, dtype=np.int32)
 
 
-def check_request(
-    request: InferRequest, arch: Architecture, max_sequence_length: int, max_sequences: int
-) -> Checked:
-    """The request's inputs, lengths, output names and initial states, each checked."""
-    check_input_shape(request.inputs.shape, arch, max_sequence_length, max_sequences)
+def answer_bytes(names: Sequence[str], arch: Architecture, batch: int, steps: int) -> int:
+    """The bytes of the named outputs for `batch` sequences of `steps` steps."""
+    total = 0
+    for name in names:
+        sizes = iter((batch, steps))  # output_shapes' -1s: batch, then time
+        total += int(np.prod([next(sizes) if d == -1 else d for d in arch.output_shapes()[name]]))
+    return total * FLOAT_BYTES
+
+
+def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> Checked:
+    """The request's shape, size, output names, inputs, lengths and initial states, each
+    checked; the contents are decoded only once the shape and the answer's size pass."""
+    check_input_shape(request.inputs.shape, arch, limits)
+    batch, steps, _ = request.inputs.shape
+    outputs = check_outputs(_output_names(request, arch), arch)
+    size = answer_bytes(outputs, arch, batch, steps)
+    if size > limits.max_message_bytes:
+        raise ResourceExhausted(
+            f"the answer ({', '.join(outputs)} for {batch} sequences x {steps} steps) would be "
+            f"{size} bytes, over the {limits.max_message_bytes} a message may hold "
+            "(--max-message-bytes): ask for fewer outputs or send fewer sequences per request"
+        )
     inputs = check_finite(request.inputs.decode())
-    batch, steps, _ = inputs.shape
     lengths = check_lengths(request.lengths, batch, steps)
     if arch.mask_value is not None:
         lengths = masked_lengths(inputs, lengths, arch.mask_value)
+    initial = check_initial_states(request.initial_states, arch, batch)
+    return Checked(inputs, lengths, outputs, initial)
+
+
+def _output_names(request: InferRequest, arch: Architecture) -> tuple[str, ...]:
+    """The outputs a request asks for, sets expanded and the extras it flags added."""
     if request.outputs is OutputSet.ALL:
         names = tuple(arch.output_shapes())
     elif request.outputs is OutputSet.DEFAULT:
@@ -170,9 +220,7 @@ def check_request(
         names = request.outputs
     extra = arch.state_outputs() if request.with_states else ()
     extra += (PREDICTION,) if request.with_prediction else ()
-    names += tuple(n for n in extra if n not in names)
-    initial = check_initial_states(request.initial_states, arch, batch)
-    return Checked(inputs, lengths, check_outputs(names, arch), initial)
+    return names + tuple(n for n in extra if n not in names)
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ModelStreamInferResponse:
         started = time.perf_counter()
         try:
-            response = await self._infer(request, deadline, owner)
+            response = self.sendable(await self._infer(request, deadline, owner))
         except Exception as exc:
             code, message = self.failed("ModelStreamInfer", request, exc, started)
             return v2.ModelStreamInferResponse(

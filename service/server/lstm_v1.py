@@ -58,7 +58,9 @@ class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
             started = time.perf_counter()
             try:
                 call = lstm_v1.decode_predict(decoded(request), deadline, owner)
-                response = lstm_v1.encode_prediction(await self._dataplane.infer(call))
+                response = self.sendable(
+                    lstm_v1.encode_prediction(await self._dataplane.infer(call))
+                )
             except Exception as exc:
                 code, message = self.failed("PredictStream", request, exc, started)
                 await context.abort(code, message)

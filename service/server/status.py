@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
@@ -45,7 +46,7 @@ STATUS: dict[type[ServingError], grpc.StatusCode] = {
 LOGGED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+Resp = TypeVar("Resp", bound=Message)
 Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 
 
@@ -117,6 +118,18 @@ class ObservedServicer:
         self._dataplane = dataplane
         self._metrics = metrics
         self._log = ThrottledLog()
+        self._max_message_bytes = dataplane.limits.max_message_bytes
+
+    def sendable(self, response: Resp) -> Resp:
+        """The response, or ResourceExhausted when it is over --max-message-bytes: gRPC would
+        fail to send it after the handler returned, and the call would be counted OK."""
+        size = response.ByteSize()
+        if size > self._max_message_bytes:
+            raise ResourceExhausted(
+                f"the answer is {size} bytes, over the {self._max_message_bytes} a message may "
+                "hold (--max-message-bytes): ask for fewer outputs or sequences per request"
+            )
+        return response
 
     def record(
         self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, started: float
@@ -153,7 +166,7 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     async def wrapper(self: ObservedServicer, request: Req, context: Context) -> Resp:
         started = time.perf_counter()
         try:
-            response = await handler(self, decoded(request), context)
+            response = self.sendable(await handler(self, decoded(request), context))
         except Exception as exc:
             code, message = self.failed(handler.__name__, request, exc, started)
             await context.abort(code, message)

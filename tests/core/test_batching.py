@@ -56,6 +56,7 @@ def _batcher(run: RunFn, name: str = "t", **limits: float) -> Batcher:
         "max_batch_size": 8,
         "max_queue_delay_s": 0.0,
         "max_queue_size": 4,
+        "max_queue_steps": 2**40,
         "inline_seconds": 0.0,
         **limits,
     }
@@ -65,6 +66,7 @@ def _batcher(run: RunFn, name: str = "t", **limits: float) -> Batcher:
         max_batch_size=int(settings["max_batch_size"]),
         max_queue_delay_s=settings["max_queue_delay_s"],
         max_queue_size=int(settings["max_queue_size"]),
+        max_queue_steps=int(settings["max_queue_steps"]),
         inline_seconds=settings["inline_seconds"],
     )
     batcher.start()
@@ -151,6 +153,28 @@ async def test_full_queue_answers_resource_exhausted(
     model.release.set()
     await asyncio.gather(blocker, *queued)
     await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])  # recovered at once
+
+
+async def test_queue_bounded_in_sequence_steps() -> None:
+    """Requests queue while their sequence-steps (rows x time) fit --max-queue-steps."""
+    model = GatedModel()
+    batcher = _batcher(model, max_queue_steps=10)
+    try:
+        blocker = await _block(model, batcher)
+        first = asyncio.ensure_future(
+            batcher.submit(_x(2, 3), np.full(2, 3, np.int32), ["sequence"])
+        )
+        await _queued()
+        with pytest.raises(ResourceExhausted, match="6 sequence-steps queued; this request's 5 "):
+            await batcher.submit(_x(1, 5), np.ones(1, np.int32), ["last_hidden"])
+        fits = asyncio.ensure_future(batcher.submit(_x(1, 4), np.ones(1, np.int32), ["sequence"]))
+        await _queued()
+        model.release.set()
+        await asyncio.gather(blocker, first, fits)
+        await batcher.submit(_x(1, 10), np.ones(1, np.int32), ["last_hidden"])  # drained
+    finally:
+        model.release.set()
+        await batcher.stop()
 
 
 async def test_cancelled_caller_does_not_disturb_the_rest(

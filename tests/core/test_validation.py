@@ -7,7 +7,7 @@ import pytest
 
 from lstm_serving.contract import Architecture
 from lstm_serving.core.requests import Encoded, InferRequest, OutputSet
-from lstm_serving.core.validation import check_lengths, check_request
+from lstm_serving.core.validation import Limits, check_lengths, check_request
 from lstm_serving.errors import InvalidArgument
 
 ARCH = Architecture.build(2, [4, 3], False, 17)
@@ -34,14 +34,14 @@ def request(
 )
 def test_input_shape_checks(shape: list[int], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        check_request(request(np.zeros(shape, np.float32)), ARCH, 10, 3)
+        check_request(request(np.zeros(shape, np.float32)), ARCH, Limits(10, 3))
 
 
 def test_non_finite_input_names_the_index() -> None:
     x = np.zeros((2, 2, 2), np.float32)
     x[1, 0, 1] = -np.inf
     with pytest.raises(InvalidArgument, match=r"first at index \[1, 0, 1\]"):
-        check_request(request(x), ARCH, 10, 3)
+        check_request(request(x), ARCH, Limits(10, 3))
 
 
 def test_lengths() -> None:
@@ -59,13 +59,13 @@ def test_lengths() -> None:
 
 def test_outputs_default_states_and_unknown_names() -> None:
     x = np.zeros((1, 2, 2), np.float32)
-    every = check_request(request(x, outputs=OutputSet.ALL), ARCH, 10, 3).outputs
+    every = check_request(request(x, outputs=OutputSet.ALL), ARCH, Limits(10, 3)).outputs
     assert every == tuple(ARCH.output_shapes())
     with_states = check_request(
-        request(x, outputs=("sequence",), with_states=True), ARCH, 10, 3
+        request(x, outputs=("sequence",), with_states=True), ARCH, Limits(10, 3)
     ).outputs
     assert with_states == ("sequence", "final_h_0", "final_c_0", "final_h_1", "final_c_1")
     with pytest.raises(InvalidArgument, match="unknown output 'x'"):
-        check_request(request(x, outputs=("x",)), ARCH, 10, 3)
+        check_request(request(x, outputs=("x",)), ARCH, Limits(10, 3))
     with pytest.raises(InvalidArgument, match="requested twice"):
-        check_request(request(x, outputs=("sequence", "sequence")), ARCH, 10, 3)
+        check_request(request(x, outputs=("sequence", "sequence")), ARCH, Limits(10, 3))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lstm_serving.contract import Architecture
-from lstm_serving.core.validation import check_request
+from lstm_serving.core.validation import Limits, check_request
 from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -123,7 +123,7 @@ PARAMETER_VALUES: dict[str, list[object]] = {
 @given(predict_requests())
 def test_decoding_lstm_v1_requests_never_fails_unexpectedly(request: pb.PredictRequest) -> None:
     try:
-        checked = check_request(codec.decode_predict(request, None), ARCH, 10, 5)
+        checked = check_request(codec.decode_predict(request, None), ARCH, Limits(10, 5))
         inputs, lengths = checked.inputs, checked.lengths
     except InvalidArgument:
         return
@@ -137,7 +137,7 @@ def test_decoding_lstm_v1_requests_never_fails_unexpectedly(request: pb.PredictR
 def test_decoding_v2_requests_never_fails_unexpectedly(request: v2.ModelInferRequest) -> None:
     try:
         call = kserve_codec.decode_infer_request(request, None)
-        checked = check_request(call, ARCH, 10, 5)
+        checked = check_request(call, ARCH, Limits(10, 5))
         inputs, lengths = checked.inputs, checked.lengths
     except (InvalidArgument, NotFound):
         return

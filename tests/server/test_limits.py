@@ -23,12 +23,35 @@ async def test_limits(seed_repository: Path) -> None:
         max_message_bytes=1024 * 1024,
         max_request_sequences=64,
         max_sequence_length=300,
+        max_request_steps=12800,
     )
     try:
         async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
             cases = [
-                # 4 x 300 x 2 x 4 bytes in is fine, but 200 x 32 x 4 x 64 bytes out is not
-                ((64, 200, 2), "sequence", grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than"),
+                # 64 x 200 x 2 x 4 bytes in is fine, but 64 x 200 x 32 x 4 out is not: refused
+                # before it runs
+                (
+                    (64, 200, 2),
+                    "sequence",
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "would be 1638400 bytes, over the 1048576 a message may hold "
+                    "(--max-message-bytes)",
+                ),
+                # exactly 1 MiB of floats, plus the message's own bytes: gRPC could not send
+                # it, so it is refused, not counted OK and lost
+                (
+                    (64, 128, 2),
+                    "sequence",
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "the answer is 1048598 bytes, over the 1048576 a message may hold",
+                ),
+                (
+                    (64, 201, 2),
+                    "last_hidden",
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "64 sequences x 201 time steps = 12864 sequence-steps; the limit is 12800 per "
+                    "request (--max-request-steps)",
+                ),
                 ((2, 300, 2), "sequence", None, ""),
                 (
                     (65, 1, 2),
@@ -57,6 +80,11 @@ async def test_limits(seed_repository: Path) -> None:
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             ok = await client.predict("seed", np.ones((1, 3, 2), np.float32))  # still serving
             assert ok.last_hidden is not None
+        exhausted = server.metrics.registry.get_sample_value(
+            "lstm_requests_total",
+            {"model": "seed", "version": "", "rpc": "Predict", "code": "RESOURCE_EXHAUSTED"},
+        )
+        assert exhausted == 3  # the one gRPC itself refused is not the servicer's to count
     finally:
         await server.stop(grace=1)
 
