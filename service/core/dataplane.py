@@ -13,6 +13,7 @@ from lstm_serving.core.requests import InferRequest, InferResult
 from lstm_serving.core.runtime import Model
 from lstm_serving.core.settings import Settings
 from lstm_serving.core.validation import Checked, Limits
+from lstm_serving.errors import ServingError
 
 
 class DataPlane:
@@ -35,6 +36,17 @@ class DataPlane:
                 checked.inputs, checked.lengths, checked.outputs, request.deadline, checked.initial
             )
         return InferResult(served.model.name, served.model.version, arch, arrays)
+
+    def answer_bytes(self, request: InferRequest) -> int:
+        """The bytes `request`'s answer will have; 0 for a request that will be refused."""
+        try:
+            served = self.registry.resolve(request.model, request.version)
+            batch, steps, _ = request.inputs.shape
+            arch = served.model.architecture
+            names = validation.check_outputs(validation.output_names(request, arch), arch)
+        except (ServingError, ValueError):
+            return 0
+        return validation.answer_bytes(names, arch, batch, steps)
 
     async def _step(self, served: ServedModel, request: InferRequest, checked: Checked) -> Arrays:
         """One step of a server-held sequence: from its state, keeping the state it ends in."""

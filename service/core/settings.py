@@ -101,6 +101,21 @@ class Settings:
             "(GOAWAY; clients reconnect when they next call); 0: never"
         },
     )
+    max_concurrent_streams: int = field(
+        default=1024,
+        metadata={
+            "help": "calls one connection may carry at once (HTTP/2 MAX_CONCURRENT_STREAMS; "
+            "gRPC clients queue the rest). Bounds what streams opened and reset at once "
+            "(HTTP/2 rapid reset) can cost"
+        },
+    )
+    max_streams: int = field(
+        default=1024,
+        metadata={
+            "help": "PredictStream and ModelStreamInfer streams open at once on this server; "
+            "more are refused RESOURCE_EXHAUSTED"
+        },
+    )
     grace_period: float = field(
         default=10.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"}
     )
@@ -156,6 +171,8 @@ _POSITIVE = (
     "max_queue_steps",
     "max_message_bytes",
     "max_sequences",
+    "max_concurrent_streams",
+    "max_streams",
 )
 _NON_NEGATIVE = (
     "port",

@@ -194,7 +194,7 @@ def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> 
     checked; the contents are decoded only once the shape and the answer's size pass."""
     check_input_shape(request.inputs.shape, arch, limits)
     batch, steps, _ = request.inputs.shape
-    outputs = check_outputs(_output_names(request, arch), arch)
+    outputs = check_outputs(output_names(request, arch), arch)
     size = answer_bytes(outputs, arch, batch, steps)
     if size > limits.max_message_bytes:
         raise ResourceExhausted(
@@ -210,7 +210,7 @@ def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> 
     return Checked(inputs, lengths, outputs, initial)
 
 
-def _output_names(request: InferRequest, arch: Architecture) -> tuple[str, ...]:
+def output_names(request: InferRequest, arch: Architecture) -> tuple[str, ...]:
     """The outputs a request asks for, sets expanded and the extras it flags added."""
     if request.outputs is OutputSet.ALL:
         names = tuple(arch.output_shapes())

@@ -18,6 +18,7 @@ from lstm_serving.server.codec import decoded
 from lstm_serving.server.status import (
     Context,
     ObservedServicer,
+    OpenStreams,
     answers_errors,
     caller_of,
     deadline_of,
@@ -31,8 +32,10 @@ class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
         "DescribeModel": ("model", "version"),
     }
 
-    def __init__(self, dataplane: DataPlane, settings: Settings, metrics: Metrics) -> None:
-        super().__init__(dataplane, metrics)
+    def __init__(
+        self, dataplane: DataPlane, settings: Settings, metrics: Metrics, streams: OpenStreams
+    ) -> None:
+        super().__init__(dataplane, metrics, streams)
         self._limits = pb.BatchingLimits(
             max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,
@@ -54,18 +57,22 @@ class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
         """One message at a time, each answered before the next is read: a failed message
         ends the stream with its status, and nothing after it has run."""
         deadline, owner = deadline_of(context), caller_of(context)
-        async for request in request_iterator:
-            started = time.perf_counter()
-            try:
-                call = lstm_v1.decode_predict(decoded(request), deadline, owner)
-                response = self.sendable(
-                    lstm_v1.encode_prediction(await self._dataplane.infer(call))
-                )
-            except Exception as exc:
-                code, message = self.failed("PredictStream", request, exc, started)
-                await context.abort(code, message)
-            self.record("PredictStream", request, response, grpc.StatusCode.OK, started)
-            yield response
+        await self.open_stream("PredictStream", context)
+        try:
+            async for request in request_iterator:
+                started = time.perf_counter()
+                try:
+                    call = lstm_v1.decode_predict(decoded(request), deadline, owner)
+                    response = self.sendable(
+                        lstm_v1.encode_prediction(await self._dataplane.infer(call))
+                    )
+                except Exception as exc:
+                    code, message = self.failed("PredictStream", request, exc, started)
+                    await context.abort(code, message)
+                self.record("PredictStream", request, response, grpc.StatusCode.OK, started)
+                yield response
+        finally:
+            self.close_stream()
 
     @answers_errors
     async def ListModels(

@@ -108,17 +108,39 @@ def deadline_of(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+class OpenStreams:
+    """Streams open on this server, both protocols together, and how many may be (--max-streams)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count = limit, 0
+
+
 class ObservedServicer:
     """Base of both protocols' servicers: the data plane, and the per-call metrics."""
 
     # Per RPC: the request field that names the model, the response field with the version.
     LABEL_FIELDS: ClassVar[Mapping[str, tuple[str, str]]] = {}
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, streams: OpenStreams) -> None:
         self._dataplane = dataplane
+        self._streams = streams
         self._metrics = metrics
         self._log = ThrottledLog()
         self._max_message_bytes = dataplane.limits.max_message_bytes
+
+    async def open_stream(self, rpc: str, context: Context) -> None:
+        """Takes one of --max-streams for a stream's life (`close_stream` gives it back), or
+        ends the call RESOURCE_EXHAUSTED."""
+        if self._streams.count >= self._streams.limit:
+            refusal = ResourceExhausted(
+                f"{self._streams.count} streams are open on this server, the limit "
+                "(--max-streams): close one, or retry with backoff"
+            )
+            await context.abort(*self.failed(rpc, None, refusal, time.perf_counter()))
+        self._streams.count += 1
+
+    def close_stream(self) -> None:
+        self._streams.count -= 1
 
     def sendable(self, response: Resp) -> Resp:
         """The response, or ResourceExhausted when it is over --max-message-bytes: gRPC would
