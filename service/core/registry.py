@@ -65,6 +65,10 @@ class Registry:
             )
         return versions[version]
 
+    def served(self, name: str, version: int) -> ServedModel:
+        """A loaded version, whether or not the server is ready."""
+        return self._models[name][version]
+
     def all(self) -> list[ServedModel]:
         return [served for versions in self._models.values() for served in versions.values()]
 

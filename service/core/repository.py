@@ -1,8 +1,10 @@
 """The model repository on disk and what is served from it: scan, load, publish, reload.
 
-ROOT/<name>/<version>/model.onnx, version a plain ASCII integer >= 1. A reload serves versions
-new to the repository and drains removed ones; a file that cannot be served changes nothing
-(logged with the file and why, counted in lstm_model_reloads_total{result="rejected"}).
+ROOT/<name>/<version>/model.onnx, version a plain ASCII integer >= 1, inside ROOT once links
+are resolved (unless --allow-outside-links). A reload serves versions new to the repository,
+drains removed ones and reloads a served file changed in place; a file that cannot be served
+changes nothing (logged with the file and why, counted in
+lstm_model_reloads_total{result="rejected"}; a changed file's old copy goes on serving).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from lstm_serving.core.batching import Batcher
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.registry import Registry, ServedModel
-from lstm_serving.core.runtime import Model
+from lstm_serving.core.runtime import FileSignature, Model, file_signature
 from lstm_serving.core.sequences import SequenceStore
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import ConfigurationError, ModelLoadError
@@ -34,15 +36,25 @@ def _version(folder: str) -> int | None:
     return int(folder) if folder.isascii() and folder.isdigit() and int(folder) > 0 else None
 
 
-def scan_repository(root: Path) -> list[ModelFile]:
+def scan_repository(root: Path, allow_outside_links: bool = False) -> list[ModelFile]:
     """Every version's file, sorted; raises ModelLoadError when there is nothing to serve."""
     if not root.is_dir():
         raise ModelLoadError(f"model repository {root} is not a directory")
     found = []
+    inside = root.resolve()
     for path in root.glob("*/*/model.onnx"):
         version = _version(path.parent.name)
         if version is None:
             log.warning("ignored %s: version folders are integers >= 1", path)
+            continue
+        target = path.resolve()
+        if not allow_outside_links and not target.is_relative_to(inside):
+            log.warning(
+                "ignored %s: it links outside the repository, to %s (--allow-outside-links "
+                "serves it)",
+                path,
+                target,
+            )
             continue
         found.append(ModelFile(path.parent.parent.name, version, path))
     if not found:
@@ -74,7 +86,11 @@ def load_model(file: ModelFile, settings: Settings) -> Model:
 
 def load_models(settings: Settings) -> list[Model]:
     """Loads and warms every version in the repository; raises on the first that fails."""
-    return [load_model(file, settings) for file in scan_repository(settings.repository)]
+    return [load_model(file, settings) for file in scan(settings)]
+
+
+def scan(settings: Settings) -> list[ModelFile]:
+    return scan_repository(settings.repository, settings.allow_outside_links)
 
 
 def serve_models(
@@ -110,38 +126,64 @@ class RepositorySync:
     def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
         self._registry, self._settings, self._metrics = registry, settings, metrics
         self._lock = asyncio.Lock()
-        self._rejected: dict[tuple[str, int], tuple[float, int]] = {}  # file stat when refused
+        self._rejected: dict[tuple[str, int], FileSignature] = {}  # the file when refused
 
     async def reload(self) -> None:
         async with self._lock:
             try:
-                files = {(f.name, f.version): f for f in scan_repository(self._settings.repository)}
+                files = {(f.name, f.version): f for f in scan(self._settings)}
             except ModelLoadError as exc:
                 log.error("reload skipped, nothing changed: %s", exc)
                 return
             loaded = self._registry.loaded()
             for key in sorted(files.keys() - loaded):
                 await self._add(files[key])
+            for key in sorted(files.keys() & loaded):
+                served = self._registry.served(*key)
+                if file_signature(files[key].path) != served.model.file_signature:
+                    await self._add(files[key], replacing=served)
             for name, version in sorted(loaded - files.keys()):
                 served = self._registry.remove(name, version)
                 self._metrics.model_info.remove(name, str(version), served.model.provider)
-                await served.batcher.drain()
-                served.sequences.stop()
+                await _retire(served)
                 self._metrics.reloads.labels(name, "removed").inc()
                 log.info("removed %s version %d (drained)", name, version)
 
-    async def _add(self, file: ModelFile) -> None:
+    async def _add(self, file: ModelFile, replacing: ServedModel | None = None) -> None:
+        """Serves a new version, or a served version's file changed in place."""
         key = (file.name, file.version)
-        stat = file.path.stat()
-        if self._rejected.get(key) == (stat.st_mtime, stat.st_size):
+        signature = file_signature(file.path)
+        if self._rejected.get(key) == signature:
             return  # refused before and unchanged since
         try:
             model = await asyncio.to_thread(load_model, file, self._settings)
         except ConfigurationError as exc:
-            self._rejected[key] = (stat.st_mtime, stat.st_size)
+            self._rejected[key] = signature
             self._metrics.reloads.labels(file.name, "rejected").inc()
-            log.error("rejected %s version %d, still serving the others: %s", *key, exc)
+            if replacing is None:
+                log.error("rejected %s version %d, still serving the others: %s", *key, exc)
+            else:
+                log.error(
+                    "rejected the changed file of %s version %d, still serving the copy loaded "
+                    "before (a restart would fail on this file): %s",
+                    *key,
+                    exc,
+                )
             return
         serve_models(self._registry, [model], self._settings, self._metrics)
         self._metrics.reloads.labels(file.name, "loaded").inc()
-        log.info("now serving %s version %d", *key)
+        if replacing is None:
+            log.info("now serving %s version %d", *key)
+            return
+        await _retire(replacing)
+        log.info(
+            "reloaded %s version %d: its file changed in place (the old copy drained; its "
+            "server-held sequences ended)",
+            *key,
+        )
+
+
+async def _retire(served: ServedModel) -> None:
+    """Lets an unpublished version finish what it queued, then frees it."""
+    await served.batcher.drain()
+    served.sequences.stop()

@@ -48,6 +48,15 @@ def choose_providers(device: str) -> list[str]:
     return [CPU]
 
 
+FileSignature = tuple[int, int, int]  # mtime (ns), size, inode
+
+
+def file_signature(path: Path) -> FileSignature:
+    """What tells a file changed in place (or was replaced) since it was loaded."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
 class Model:
     """One loaded model version: runs padded batches with their lengths as sequence_lens."""
 
@@ -55,6 +64,7 @@ class Model:
         self, path: Path, name: str, version: int, device: str = "cpu", intra_op_threads: int = 1
     ) -> None:
         self.name, self.version, self.path = name, version, path
+        self.file_signature = file_signature(path)  # before reading: a write during it shows
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1

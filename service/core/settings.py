@@ -126,6 +126,13 @@ class Settings:
             "(0: only on SIGHUP)"
         },
     )
+    allow_outside_links: bool = field(
+        default=False,
+        metadata={
+            "help": "serve model folders or files that are symlinks to places outside "
+            "--repository (ignored with a warning otherwise)"
+        },
+    )
     reflection: bool = field(
         default=True, metadata={"help": "serve gRPC server reflection (--no-reflection: off)"}
     )

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 
 from lstm_serving.core.metrics import METRICS_TMP_PREFIX, MULTIPROC_ENV, multiprocess_mode
-from lstm_serving.core.repository import scan_repository
+from lstm_serving.core.repository import scan
 from lstm_serving.core.settings import Settings, parse_settings
 from lstm_serving.errors import ConfigurationError
 from lstm_serving.server.app import serve
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     raise_open_files_limit()
     try:  # fail fast, before forking, on a repository with nothing to serve
-        scan_repository(settings.repository)
+        scan(settings)
         if settings.workers == 1:
             run_process(settings, reuse_port=False)
             return 0

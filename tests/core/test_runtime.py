@@ -41,6 +41,25 @@ def test_scan_repository(tmp_path: Path, seed_repository: Path) -> None:
         scan_repository(tmp_path / "d")
 
 
+def test_links_out_of_the_repository_are_ignored_unless_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, outside = tmp_path / "models", tmp_path / "elsewhere"
+    for folder in (root / "a/1", outside / "1"):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"")
+    (root / "a/2").symlink_to(root / "a/1")  # a link that stays inside: served
+    (root / "b").symlink_to(outside)  # a model folder from elsewhere
+    (root / "a/3").mkdir()
+    (root / "a/3/model.onnx").symlink_to(outside / "1/model.onnx")  # a file from elsewhere
+    assert [(m.name, m.version) for m in scan_repository(root)] == [("a", 1), ("a", 2)]
+    assert f"ignored {root}/a/3/model.onnx: it links outside the repository" in caplog.text
+    assert f"ignored {root}/b/1/model.onnx" in caplog.text
+    assert "--allow-outside-links" in caplog.text
+    allowed = scan_repository(root, allow_outside_links=True)
+    assert [(m.name, m.version) for m in allowed] == [("a", 1), ("a", 2), ("a", 3), ("b", 1)]
+
+
 def test_seed_model_loads_with_its_architecture(seed_repository: Path) -> None:
     model = _seed(seed_repository)
     assert model.provider == CPU

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import shutil
 import signal
 import time
@@ -173,3 +175,39 @@ async def test_files_that_cannot_be_served_are_refused_by_name_and_reload_goes_o
     assert "ignored" in caplog.text and "seed/²/model.onnx" in caplog.text
     samples = parse(generate_latest(server.metrics.registry).decode())
     assert value(samples, "lstm_model_reloads_total", model="seed", result="rejected") == 4
+
+
+async def test_a_served_file_changed_in_place_is_reloaded_or_refused(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a served model.onnx truncated in place went unnoticed until a restart, which
+    then failed. Now a reload refuses the broken file (the copy in memory goes on serving) and
+    serves a good replacement."""
+    caplog.set_level(logging.INFO, logger="lstm_serving.core.repository")
+    server = await start_server(repository=repository)
+    path = repository / "seed/1/model.onnx"
+    good = path.read_bytes()
+    loaded = server.registry.served("seed", 1).model
+    try:
+        async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
+            expected = (await client.predict("seed", X)).last_hidden
+            with path.open("r+b") as file:  # in place: the same inode, half of it left
+                file.truncate(len(good) // 2)
+            await server.reload()
+            await server.reload()  # unchanged since refused: not tried again
+            assert "rejected the changed file of seed version 1, still serving" in caplog.text
+            assert server.registry.served("seed", 1).model is loaded
+            assert np.array_equal((await client.predict("seed", X)).last_hidden, expected)
+
+            path.write_bytes(good)  # repaired in place, a second later
+            later = path.stat().st_mtime_ns + 1_000_000_000
+            os.utime(path, ns=(later, later))
+            await server.reload()
+            assert "reloaded seed version 1: its file changed in place" in caplog.text
+            assert server.registry.served("seed", 1).model is not loaded
+            assert np.array_equal((await client.predict("seed", X)).last_hidden, expected)
+    finally:
+        await server.stop(grace=1)
+    samples = parse(generate_latest(server.metrics.registry).decode())
+    assert value(samples, "lstm_model_reloads_total", model="seed", result="rejected") == 1
+    assert value(samples, "lstm_model_reloads_total", model="seed", result="loaded") == 1
