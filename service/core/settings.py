@@ -27,8 +27,15 @@ class Settings:
     metrics_host: str = field(
         default="127.0.0.1",
         metadata={
-            "help": "address /metrics listens on (it has no auth: 0.0.0.0 only where a "
-            "Prometheus on another host must scrape it over a trusted network)"
+            "help": "address /metrics listens on (without --metrics-tls it has no auth: "
+            "0.0.0.0 only where a Prometheus on another host scrapes it over a trusted network)"
+        },
+    )
+    metrics_tls: bool = field(
+        default=False,
+        metadata={
+            "help": "serve /metrics over TLS with --tls-cert/--tls-key (and, with "
+            "--tls-client-ca, only to scrapers holding a client certificate it signed)"
         },
     )
     metrics_port: int = field(
@@ -248,6 +255,8 @@ def parse_settings(
             f"--max-queue-steps ({args['max_queue_steps']}) must be >= --max-request-steps "
             f"({args['max_request_steps']}): a request that large could never be queued"
         )
+    if args["metrics_tls"] and args["tls_cert"] is None:
+        parser.error("--metrics-tls needs --tls-cert and --tls-key")
     if (args["tls_cert"] is None) != (args["tls_key"] is None):
         parser.error("--tls-cert and --tls-key go together")
     if args["tls_client_ca"] is not None and args["tls_cert"] is None:

@@ -130,8 +130,14 @@ class LstmServer:
             raise StartupError(f"cannot listen on {target} (is the port in use?)")
         if self.settings.metrics_port and not self._reuse_port:
             registry = aggregate_registry() if multiprocess_mode() else self.metrics.registry
+            cert, key = self.settings.tls_cert, self.settings.tls_key
+            tls = (cert, key) if cert and key and self.settings.metrics_tls else None
             self._metrics_http = MetricsEndpoint(
-                self.settings.metrics_port, self.settings.metrics_host, registry
+                self.settings.metrics_port,
+                self.settings.metrics_host,
+                registry,
+                tls,
+                self.settings.tls_client_ca if tls else None,
             )
         await self._server.start()
         return self.port
@@ -153,12 +159,11 @@ class LstmServer:
             )
             if on
         ]
-        metrics = (
-            f"; metrics on http://{address(self.settings.metrics_host, self._metrics_http.port)}"
-            "/metrics"
-            if self._metrics_http is not None
-            else ""
-        )
+        metrics = ""
+        if self._metrics_http is not None:
+            scheme = "https" if self.settings.metrics_tls else "http"
+            where = address(self.settings.metrics_host, self._metrics_http.port)
+            metrics = f"; metrics on {scheme}://{where}/metrics"
         log.info(
             "SERVING on %s%s%s",
             address(self.settings.host, self.port),

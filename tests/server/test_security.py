@@ -5,11 +5,16 @@ Over 250 lines: the certificate authority built here serves every case in the fi
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import json
+import socket
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,8 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from lstm_serving.client.client import AsyncLstmClient, Security
+from lstm_serving.core.metrics import MetricsEndpoint
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.server.app import LstmServer
@@ -288,3 +295,48 @@ async def test_tokens_are_re_read_on_sighup(seed_repository: Path, tmp_path: Pat
         assert await _works(target, Security(token="new-token"))
     finally:
         await server.stop(grace=1)
+
+
+async def test_metrics_over_mutual_tls(pki: Path, seed_repository: Path) -> None:
+    """--metrics-tls: /metrics with the server's certificate, only to scrapers holding a client
+    certificate; a connection that never starts its handshake neither blocks other scrapers
+    nor holds its thread past the idle timeout."""
+    server = await start_server(
+        repository=seed_repository,
+        metrics_port=free_port(),
+        metrics_host="127.0.0.1",
+        metrics_tls=True,
+        tls_cert=pki / "server.pem",
+        tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.pem",
+    )
+    try:
+        await asyncio.to_thread(_scrape_over_tls, server.settings.metrics_port, pki)
+    finally:
+        await server.stop(grace=1)
+
+
+def _scrape_over_tls(port: int, pki: Path) -> None:
+    url = f"https://127.0.0.1:{port}/metrics"
+    scraper = ssl.create_default_context(cafile=pki / "ca.pem")
+    scraper.load_cert_chain(pki / "client.pem", pki / "client.key")
+    anonymous = ssl.create_default_context(cafile=pki / "ca.pem")
+    with socket.create_connection(("127.0.0.1", port)):  # connected, and silent
+        for _ in range(3):
+            with urllib.request.urlopen(url, context=scraper, timeout=10) as response:
+                assert b"lstm_requests_total" in response.read()
+    with pytest.raises(OSError):  # ssl.SSLError or a reset: no client certificate
+        urllib.request.urlopen(url, context=anonymous, timeout=10).read()
+    with pytest.raises(OSError):  # plain HTTP to the TLS port
+        urllib.request.urlopen(url.replace("https", "http"), timeout=10).read()
+
+
+def test_metrics_connections_that_send_nothing_are_closed() -> None:
+    endpoint = MetricsEndpoint(0, "127.0.0.1", CollectorRegistry(), idle_timeout=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as idle:
+            began = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server (a hang fails at 10 s)
+            assert time.monotonic() - began < 5
+    finally:
+        endpoint.close()
