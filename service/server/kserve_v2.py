@@ -18,7 +18,6 @@ from google.protobuf.message import Message
 
 from lstm_serving.errors import ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
-from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.protocols import kserve_v2
 from lstm_serving.server.codec import decoded
 from lstm_serving.server.status import (
@@ -27,6 +26,7 @@ from lstm_serving.server.status import (
     answers_errors,
     caller_of,
     deadline_of,
+    sent,
 )
 from lstm_serving.version import __version__
 
@@ -59,7 +59,7 @@ class _HeldBytes:
         await self._below.wait()
 
 
-class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(ObservedServicer):
     LABEL_FIELDS: ClassVar[Mapping[str, tuple[str, str]]] = {
         "ModelInfer": ("model_name", "model_version"),
         "ModelStreamInfer": ("model_name", "model_version"),
@@ -117,7 +117,7 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
-    ) -> AsyncIterator[v2.ModelStreamInferResponse]:
+    ) -> None:
         """Every request is submitted as it arrives (so they batch); answers keep their order.
 
         A bad request gets `error_message` on the stream, which stays open for the next one.
@@ -155,7 +155,8 @@ class InferenceServicer(ObservedServicer, v2_grpc.GRPCInferenceServiceServicer):
         try:
             while (task := await pending.get()) is not None:
                 response, size = await task
-                yield response
+                if not await sent(context, response):
+                    return
                 held.release(size)
             await reader
         finally:

@@ -12,7 +12,6 @@ from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.settings import Settings
 from lstm_serving.proto.v1 import lstm_pb2 as pb
-from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.protocols import lstm_v1
 from lstm_serving.server.codec import decoded
 from lstm_serving.server.status import (
@@ -22,10 +21,11 @@ from lstm_serving.server.status import (
     answers_errors,
     caller_of,
     deadline_of,
+    sent,
 )
 
 
-class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
+class LstmServicer(ObservedServicer):
     LABEL_FIELDS: ClassVar[Mapping[str, tuple[str, str]]] = {
         "Predict": ("model", "version"),
         "PredictStream": ("model", "version"),
@@ -53,7 +53,7 @@ class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
 
     async def PredictStream(
         self, request_iterator: AsyncIterator[pb.PredictRequest], context: Context
-    ) -> AsyncIterator[pb.PredictResponse]:
+    ) -> None:
         """One message at a time, each answered before the next is read: a failed message
         ends the stream with its status, and nothing after it has run."""
         deadline, owner = deadline_of(context), caller_of(context)
@@ -70,7 +70,8 @@ class LstmServicer(ObservedServicer, pb_grpc.LstmServiceServicer):
                     code, message = self.failed("PredictStream", request, exc, started)
                     await context.abort(code, message)
                 self.record("PredictStream", request, response, grpc.StatusCode.OK, started)
-                yield response
+                if not await sent(context, response):
+                    return
         finally:
             self.close_stream()
 

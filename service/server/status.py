@@ -108,6 +108,18 @@ def deadline_of(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+async def sent(context: Context, response: Message) -> bool:
+    """Writes one answer of a stream; False when the caller has gone, which ends the stream
+    quietly (an answer yielded to a cancelled stream makes gRPC log a traceback instead)."""
+    try:
+        await context.write(response)
+    except Exception:
+        if context.cancelled() or context.done():
+            return False
+        raise
+    return True
+
+
 class OpenStreams:
     """Streams open on this server, both protocols together, and how many may be (--max-streams)."""
 
