@@ -108,6 +108,14 @@ class Settings:
             "(GOAWAY; clients reconnect when they next call); 0: never"
         },
     )
+    max_connection_age: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds after which a connection is asked to close (GOAWAY; calls in "
+            "flight get --grace-period to finish, clients reconnect), so clients of a scaled-out "
+            "service spread onto new replicas; 0: never"
+        },
+    )
     max_concurrent_streams: int = field(
         default=1024,
         metadata={
@@ -197,6 +205,7 @@ _NON_NEGATIVE = (
     "reload_interval",
     "sequence_idle_timeout",
     "max_connection_idle",
+    "max_connection_age",
 )
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -49,7 +49,13 @@ REFUSAL_WINDOW_S = 0.5  # on shutdown: new calls get UNAVAILABLE this long befor
 # reaches the servicers, which answer it or refuse it RESOURCE_EXHAUSTED (--max-queue-size),
 # counted and logged; the Python side picks up ~10k calls/s, so a full backlog clears in seconds.
 MAX_PENDING_CALLS = 65536
+KEEPALIVE_MIN_MS = 10_000
 SERVICES = (LSTM_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+
+
+def _seconds_option(name: str, seconds: float) -> list[tuple[str, int]]:
+    """A gRPC option in milliseconds; none for 0 (gRPC's default: never)."""
+    return [(name, int(seconds * 1000))] if seconds else []
 
 
 def address(host: str, port: int) -> str:
@@ -89,11 +95,15 @@ class LstmServer:
                 # UNAVAILABLE with it, none without (the client queues what is over the limit),
                 # and the rapid reset above cost the same either way (+17 MB, 0.16 s).
                 ("grpc.http.overload_protection", 0),
-                *(
-                    [("grpc.max_connection_idle_ms", int(settings.max_connection_idle * 1000))]
-                    if settings.max_connection_idle
-                    else []
-                ),
+                # Keepalive pings from clients: one per 10 s at most (LstmClient sends one every
+                # 30 s), more than 2 too soon and the connection is closed (too_many_pings), so a
+                # ping flood costs nothing.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MIN_MS),
+                ("grpc.http2.max_ping_strikes", 2),
+                ("grpc.keepalive_permit_without_calls", 1),
+                *_seconds_option("grpc.max_connection_idle_ms", settings.max_connection_idle),
+                *_seconds_option("grpc.max_connection_age_ms", settings.max_connection_age),
+                *_seconds_option("grpc.max_connection_age_grace_ms", settings.grace_period),
             ],
         )
         dataplane = DataPlane(self.registry, settings)

@@ -89,6 +89,31 @@ async def test_limits(seed_repository: Path) -> None:
         await server.stop(grace=1)
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + SETTINGS
+GOAWAY, ENHANCE_YOUR_CALM = 7, 11
+
+
+def until_closed(port: int, send: bytes = b"") -> tuple[bytes, float]:
+    """Opens a raw HTTP/2 connection, sends `send`, and reads until the server closes it (a
+    hang past 10 s fails): what the server sent, and after how many seconds it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(PREFACE + send)
+        began, received = time.monotonic(), b""
+        while chunk := connection.recv(4096):
+            received += chunk
+        return received, time.monotonic() - began
+
+
+def goaway_code(frames: bytes) -> int | None:
+    """The error code of the first GOAWAY among `frames`."""
+    while len(frames) >= 9:
+        length, kind = int.from_bytes(frames[:3], "big"), frames[3]
+        if kind == GOAWAY:
+            return int.from_bytes(frames[13:17], "big")
+        frames = frames[9 + length :]
+    return None
+
+
 def test_idle_connections_are_closed_and_the_files_limit_is_raised(seed_repository: Path) -> None:
     """A connection that never calls is closed after --max-connection-idle (here 1 s); without
     it, 1,100 of them filled a 1,024-descriptor server."""
@@ -96,14 +121,29 @@ def test_idle_connections_are_closed_and_the_files_limit_is_raised(seed_reposito
     process = start(seed_repository, port, "--max-connection-idle", "1")
     try:
         wait_serving(process, port)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
-            idle.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
-            began = time.monotonic()
-            while idle.recv(4096):  # the server's SETTINGS, then GOAWAY, then EOF (a hang
-                pass  # past the socket's 10 s timeout fails the test)
-            closed_after = time.monotonic() - began
+        frames, closed_after = until_closed(port)
+        assert goaway_code(frames) is not None and b"connection idle" in frames
         assert 0.5 < closed_after < 8
     finally:
         code, err = stop(process)
     assert code == 0, err
     assert re.search(r"open files limit: \d+ \(was \d+; hard limit \d+\)", err)
+
+
+def test_old_connections_and_ping_floods_are_closed(seed_repository: Path) -> None:
+    """--max-connection-age asks a connection to go (clients reconnect, spreading over
+    replicas); a client pinging more often than every 10 s is cut off (too_many_pings)."""
+    port = free_port()
+    args = ("--max-connection-idle", "0", "--max-connection-age", "1", "--grace-period", "1")
+    process = start(seed_repository, port, *args)
+    try:
+        wait_serving(process, port)
+        frames, closed_after = until_closed(port)
+        assert goaway_code(frames) == 0 and 0.5 < closed_after < 8
+        pings = b"".join(bytes([0, 0, 8, 6, 0, 0, 0, 0, 0]) + bytes([n] * 8) for n in range(5))
+        frames, closed_after = until_closed(port, pings)
+        assert goaway_code(frames) == ENHANCE_YOUR_CALM and closed_after < 0.9  # before its age
+        assert b"too_many_pings" in frames
+    finally:
+        code, err = stop(process)
+    assert code == 0, err
