@@ -39,7 +39,12 @@ SEQUENCE_COMMAND = "sequence"  # not a tensor name
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lstm-client", description="Client for lstm-serve.")
-    p.add_argument("--target", default="localhost:50051", help="HOST:PORT of the server")
+    p.add_argument(
+        "--target",
+        default="localhost:50051",
+        help="HOST:PORT of the server; several IP:PORT,IP:PORT or one dns:///NAME:PORT "
+        "spread calls round-robin over every address",
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--tls-ca", type=Path, help="PEM CA of the server's certificate: use TLS")

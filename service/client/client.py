@@ -6,6 +6,8 @@ implementation: the blocking client runs the asyncio one on a private event-loop
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,12 +64,46 @@ class Security:
 
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-# Large requests and answers are the server's to refuse (--max-message-bytes), not ours.
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+CHANNEL_OPTIONS = [
+    # Large requests and answers are the server's to refuse (--max-message-bytes), not ours.
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # Calls spread over every address the target resolves to (gRPC's own round_robin policy):
+    # the replicas behind a headless Service's dns:/// name, or a list of IP:PORT. A server's
+    # --max-connection-age GOAWAY makes the channel resolve the name again, finding new ones.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    # A dead replica (node gone, no FIN) is noticed within 40 s, not at the next TCP timeout;
+    # servers accept a ping every 10 s at most.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+def channel_target(target: str) -> str:
+    """A gRPC target: `HOST:PORT`, `dns:///NAME:PORT`, or several `IP:PORT` separated by
+    commas (gRPC's ipv4:/ipv6: lists; several names need one dns:/// name that resolves to
+    them all, such as a Kubernetes headless Service)."""
+    if "," not in target:
+        return target
+    addresses = [a.strip() for a in target.split(",") if a.strip()]
+    families = set()
+    for address in addresses:
+        host = address.rsplit(":", 1)[0].strip("[]")
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ValueError(
+                f"target {address!r} in a list must be IP:PORT; to balance over the addresses "
+                "of a name, give one dns:///NAME:PORT target"
+            ) from None
+    if len(families) != 1:
+        raise ValueError(f"targets {target!r} mix IPv4 and IPv6 addresses")
+    return f"ipv{families.pop()}:{','.join(addresses)}"
 
 
 def aio_channel(target: str, security: Security | None = None) -> grpc.aio.Channel:
     security = security or Security()
+    target = channel_target(target)
     if security.tls:
         return grpc.aio.secure_channel(target, security.credentials(), CHANNEL_OPTIONS)
     return grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
