@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +37,31 @@ def _version(folder: str) -> int | None:
     return int(folder) if folder.isascii() and folder.isdigit() and int(folder) > 0 else None
 
 
-def scan_repository(root: Path, allow_outside_links: bool = False) -> list[ModelFile]:
-    """Every version's file, sorted; raises ModelLoadError when there is nothing to serve."""
+def _candidates(root: Path, model_name: str) -> Iterator[tuple[str, str, Path]]:
+    """(model name, version folder, file) for each model.onnx where the layout puts one."""
+    if not model_name:
+        for path in root.glob("*/*/model.onnx"):
+            yield path.parent.parent.name, path.parent.name, path
+        return
+    for path in root.glob("*/model.onnx"):
+        yield model_name, path.parent.name, path
+    if (root / "model.onnx").is_file():  # one file, no version folder: version 1
+        yield model_name, "1", root / "model.onnx"
+
+
+def scan_repository(
+    root: Path, allow_outside_links: bool = False, model_name: str = ""
+) -> list[ModelFile]:
+    """Every version's file, sorted; raises ModelLoadError when there is nothing to serve.
+
+    With `model_name`, `root` is that one model's folder (KServe mounts one at /mnt/models):
+    root/<version>/model.onnx, or root/model.onnx as version 1."""
     if not root.is_dir():
         raise ModelLoadError(f"model repository {root} is not a directory")
-    found = []
+    found: dict[tuple[str, int], ModelFile] = {}
     inside = root.resolve()
-    for path in root.glob("*/*/model.onnx"):
-        version = _version(path.parent.name)
+    for name, folder, path in _candidates(root, model_name):
+        version = _version(folder)
         if version is None:
             log.warning("ignored %s: version folders are integers >= 1", path)
             continue
@@ -56,13 +74,20 @@ def scan_repository(root: Path, allow_outside_links: bool = False) -> list[Model
                 target,
             )
             continue
-        found.append(ModelFile(path.parent.parent.name, version, path))
+        if (name, version) in found:
+            log.warning(
+                "ignored %s: %s is version %d too", path, found[name, version].path, version
+            )
+            continue
+        found[name, version] = ModelFile(name, version, path)
     if not found:
-        raise ModelLoadError(
-            f"no models in {root}: expected {root}/<name>/<version>/model.onnx "
-            "(make one with lstm-export)"
+        layout = (
+            "<version>/model.onnx or model.onnx" if model_name else "<name>/<version>/model.onnx"
         )
-    return sorted(found, key=lambda m: (m.name, m.version))
+        raise ModelLoadError(
+            f"no models in {root}: expected {root}/{layout} (make one with lstm-export)"
+        )
+    return sorted(found.values(), key=lambda m: (m.name, m.version))
 
 
 def load_model(file: ModelFile, settings: Settings) -> Model:
@@ -90,7 +115,7 @@ def load_models(settings: Settings) -> list[Model]:
 
 
 def scan(settings: Settings) -> list[ModelFile]:
-    return scan_repository(settings.repository, settings.allow_outside_links)
+    return scan_repository(settings.repository, settings.allow_outside_links, settings.model_name)
 
 
 def serve_models(

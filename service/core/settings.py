@@ -22,6 +22,14 @@ class Settings:
         default=Path("models"),
         metadata={"help": "model repository: DIR/<name>/<version>/model.onnx"},
     )
+    model_name: str = field(
+        default="",
+        metadata={
+            "help": "serve --repository as this one model's folder: DIR/<version>/model.onnx, "
+            "or DIR/model.onnx as version 1 (KServe mounts one model at /mnt/models); "
+            "empty: DIR/<name>/<version>/model.onnx"
+        },
+    )
     host: str = field(default="0.0.0.0", metadata={"help": "address to listen on"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free one)"})
     metrics_host: str = field(

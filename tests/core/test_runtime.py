@@ -60,6 +60,24 @@ def test_links_out_of_the_repository_are_ignored_unless_allowed(
     assert [(m.name, m.version) for m in allowed] == [("a", 1), ("a", 2), ("a", 3), ("b", 1)]
 
 
+def test_one_model_folder_under_a_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """--model-name: the repository is one model's folder, as KServe mounts it."""
+    (tmp_path / "model.onnx").write_bytes(b"")
+    assert [(m.name, m.version) for m in scan_repository(tmp_path, model_name="m")] == [("m", 1)]
+    for version in ("1", "3"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "model.onnx").write_bytes(b"")
+    found = scan_repository(tmp_path, model_name="m")
+    assert [(m.name, m.version, m.path.parent.name) for m in found] == [
+        ("m", 1, "1"),
+        ("m", 3, "3"),
+    ]
+    assert "model.onnx: " in caplog.text and "is version 1 too" in caplog.text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=r"<version>/model.onnx or model.onnx"):
+        scan_repository(tmp_path / "empty", model_name="m")
+
+
 def test_seed_model_loads_with_its_architecture(seed_repository: Path) -> None:
     model = _seed(seed_repository)
     assert model.provider == CPU
