@@ -16,7 +16,7 @@ COPY service ./service
 COPY export ./export
 
 FROM base AS server
-RUN pip install -c constraints.txt ".[server]" && python -c "import lstm_serving.server.main"
+RUN pip install -c constraints.txt ".[server,tracing]" && python -c "import lstm_serving.server.main"
 USER 10001:10001
 EXPOSE 50051 8002
 HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 \

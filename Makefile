@@ -17,7 +17,7 @@ $(VENV)/.base: $(BIN)/python pyproject.toml constraints.txt
 # Everything: the export stage (torch CPU wheel) and the dev tools.
 $(VENV)/.dev: $(VENV)/.base
 	@echo "Installing the export and dev extras (torch CPU wheel) ..."
-	$(PIP) -e '.[server,export,dev]'
+	$(PIP) -e '.[server,export,dev,tracing]'
 	touch $@
 
 serve: $(VENV)/.base
@@ -45,7 +45,7 @@ test: lint system-deps
 # The side-by-side benchmark (about 12 minutes): writes BENCHMARKS.md and benchmarks/*.
 # MLServer goes into .venv-mlserver, a venv of its own.
 $(VENV)/.bench: $(VENV)/.dev
-	$(PIP) -e '.[server,export,dev,bench]'
+	$(PIP) -e '.[server,export,dev,tracing,bench]'
 	touch $@
 
 bench: $(VENV)/.bench

@@ -40,6 +40,19 @@ PIPELINE_DEPTH = 2
 RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str], States | None], Arrays]
 
 
+@dataclass
+class RunTiming:
+    """When one traced request waited and ran (time.monotonic seconds), filled in by the
+    batcher for the tracing spans; the model is named by whoever asked."""
+
+    model: str = ""
+    version: int = 0
+    queued: float = 0.0  # when it joined the queue
+    started: float = 0.0  # when its batch was handed to ONNX Runtime
+    compute_seconds: float = 0.0  # the batch's run itself
+    batch_size: int = 0  # sequences in that batch
+
+
 @dataclass(frozen=True)
 class BatchReport:
     """One run, as the metrics see it."""
@@ -74,6 +87,7 @@ class _Request:
     deadline: float | None  # time.monotonic() value, or None for no deadline
     initial: States | None  # [directions, b, units] per initial_state name; None: zeros
     future: asyncio.Future[Arrays]
+    timing: RunTiming | None = None
     arrived: float = field(default_factory=time.monotonic)
 
     @property
@@ -166,11 +180,13 @@ class Batcher:
         outputs: Sequence[str],
         deadline: float | None = None,
         initial: States | None = None,
+        timing: RunTiming | None = None,
     ) -> Arrays:
         """Queues one request and waits for its own rows of the requested outputs."""
         self.admit(inputs.shape[0] * inputs.shape[1])
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(inputs, lengths, tuple(outputs), deadline, initial, future))
+        request = _Request(inputs, lengths, tuple(outputs), deadline, initial, future, timing)
+        self._queue.append(request)
         self._queued_rows += inputs.shape[0]
         self._queued_steps += inputs.shape[0] * inputs.shape[1]
         self._idle.clear()
@@ -275,6 +291,9 @@ class Batcher:
             return
         start = 0
         for request in batch:
+            if request.timing is not None:
+                request.timing.queued, request.timing.started = request.arrived, started
+                request.timing.compute_seconds, request.timing.batch_size = compute, len(lengths)
             if not request.future.done():
                 request.future.set_result(
                     split(results, request.outputs, start, request.rows, request.inputs.shape[1])

@@ -180,6 +180,14 @@ class Settings:
             "type": Path,
         },
     )
+    otlp_endpoint: str = field(
+        default="",
+        metadata={
+            "help": "send OpenTelemetry traces of every call to this OTLP/gRPC collector, e.g. "
+            "http://otel-collector:4317 (the [tracing] extra; the caller's traceparent is "
+            "continued); empty: no tracing"
+        },
+    )
     log_level: str = field(
         default="info",
         metadata={"help": "logging level", "choices": ("debug", "info", "warning", "error")},

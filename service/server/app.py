@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,6 +37,9 @@ from lstm_serving.server.kserve_v2 import InferenceServicer
 from lstm_serving.server.lstm_v1 import LstmServicer
 from lstm_serving.server.security import BearerTokenInterceptor, server_credentials
 from lstm_serving.server.status import OpenStreams
+
+if TYPE_CHECKING:
+    from lstm_serving.server.tracing import Tracing
 
 log = logging.getLogger("lstm-serve")
 
@@ -65,7 +69,11 @@ def address(host: str, port: int) -> str:
 class LstmServer:
     """One server process. `reuse_port`: a worker sharing the port (its parent serves /metrics)."""
 
-    def __init__(self, settings: Settings, reuse_port: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, reuse_port: bool = False, span_exporter: Any = None
+    ) -> None:
+        """`span_exporter`: an OpenTelemetry SpanExporter to trace to (--otlp-endpoint makes
+        one), for embedding and tests."""
         self.settings = settings
         self.registry = Registry()
         self.metrics = Metrics()
@@ -108,10 +116,13 @@ class LstmServer:
         )
         dataplane = DataPlane(self.registry, settings)
         streams = OpenStreams(settings.max_streams)
+        self._tracing = _tracing(settings, span_exporter)
+        traced = self._tracing.traced if self._tracing is not None else None
+        lstm_servicer = LstmServicer(dataplane, settings, self.metrics, streams)
+        add_servicer(self._server, lstm_servicer, LSTM_API, traced)
         add_servicer(
-            self._server, LstmServicer(dataplane, settings, self.metrics, streams), LSTM_API
+            self._server, InferenceServicer(dataplane, self.metrics, streams), V2_API, traced
         )
-        add_servicer(self._server, InferenceServicer(dataplane, self.metrics, streams), V2_API)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.reflection:
             reflection.enable_server_reflection(SERVICES, self._server)
@@ -205,9 +216,24 @@ class LstmServer:
         await self.registry.stop()
         if self._metrics_http is not None:
             self._metrics_http.close()
+        if self._tracing is not None:
+            self._tracing.close()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
+
+
+def _tracing(settings: Settings, exporter: Any) -> Tracing | None:
+    """Tracing when asked for; opentelemetry is imported only then (the [tracing] extra)."""
+    if not settings.otlp_endpoint and exporter is None:
+        return None
+    try:
+        from lstm_serving.server.tracing import Tracing
+    except ImportError as exc:
+        raise StartupError(
+            f"--otlp-endpoint needs OpenTelemetry ({exc}): install lstm-serving[tracing]"
+        ) from exc
+    return Tracing(exporter) if exporter is not None else Tracing.otlp(settings.otlp_endpoint)
 
 
 async def serve(settings: Settings, reuse_port: bool = False) -> None:

@@ -61,16 +61,24 @@ def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undeco
     return decode
 
 
-def add_servicer(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
-    """Serves every method of `service` from the servicer's method of the same name."""
-    handlers = {
-        method.name: _HANDLER_KINDS[method.client_streaming, method.server_streaming](
-            getattr(servicer, method.name),
+def add_servicer(
+    server: grpc.aio.Server,
+    servicer: Any,
+    service: ServiceDescriptor,
+    traced: Callable[[str, Any], Any] | None = None,
+) -> None:
+    """Serves every method of `service` from the servicer's method of the same name, each
+    wrapped by `traced(rpc, handler)` when tracing is on."""
+    handlers = {}
+    for method in service.methods:
+        handler = getattr(servicer, method.name)
+        if traced is not None:
+            handler = traced(f"{service.full_name}/{method.name}", handler)
+        handlers[method.name] = _HANDLER_KINDS[method.client_streaming, method.server_streaming](
+            handler,
             request_deserializer=_decoder(GetMessageClass(method.input_type)),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )
-        for method in service.methods
-    }
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
