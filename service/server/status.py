@@ -109,14 +109,14 @@ def deadline_of(context: Context) -> float | None:
 
 
 async def sent(context: Context, response: Message) -> bool:
-    """Writes one answer of a stream; False when the caller has gone, which ends the stream
-    quietly (an answer yielded to a cancelled stream makes gRPC log a traceback instead)."""
+    """Writes one answer of a stream; False when it cannot be (the caller has gone: gRPC
+    marks the call cancelled only a moment later), which ends the stream quietly. An answer
+    yielded to such a stream makes gRPC log a traceback instead."""
     try:
         await context.write(response)
-    except Exception:
-        if context.cancelled() or context.done():
-            return False
-        raise
+    except Exception as exc:  # gRPC's own ExecuteBatchError, not a public type
+        log.debug("a stream's answer could not be sent, its caller has gone: %r", exc)
+        return False
     return True
 
 
