@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint system-deps proto seed bench clean
+.PHONY: serve test lint system-deps image-test proto seed bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,15 +29,23 @@ lint: $(VENV)/.dev
 	scripts/typecheck_tree.sh
 	$(BIN)/mypy
 
-# nginx and promtool, for the load-balancer and Prometheus-config tests (they skip, saying
-# why, where these cannot be installed: not root, or no apt-get).
+# nginx and promtool, for the load-balancer and Prometheus-config tests; podman, runc and
+# debootstrap, for the image tests (they skip, saying why, where these cannot be installed:
+# not root, or no apt-get).
+SYSTEM_TOOLS := nginx promtool podman runc debootstrap
 system-deps:
-	@if command -v nginx >/dev/null && command -v promtool >/dev/null; then :; \
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "Installing nginx and prometheus (promtool) from Debian ..."; \
+		echo "Installing nginx, prometheus (promtool), podman, runc, debootstrap from Debian ..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends nginx prometheus >/dev/null; \
-	else echo "note: nginx/promtool missing and not installable here; their tests will skip"; fi
+			--no-install-recommends nginx prometheus podman runc debootstrap >/dev/null; \
+	else echo "note:$$missing missing and not installable here; the tests needing them skip"; fi
+
+# The real images (server and export targets) built with podman and run as docker-compose
+# runs them: tests/deploy/test_images.py, which `make test` also runs.
+image-test: $(VENV)/.dev system-deps
+	$(BIN)/pytest -v -s tests/deploy/test_images.py
 
 test: lint system-deps
 	$(BIN)/pytest
