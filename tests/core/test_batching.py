@@ -51,13 +51,13 @@ class GatedModel:
 
 
 def _batcher(run: RunFn, name: str = "t", **limits: float) -> Batcher:
-    """Started; inline_seconds 0 by default: a gated model must run on the worker thread."""
+    """Started; runs never inline by default: a gated model must run on the worker thread."""
     settings: dict[str, float] = {
         "max_batch_size": 8,
         "max_queue_delay_s": 0.0,
         "max_queue_size": 4,
         "max_queue_steps": 2**40,
-        "inline_seconds": 0.0,
+        "inline_runs": 0,
         **limits,
     }
     batcher = Batcher(
@@ -67,7 +67,7 @@ def _batcher(run: RunFn, name: str = "t", **limits: float) -> Batcher:
         max_queue_delay_s=settings["max_queue_delay_s"],
         max_queue_size=int(settings["max_queue_size"]),
         max_queue_steps=int(settings["max_queue_steps"]),
-        inline_seconds=settings["inline_seconds"],
+        inline_runs=bool(settings["inline_runs"]),
     )
     batcher.start()
     return batcher
@@ -255,8 +255,9 @@ async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
         threads.append(threading.current_thread().name)
         return {"last_hidden": inputs[:, -1]}
 
-    batcher = _batcher(run, inline_seconds=1.0)
-    for _ in range(2):  # the first run is measured on the worker thread, the next inline
+    batcher = _batcher(run, inline_runs=1)
+    for _ in range(2):  # the first run is measured on the worker thread, the next inline: it
+        # costs microseconds, the hop to the thread and back more
         await batcher.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
 
     def slow_run(
@@ -265,8 +266,8 @@ async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
         time.sleep(0.02)
         return run(inputs, lengths, outputs, initial)
 
-    slow = _batcher(slow_run, name="s", inline_seconds=1e-3)
-    for _ in range(2):  # 20 ms a run: never inline
+    slow = _batcher(slow_run, name="s", inline_runs=1)
+    for _ in range(2):  # 20 ms a run, far more than the hop: never inline
         await slow.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
     await batcher.stop()
     await slow.stop()
