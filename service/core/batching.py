@@ -113,7 +113,9 @@ class Batcher:
         # 0.15 ms on one machine, 0.07 ms on another, against a 0.1 ms constant).
         self._inline_runs = inline_runs
         self._step_seconds = float("inf")  # measured: seconds per sequence-step of a run
-        self._hop_seconds = 0.0  # measured: a worker-thread run's wall time less its compute
+        # measured: the least a worker-thread run has cost beyond its compute (its own cost;
+        # more is the event loop being busy, which running inline would not save)
+        self._hop_seconds = float("inf")
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -273,7 +275,7 @@ class Batcher:
             steps = inputs.shape[0] * inputs.shape[1]
             alone = len(self._runs) == 1 and not self._queue
             inline = self._inline_runs and alone
-            if inline and steps * self._step_seconds <= self._hop_seconds:
+            if inline and steps * self._step_seconds <= self._hop_seconds < float("inf"):
                 results, compute = self._timed_run(inputs, lengths, outputs, initial)
             else:
                 handed = time.perf_counter()
@@ -281,9 +283,7 @@ class Batcher:
                     self._executor, self._timed_run, inputs, lengths, outputs, initial
                 )
                 hop = time.perf_counter() - handed - compute
-                self._hop_seconds = (
-                    0.8 * self._hop_seconds + 0.2 * hop if self._hop_seconds else hop
-                )
+                self._hop_seconds = min(hop, self._hop_seconds)
             per_step = compute / steps
             first = self._step_seconds == float("inf")
             self._step_seconds = per_step if first else 0.8 * self._step_seconds + 0.2 * per_step

@@ -5,6 +5,7 @@ Pure functions raising InvalidArgument with a message the caller can act on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -182,10 +183,10 @@ def masked_lengths(inputs: np.ndarray, lengths: np.ndarray, mask_value: float) -
 
 def answer_bytes(names: Sequence[str], arch: Architecture, batch: int, steps: int) -> int:
     """The bytes of the named outputs for `batch` sequences of `steps` steps."""
-    total = 0
+    total, shapes = 0, arch.output_shapes()
     for name in names:
         sizes = iter((batch, steps))  # output_shapes' -1s: batch, then time
-        total += int(np.prod([next(sizes) if d == -1 else d for d in arch.output_shapes()[name]]))
+        total += math.prod(next(sizes) if d == -1 else d for d in shapes[name])
     return total * FLOAT_BYTES
 
 
