@@ -4,6 +4,7 @@
 Start-up order: listen with health NOT_SERVING, load and warm every model in a thread, then
 SERVING. On SIGTERM/SIGINT: NOT_SERVING at once, refuse new calls, let in-flight ones finish
 within --grace-period, exit 0. SIGHUP rescans the repository.
+Over 250 lines: the server's options, start, load, reload and drain are one life cycle.
 """
 
 from __future__ import annotations

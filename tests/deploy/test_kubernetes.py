@@ -5,6 +5,7 @@ kubernetes-validate against Kubernetes 1.32's schemas (strict: an unknown field 
 KServe objects against KServe's published CRD schemas (vendored by
 scripts/vendor_kserve_crds.py, source in the file); then lstm-serve started exactly as the
 Deployment and the KServe runtime say, probed as the kubelet would.
+Over 250 lines: the rendering, both validations and both starts share their helpers here.
 """
 
 from __future__ import annotations
