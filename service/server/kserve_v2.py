@@ -16,6 +16,7 @@ from typing import ClassVar
 import grpc
 from google.protobuf.message import Message
 
+from lstm_serving.core.requests import InferRequest
 from lstm_serving.errors import ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
@@ -104,16 +105,18 @@ class InferenceServicer(ObservedServicer):
         return kserve_v2.model_metadata(model.name, versions, model.architecture)
 
     async def _infer(
-        self, request: v2.ModelInferRequest, deadline: float | None, owner: str
+        self, request: v2.ModelInferRequest, call: InferRequest
     ) -> v2.ModelInferResponse:
-        call = kserve_v2.decode_infer_request(decoded(request), deadline, owner)
         return kserve_v2.encode_infer_response(await self._dataplane.infer(call), request.id)
 
     @answers_errors
     async def ModelInfer(
         self, request: v2.ModelInferRequest, context: Context
     ) -> v2.ModelInferResponse:
-        return await self._infer(request, deadline_of(context), caller_of(context))
+        call = kserve_v2.decode_infer_request(
+            decoded(request), deadline_of(context), caller_of(context)
+        )
+        return await self._infer(request, call)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
@@ -130,10 +133,10 @@ class InferenceServicer(ObservedServicer):
         held = _HeldBytes(STREAM_READ_AHEAD_BYTES)
 
         async def answer(
-            request: v2.ModelInferRequest, reserved: int
+            request: v2.ModelInferRequest, call: InferRequest | Exception, reserved: int
         ) -> tuple[v2.ModelStreamInferResponse, int]:
             try:
-                response = await self._stream_one(request, deadline, owner)
+                response = await self._stream_one(request, call)
             finally:
                 held.release(reserved)
             size = response.ByteSize()
@@ -143,9 +146,10 @@ class InferenceServicer(ObservedServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    reserved = self._held_for(request)
+                    call = self._decoded(request, deadline, owner)
+                    reserved = self._held_for(request, call)
                     held.add(reserved)
-                    await pending.put(asyncio.ensure_future(answer(request, reserved)))
+                    await pending.put(asyncio.ensure_future(answer(request, call, reserved)))
                     await held.room()
             finally:  # a failed read ends the stream (re-raised by `await reader`)
                 await pending.put(None)
@@ -169,22 +173,32 @@ class InferenceServicer(ObservedServicer):
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
-    def _held_for(self, request: v2.ModelInferRequest) -> int:
+    @staticmethod
+    def _decoded(
+        request: v2.ModelInferRequest, deadline: float | None, owner: str
+    ) -> InferRequest | Exception:
+        """A stream's message decoded once, as it is read; a failure is answered in its turn."""
+        try:
+            return kserve_v2.decode_infer_request(decoded(request), deadline, owner)
+        except Exception as exc:
+            return exc
+
+    def _held_for(self, request: v2.ModelInferRequest, call: InferRequest | Exception) -> int:
         """What a stream holds for `request` until it is answered: itself and its answer."""
         if not isinstance(request, Message):  # Undecodable
             return 0
-        try:
-            call = kserve_v2.decode_infer_request(request, None, "")
-        except ServingError:
+        if isinstance(call, Exception):
             return request.ByteSize()
         return request.ByteSize() + self._dataplane.answer_bytes(call)
 
     async def _stream_one(
-        self, request: v2.ModelInferRequest, deadline: float | None, owner: str
+        self, request: v2.ModelInferRequest, call: InferRequest | Exception
     ) -> v2.ModelStreamInferResponse:
         started = time.perf_counter()
         try:
-            response = self.sendable(await self._infer(request, deadline, owner))
+            if isinstance(call, Exception):
+                raise call
+            response = self.sendable(await self._infer(request, call))
         except Exception as exc:
             code, message = self.failed("ModelStreamInfer", request, exc, started)
             return v2.ModelStreamInferResponse(
