@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Final, TypeVar
 
 from lstm_serving.tables import table_lines
@@ -191,8 +192,10 @@ class Architecture:
     def graph_inputs(self) -> tuple[str, ...]:
         return (INPUT, LENGTHS, *self.state_inputs())
 
+    @cached_property
     def output_shapes(self) -> dict[str, list[int]]:
-        """Every graph output and its shape, -1 for batch and time."""
+        """Every graph output and its shape, -1 for batch and time (once per model: every
+        request's checks read it)."""
         shapes = {LAST_HIDDEN: [-1, self.output_size], SEQUENCE: [-1, -1, self.output_size]}
         if self.head is not None:
             steps = [-1] if self.head.per_step else []

@@ -35,7 +35,10 @@ def merge(parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray, States | None]
 
     T is the longest *length* in the batch, not the longest time axis sent.
     """
-    lengths = np.concatenate([part.lengths for part in parts]).astype(np.int32)
+    if len(parts) == 1:
+        lengths = parts[0].lengths.astype(np.int32, copy=False)
+    else:
+        lengths = np.concatenate([part.lengths for part in parts]).astype(np.int32)
     time_steps = int(lengths.max())
     initial = _merge_states(parts)
     if len(parts) == 1 and parts[0].inputs.shape[1] == time_steps:

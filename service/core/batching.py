@@ -218,11 +218,13 @@ class Batcher:
                 break
             batch = self._take()
             self._observer.queue_changed(len(self._queue))
-            if not batch:
+            if not batch or self._runs_inline(batch):
+                if batch:
+                    await self._run(batch, inline=True)
                 self._slots.release()
                 self._settle()
                 continue
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+            task = asyncio.get_running_loop().create_task(self._run(batch, inline=False))
             self._runs.add(task)
             task.add_done_callback(self._ran)
         if self._runs:  # every batch handed over is answered before stop() returns
@@ -265,26 +267,32 @@ class Batcher:
             rows += request.rows
         return batch
 
-    async def _run(self, batch: list[_Request]) -> None:
+    def _runs_inline(self, batch: list[_Request]) -> bool:
+        """Whether `batch` runs on the event loop: nothing else is queued or running, and its
+        expected run costs no more than the least a hop to the worker thread has cost."""
+        if not self._inline_runs or self._runs or self._queue:
+            return False
+        steps: int = sum(r.rows for r in batch) * max(r.inputs.shape[1] for r in batch)
+        return steps * self._step_seconds <= self._hop_seconds < float("inf")
+
+    async def _run(self, batch: list[_Request], inline: bool) -> None:
+        """One batch: on the event loop when `inline` (this never suspends), else on the
+        worker thread with the event loop free meanwhile."""
         inputs, lengths, initial = merge([Part(r.inputs, r.lengths, r.initial) for r in batch])
         self.batches_run += 1
         outputs = sorted({name for request in batch for name in request.outputs})
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            steps = inputs.shape[0] * inputs.shape[1]
-            alone = len(self._runs) == 1 and not self._queue
-            inline = self._inline_runs and alone
-            if inline and steps * self._step_seconds <= self._hop_seconds < float("inf"):
+            if inline:
                 results, compute = self._timed_run(inputs, lengths, outputs, initial)
             else:
                 handed = time.perf_counter()
-                results, compute = await loop.run_in_executor(
+                results, compute = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._timed_run, inputs, lengths, outputs, initial
                 )
                 hop = time.perf_counter() - handed - compute
                 self._hop_seconds = min(hop, self._hop_seconds)
-            per_step = compute / steps
+            per_step = compute / (inputs.shape[0] * inputs.shape[1])
             first = self._step_seconds == float("inf")
             self._step_seconds = per_step if first else 0.8 * self._step_seconds + 0.2 * per_step
             check_rows(results, inputs.shape[0])
@@ -307,13 +315,14 @@ class Batcher:
                     split(results, request.outputs, start, request.rows, request.inputs.shape[1])
                 )
             start += request.rows
-        self._observer.batch_ran(
+        asyncio.get_running_loop().call_soon(
+            self._observer.batch_ran,
             BatchReport(
                 lengths,
                 [started - r.arrived for r in batch],
                 [int(r.lengths.max()) for r in batch],
                 compute,
-            )
+            ),
         )
 
     def _timed_run(

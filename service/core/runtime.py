@@ -102,7 +102,7 @@ class Model:
             raise ModelLoadError(f"{self.path}: {exc}") from exc
         for kind, found, expected in (
             ("inputs", self.session.get_inputs(), arch.graph_inputs()),
-            ("outputs", self.session.get_outputs(), tuple(arch.output_shapes())),
+            ("outputs", self.session.get_outputs(), tuple(arch.output_shapes)),
         ):
             names = {node.name for node in found}
             if names != set(expected):

@@ -113,7 +113,7 @@ def check_lengths(lengths: np.ndarray | None, batch: int, steps: int) -> np.ndar
 
 def check_outputs(outputs: Sequence[str], arch: Architecture) -> tuple[str, ...]:
     """Names the model has, each once."""
-    known = arch.output_shapes()
+    known = arch.output_shapes
     for name in outputs:
         if name == PREDICTION and arch.head is None:
             raise InvalidArgument(
@@ -183,7 +183,7 @@ def masked_lengths(inputs: np.ndarray, lengths: np.ndarray, mask_value: float) -
 
 def answer_bytes(names: Sequence[str], arch: Architecture, batch: int, steps: int) -> int:
     """The bytes of the named outputs for `batch` sequences of `steps` steps."""
-    total, shapes = 0, arch.output_shapes()
+    total, shapes = 0, arch.output_shapes
     for name in names:
         sizes = iter((batch, steps))  # output_shapes' -1s: batch, then time
         total += math.prod(next(sizes) if d == -1 else d for d in shapes[name])
@@ -214,7 +214,7 @@ def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> 
 def output_names(request: InferRequest, arch: Architecture) -> tuple[str, ...]:
     """The outputs a request asks for, sets expanded and the extras it flags added."""
     if request.outputs is OutputSet.ALL:
-        names = tuple(arch.output_shapes())
+        names = tuple(arch.output_shapes)
     elif request.outputs is OutputSet.DEFAULT:
         names = arch.default_outputs()
     else:

@@ -171,5 +171,5 @@ def model_metadata(
             tensor(name=INPUT, datatype="FP32", shape=[-1, -1, arch.input_size]),
             tensor(name=LENGTHS, datatype="INT32", shape=[-1]),
         ],
-        outputs=[tensor(name=n, datatype="FP32", shape=s) for n, s in arch.output_shapes().items()],
+        outputs=[tensor(name=n, datatype="FP32", shape=s) for n, s in arch.output_shapes.items()],
     )

@@ -43,6 +43,8 @@ OUTPUT_ENUM: dict[str, int] = {
     PREDICTION: pb.PREDICTION,
 }
 _CHOICE_OF_ENUM = {value: choice for choice, value in OUTPUT_ENUM.items()}
+# PredictResponse's tensor fields, each named as the output it holds
+_TENSOR_FIELDS = (LAST_HIDDEN, SEQUENCE, PREDICTION)
 # PredictRequest fields named like tensors
 SEQUENCE_FIELD: Final = "sequence"  # not a tensor name
 INITIAL_STATE_FIELD: Final = "initial_state"  # not a tensor name
@@ -142,15 +144,20 @@ def _sequence(sequence: pb.Sequence) -> SequenceStep:
 
 
 def encode_prediction(result: InferResult) -> pb.PredictResponse:
-    response = pb.PredictResponse(model=result.model, version=result.version)
     arrays = result.outputs
-    if LAST_HIDDEN in arrays:
-        response.last_hidden.CopyFrom(array_to_tensor(arrays[LAST_HIDDEN]))
-    if SEQUENCE in arrays:
-        response.sequence.CopyFrom(array_to_tensor(arrays[SEQUENCE]))
-    if PREDICTION in arrays:
-        response.prediction.CopyFrom(array_to_tensor(arrays[PREDICTION]))
-    response.state.extend(encode_states(arrays, len(result.architecture.layers)))
+
+    def tensor(name: str) -> pb.Tensor | None:
+        return array_to_tensor(arrays[name]) if name in arrays else None
+
+    response = pb.PredictResponse(
+        model=result.model,
+        version=result.version,
+        last_hidden=tensor(LAST_HIDDEN),
+        sequence=tensor(SEQUENCE),
+        prediction=tensor(PREDICTION),
+    )
+    if any(name not in _TENSOR_FIELDS for name in arrays):  # final states too
+        response.state.extend(encode_states(arrays, len(result.architecture.layers)))
     return response
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from prometheus_client import Counter, Histogram
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
@@ -138,6 +139,9 @@ class ObservedServicer:
         self._streams = streams
         self._metrics = metrics
         self._log = ThrottledLog()
+        # (model, version, rpc, code) -> its request counter and duration histogram; as many
+        # as the label sets exported (unknown model names all count as one)
+        self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
         self._max_message_bytes = dataplane.limits.max_message_bytes
 
     async def open_stream(self, rpc: str, context: Context) -> None:
@@ -176,8 +180,15 @@ class ObservedServicer:
         version = (
             str(getattr(response, version_field)) if version_field and response is not None else ""
         )
-        self._metrics.requests.labels(name, version, rpc, code.name).inc()
-        self._metrics.request_duration.labels(name, rpc).observe(time.perf_counter() - started)
+        labels = (name, version, rpc, code.name)
+        children = self._children.get(labels)
+        if children is None:  # resolving a label set costs as much as counting with it
+            children = self._children[labels] = (
+                self._metrics.requests.labels(*labels),
+                self._metrics.request_duration.labels(name, rpc),
+            )
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def failed(
         self, rpc: str, request: Any, exc: Exception, started: float

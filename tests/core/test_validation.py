@@ -60,7 +60,7 @@ def test_lengths() -> None:
 def test_outputs_default_states_and_unknown_names() -> None:
     x = np.zeros((1, 2, 2), np.float32)
     every = check_request(request(x, outputs=OutputSet.ALL), ARCH, Limits(10, 3)).outputs
-    assert every == tuple(ARCH.output_shapes())
+    assert every == tuple(ARCH.output_shapes)
     with_states = check_request(
         request(x, outputs=("sequence",), with_states=True), ARCH, Limits(10, 3)
     ).outputs
