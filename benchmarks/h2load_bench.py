@@ -1,11 +1,13 @@
 """lstm-serve against the bare grpc.aio echo server, with h2load as the client.
 
 h2load (nghttp2's native HTTP/2 load generator, Debian's nghttp2-client) replays one
-pre-encoded gRPC request (5-byte frame header + protobuf) on one connection with C streams in
-flight, costing the client side far less CPU than a Python load generator, so the ratios are
-the servers'. h2load counts HTTP 200s, and gRPC reports errors in trailers, so every lstm-serve
-run is followed by a server-side count of non-OK answers, which must be 0.
-Prints a table and writes JSON.
+pre-encoded gRPC body (5-byte frame header + protobuf, per message) on one connection with C
+streams in flight, costing the client side far less CPU than a Python load generator, so the
+ratios are the servers'. A streaming case sends 100 messages on each stream; its rate counts
+messages. h2load counts HTTP 200s, and gRPC reports errors in trailers, so every lstm-serve run
+is followed by a server-side count of non-OK answers, which must be 0. Raw ONNX Runtime runs
+and #13's targets, each checked against this run's numbers, follow.
+Prints tables and writes JSON.
 Usage: python benchmarks/h2load_bench.py [--duration 5] [--json FILE] [-- lstm-serve flags]
 """
 
@@ -19,33 +21,77 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+from benchmarks.run import SEED, raw_ort
 from benchmarks.servers import ROOT, Server, echo, lstm_serve, running
 from lstm_serving.client.messages import predict_request
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 
-CASES = ((1, 1), (1, 64), (32, 16))  # (sequences per request, streams in flight)
-PATH = "/lstm.v1.LstmService/Predict"
+V1 = "/lstm.v1.LstmService/"
+V2 = "/inference.GRPCInferenceService/"
+STREAM_MESSAGES = 100  # messages sent on each stream, all at once (h2load sends one body)
 
 
-def grpc_body(batch: int, directory: Path) -> Path:
-    """One Predict of `batch` sequences of 10 steps, framed as gRPC sends it."""
-    x = np.random.default_rng(0).standard_normal((batch, 10, 2)).astype(np.float32)
-    message = predict_request("seed", x).SerializeToString()
-    path = directory / f"predict-{batch}.bin"
-    path.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
+@dataclass(frozen=True)
+class Case:
+    """One h2load run: `streams` in flight, each carrying `messages` requests of `batch`
+    sequences to `rpc`."""
+
+    rpc: str
+    batch: int
+    streams: int
+    messages: int = 1
+
+    @property
+    def label(self) -> str:
+        return self.rpc.rsplit("/", 1)[1]
+
+    @property
+    def name(self) -> str:
+        per_stream = f", {self.messages} per stream" if self.messages > 1 else ""
+        return f"{self.label} B={self.batch} x{self.streams}{per_stream}"
+
+
+UNARY_ECHO = Case(V1 + "Predict", 1, 64)  # what the stream rows are compared with
+CASES = (
+    Case(V1 + "Predict", 1, 1),
+    UNARY_ECHO,
+    Case(V1 + "Predict", 32, 16),
+    Case(V1 + "PredictStream", 1, 16, STREAM_MESSAGES),
+    Case(V2 + "ModelStreamInfer", 1, 16, STREAM_MESSAGES),
+)
+ECHO_RPCS = {V1 + "Predict", V1 + "PredictStream"}  # what the echo server answers
+
+
+def grpc_body(case: Case, directory: Path) -> Path:
+    """`case.messages` requests of `case.batch` sequences of 10 steps, framed as gRPC sends
+    them."""
+    x = np.random.default_rng(0).standard_normal((case.batch, 10, 2)).astype(np.float32)
+    if case.rpc.startswith(V2):
+        message = v2.ModelInferRequest(
+            model_name="seed",
+            inputs=[v2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
+                                                          shape=list(x.shape))],
+            raw_input_contents=[x.tobytes()],
+        ).SerializeToString()  # fmt: skip
+    else:
+        message = predict_request("seed", x).SerializeToString()
+    path = directory / f"{case.label}-{case.batch}-{case.messages}.bin"
+    path.write_bytes((b"\0" + len(message).to_bytes(4, "big") + message) * case.messages)
     return path
 
 
-def h2load(target: str, body: Path, streams: int, duration: float) -> dict[str, float]:
+def h2load(target: str, case: Case, body: Path, duration: float) -> dict[str, float]:
     done = subprocess.run(
-        ["h2load", "-c", "1", "-t", "1", "-m", str(streams), "-D", str(round(duration)),
+        ["h2load", "-c", "1", "-t", "1", "-m", str(case.streams), "-D", str(round(duration)),
          "--warm-up-time", "1", "-d", str(body), "-H", "content-type: application/grpc",
-         "-H", "te: trailers", f"http://{target}{PATH}"],
+         "-H", "te: trailers", f"http://{target}{case.rpc}"],
         capture_output=True, text=True, check=True, timeout=duration + 60,
     )  # fmt: skip
     out = done.stdout
@@ -55,10 +101,10 @@ def h2load(target: str, body: Path, streams: int, duration: float) -> dict[str, 
     assert rate and counts and mean, out
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[mean.group(2)]
     assert counts.group(1) == counts.group(2), out  # every request answered HTTP 200
-    return {
-        "requests_per_second": float(rate.group(1)),
+    return {  # h2load's requests are streams: each carries case.messages requests
+        "requests_per_second": float(rate.group(1)) * case.messages,
         "mean_ms": float(mean.group(1)) * scale,
-        "requests": float(counts.group(1)),
+        "requests": float(counts.group(1)) * case.messages,
     }
 
 
@@ -75,6 +121,29 @@ def not_ok(metrics_url: str | None) -> float:
     )
 
 
+def targets(rows: list[dict[str, Any]], ort_b1: float, ort_b32: float) -> list[str]:
+    """#13's targets, each as measured in this run: 'met' or 'missed', with the numbers."""
+    echo = {r["case"]: r for r in rows if r["server"] == "echo"}
+    ours = {r["case"]: r for r in rows if r["server"] == "lstm-serve"}
+    run_ms = 1000 / ort_b1
+    limit_ms = echo["Predict B=1 x1"]["mean_ms"] + run_ms + 0.1
+    unary_echo = echo[UNARY_ECHO.name]["requests_per_second"]
+    checks = [
+        (f"B=1 x1 mean <= echo + ORT run ({run_ms:.3f} ms) + 0.1 ms = {limit_ms:.3f} ms",
+         ours["Predict B=1 x1"]["mean_ms"], ours["Predict B=1 x1"]["mean_ms"] <= limit_ms),
+        ("B=1 x64 >= 0.8x echo", ours["Predict B=1 x64"]["vs_echo"],
+         ours["Predict B=1 x64"]["vs_echo"] >= 0.8),
+        (f"B=32 x16 >= 0.6x raw ORT B=32 one thread ({ort_b32:.0f} sequences/s)",
+         ours["Predict B=32 x16"]["requests_per_second"] * 32 / ort_b32,
+         ours["Predict B=32 x16"]["requests_per_second"] * 32 >= 0.6 * ort_b32),
+    ]  # fmt: skip
+    for case in CASES:
+        if case.messages > 1:
+            ratio = ours[case.name]["requests_per_second"] / unary_echo
+            checks.append((f"{case.name} >= 1.5x unary echo x64", ratio, ratio >= 1.5))
+    return [f"| {what} | {value:.3f} | {'met' if ok else 'missed'} |" for what, value, ok in checks]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0)
@@ -89,25 +158,36 @@ def main() -> None:
     ]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        bodies = {batch: grpc_body(batch, Path(tmp)) for batch in {b for b, _ in CASES}}
         for server in servers:
             with running(server) as (target, metrics_url, _):
-                for batch, streams in CASES:
-                    result = h2load(target, bodies[batch], streams, args.duration)
-                    rows.append({"server": server.name, "batch": batch, "streams": streams,
-                                 **result, "not_ok": not_ok(metrics_url)})  # fmt: skip
-    echo_rows = {(r["batch"], r["streams"]): r for r in rows if r["server"] == "echo"}
-    print("| server | B | streams | requests/s | mean ms | x echo | non-OK |")
-    print("|---|---|---|---|---|---|---|")
+                for case in CASES:
+                    if server.name == "echo" and case.rpc not in ECHO_RPCS:
+                        continue
+                    result = h2load(target, case, grpc_body(case, Path(tmp)), args.duration)
+                    print(f"{server.name} {case.name}: {result['requests_per_second']:.0f}/s",
+                          file=sys.stderr)  # fmt: skip
+                    rows.append({"server": server.name, "case": case.name, "rpc": case.label,
+                                 "batch": case.batch, "streams": case.streams,
+                                 "messages_per_stream": case.messages, **result,
+                                 "not_ok": not_ok(metrics_url)})  # fmt: skip
+    ort_b1 = raw_ort(SEED, 1, 10, 1, args.duration)
+    ort_b32 = raw_ort(SEED, 32, 10, 1, args.duration)
+    echo_rows = {r["case"]: r for r in rows if r["server"] == "echo"}
+    print("| server | case | requests/s | mean ms | x echo | non-OK |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        row["vs_echo"] = (
-            row["requests_per_second"]
-            / echo_rows[row["batch"], row["streams"]]["requests_per_second"]
-        )
-        print(f"| {row['server']} | {row['batch']} | {row['streams']} | "
-              f"{row['requests_per_second']:.0f} | {row['mean_ms']:.3f} | {row['vs_echo']:.2f} | "
-              f"{row['not_ok']:.0f} |")  # fmt: skip
-    args.json.write_text(json.dumps({"flags": args.flags, "rows": rows}, indent=2) + "\n")
+        same = echo_rows.get(row["case"])
+        row["vs_echo"] = row["requests_per_second"] / same["requests_per_second"] if same else None
+        ratio = f"{row['vs_echo']:.2f}" if same else ""
+        print(f"| {row['server']} | {row['case']} | {row['requests_per_second']:.0f} | "
+              f"{row['mean_ms']:.3f} | {ratio} | {row['not_ok']:.0f} |")  # fmt: skip
+    print("\n| target (#13) | measured | |\n|---|---|---|")
+    checked = targets(rows, ort_b1, ort_b32)
+    print("\n".join(checked))
+    args.json.write_text(
+        json.dumps({"flags": args.flags, "rows": rows, "raw_ort_sequences_per_second":
+                    {"B=1": ort_b1, "B=32": ort_b32}, "targets": checked}, indent=2) + "\n"
+    )  # fmt: skip
     if any(row["not_ok"] for row in rows):
         sys.exit("lstm-serve answered some requests with an error: see not_ok")
 
