@@ -15,10 +15,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lstm_serving.client.client import AsyncLstmClient, LstmClient
+from lstm_serving.client.messages import predict_request
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from tests.conftest import start_server
 from tests.processes import free_port, start, stop, wait_serving, worker_pids
+
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)  # a channel opens its own connection
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -147,19 +151,24 @@ def test_two_workers_sum_in_one_scrape_and_dead_ones_are_marked(
         env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")},
     )
     try:
-        wait_serving(process, port)
-        for _ in range(20):  # a new channel each time: the kernel spreads connections
-            with LstmClient(f"127.0.0.1:{port}") as client:
-                client.predict("seed", np.ones((1, 3, 2), np.float32))
+        wait_serving(process, port)  # the first worker: the other may still be starting
+        request = predict_request("seed", np.ones((1, 3, 2), np.float32))
+        calls, deadline = 0, time.monotonic() + 30
+        while calls < 20 or len(list((tmp_path / "prom").glob("counter_*.db"))) < 2:
+            assert time.monotonic() < deadline, "one worker never served a call"
+            # A connection of its own each time (channels share them by default), so the
+            # kernel spreads the calls over the workers.
+            with grpc.insecure_channel(f"127.0.0.1:{port}", [OWN_CONNECTION]) as channel:
+                pb_grpc.LstmServiceStub(channel).Predict(request, timeout=10)
+            calls += 1
         samples = scrape(metrics_port)
         assert (
             value(
                 samples, "lstm_requests_total", model="seed", version="1", rpc="Predict", code="OK"
             )
-            == 20
+            == calls
         )
-        assert value(samples, "lstm_batch_size_sum", model="seed") == 20
-        assert len(list((tmp_path / "prom").glob("counter_*.db"))) == 2  # both workers served
+        assert value(samples, "lstm_batch_size_sum", model="seed") == calls
         workers = worker_pids(process)
         assert len(workers) == 2
         live_files = {f.name for f in (tmp_path / "prom").glob("gauge_live*.db")}
