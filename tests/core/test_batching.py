@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 import pytest
 
+from lstm_serving.core import batching
 from lstm_serving.core.batches import States
 from lstm_serving.core.batching import Batcher, RunFn
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
@@ -246,7 +247,10 @@ async def test_max_queue_delay_gathers_requests() -> None:
     await batcher.stop()
 
 
-async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
+async def test_batches_measured_fast_run_inline_when_nobody_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "PROBE_INTERVAL_S", 3600.0)  # no probing in between
     threads: list[str] = []
 
     def run(
@@ -269,11 +273,55 @@ async def test_batches_measured_fast_run_inline_when_nobody_waits() -> None:
     slow = _batcher(slow_run, name="s", inline_runs=1)
     for _ in range(2):  # 20 ms a run, far more than the hop: never inline
         await slow.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])
+    monkeypatch.setattr(batching, "PROBE_INTERVAL_S", 0.0)  # every so often, a probe for load:
+    await batcher.submit(_x(2, 10), np.full(2, 10, np.int32), ["last_hidden"])  # on the thread
     await batcher.stop()
     await slow.stop()
     main = threading.current_thread().name
     assert threads[0].startswith("ort-t") and threads[1] == main
     assert threads[2].startswith("ort-s") and threads[3].startswith("ort-s")
+    assert threads[4].startswith("ort-t")
+
+
+async def test_after_requests_arrived_during_thread_runs_the_next_batch_runs_there_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under load an inline run would answer each request before the next arrives, so none
+    would ever batch: once requests arrive during worker-thread runs, the next lone batch
+    goes there too; after one during which none came, a lone fast batch runs inline again."""
+    monkeypatch.setattr(batching, "PROBE_INTERVAL_S", 3600.0)
+    model = GatedModel()
+    threads: list[str] = []
+
+    def run(
+        inputs: np.ndarray, lengths: np.ndarray, outputs: Sequence[str], initial: States | None
+    ) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return model(inputs, lengths, outputs, initial)
+
+    batcher = _batcher(run, inline_runs=1)
+
+    async def one() -> None:
+        await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])
+
+    for _ in range(2):  # measured on the thread, then fast enough to run inline
+        await one()
+    model.release.clear()  # a long batch, so to the thread; it waits for the gate there
+    model.started.clear()
+    blocker = asyncio.ensure_future(
+        batcher.submit(_x(8, 500), np.full(8, 500, np.int32), ["last_hidden"])
+    )
+    await asyncio.to_thread(model.started.wait, 5)
+    arrived = asyncio.ensure_future(one())  # while the long one runs: behind it, on the thread
+    await _queued()
+    model.release.set()
+    await blocker
+    await arrived
+    for _ in range(2):  # alone, but requests arrived during the last runs: the thread, where
+        await one()  # none arrive: inline again
+    await batcher.stop()
+    main = threading.current_thread().name
+    assert [name == main for name in threads] == [False, True, False, False, False, True]
 
 
 async def test_stop_answers_queued_requests_unavailable() -> None:
