@@ -50,19 +50,20 @@ image-test: $(VENV)/.dev system-deps
 test: lint system-deps
 	$(BIN)/pytest
 
-# The side-by-side benchmark (about 12 minutes): writes BENCHMARKS.md and benchmarks/*; then
-# lstm-serve against the bare echo with h2load as the client (docs/h2load.json).
+# The side-by-side benchmark (about 14 minutes): lstm-serve against the bare echo with h2load
+# as the client (docs/h2load.json), then every server with lstm-client load; writes
+# BENCHMARKS.md (both runs' tables, then benchmarks/NOTES.md) and benchmarks/*.
 # MLServer goes into .venv-mlserver, a venv of its own.
 $(VENV)/.bench: $(VENV)/.dev
 	$(PIP) -e '.[server,export,dev,tracing,bench]'
 	touch $@
 
 bench: $(VENV)/.bench
-	$(BIN)/python benchmarks/run.py
 	@command -v h2load >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; } || true
 	@if command -v h2load >/dev/null; then $(BIN)/python benchmarks/h2load_bench.py; \
 	else echo "note: h2load (Debian's nghttp2-client) not installable here: its table skipped"; fi
+	$(BIN)/python benchmarks/run.py
 
 # Regenerates the Python code for proto/ (never edit it by hand).
 proto: $(VENV)/.dev

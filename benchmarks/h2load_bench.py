@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.run import SEED, raw_ort
-from benchmarks.servers import ROOT, Server, echo, lstm_serve, running
+from benchmarks.servers import ROOT, SEED, Server, echo, lstm_serve, raw_ort, running
 from lstm_serving.client.messages import predict_request
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 
@@ -144,6 +143,18 @@ def targets(rows: list[dict[str, Any]], ort_b1: float, ort_b32: float) -> list[s
     return [f"| {what} | {value:.3f} | {'met' if ok else 'missed'} |" for what, value, ok in checks]
 
 
+def markdown(data: dict[str, Any]) -> list[str]:
+    """A run's rows and targets as Markdown tables (also BENCHMARKS.md's, via report.py)."""
+    lines = ["| server | case | calls/s | mean ms | x echo | non-OK |", "|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        ratio = f"{row['vs_echo']:.2f}" if row["vs_echo"] is not None else ""
+        per_call = row["messages_per_stream"] == 1  # h2load times a stream's whole life
+        mean = f"{row['mean_ms']:.3f}" if per_call else ""
+        lines.append(f"| {row['server']} | {row['case']} | {row['requests_per_second']:,.0f} | "
+                     f"{mean} | {ratio} | {row['not_ok']:.0f} |")  # fmt: skip
+    return [*lines, "", "| target (#13) | measured | |", "|---|---|---|", *data["targets"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0)
@@ -173,21 +184,13 @@ def main() -> None:
     ort_b1 = raw_ort(SEED, 1, 10, 1, args.duration)
     ort_b32 = raw_ort(SEED, 32, 10, 1, args.duration)
     echo_rows = {r["case"]: r for r in rows if r["server"] == "echo"}
-    print("| server | case | requests/s | mean ms | x echo | non-OK |")
-    print("|---|---|---|---|---|---|")
     for row in rows:
         same = echo_rows.get(row["case"])
         row["vs_echo"] = row["requests_per_second"] / same["requests_per_second"] if same else None
-        ratio = f"{row['vs_echo']:.2f}" if same else ""
-        print(f"| {row['server']} | {row['case']} | {row['requests_per_second']:.0f} | "
-              f"{row['mean_ms']:.3f} | {ratio} | {row['not_ok']:.0f} |")  # fmt: skip
-    print("\n| target (#13) | measured | |\n|---|---|---|")
-    checked = targets(rows, ort_b1, ort_b32)
-    print("\n".join(checked))
-    args.json.write_text(
-        json.dumps({"flags": args.flags, "rows": rows, "raw_ort_sequences_per_second":
-                    {"B=1": ort_b1, "B=32": ort_b32}, "targets": checked}, indent=2) + "\n"
-    )  # fmt: skip
+    data = {"flags": args.flags, "rows": rows, "targets": targets(rows, ort_b1, ort_b32),
+            "raw_ort_sequences_per_second": {"B=1": ort_b1, "B=32": ort_b32}}  # fmt: skip
+    print("\n".join(markdown(data)))
+    args.json.write_text(json.dumps(data, indent=2) + "\n")
     if any(row["not_ok"] for row in rows):
         sys.exit("lstm-serve answered some requests with an error: see not_ok")
 

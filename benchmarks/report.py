@@ -1,4 +1,5 @@
-"""Turns benchmarks/results.json into BENCHMARKS.md (tables, targets, ratios) and a PNG plot."""
+"""Turns benchmarks/results.json into BENCHMARKS.md (tables, targets, ratios) and a PNG plot;
+docs/h2load.json's tables and benchmarks/NOTES.md follow them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+from benchmarks.h2load_bench import markdown
+
 ROOT = Path(__file__).resolve().parent.parent
+
+H2LOAD_SECTION = """## Per-call cost with a native client (h2load)
+
+`benchmarks/h2load_bench.py` (`docs/h2load.json`): the bare echo and lstm-serve (defaults) driven
+by h2load over one connection with pre-encoded bodies, so the client costs far less CPU than
+`lstm-client load` and the ratios are the servers'. A streaming row sends 100 messages on each
+stream and counts messages. After each lstm-serve run the server's own count of non-OK answers is
+read back (the non-OK column). 5 s per row after 1 s of warm-up, one run; issue 13's targets
+are checked against that run's numbers."""
 
 
 def _row(results: dict[str, Any], scenario: str, server: str, level: int) -> dict[str, Any]:
@@ -178,6 +191,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"| {n} | {f['start_s']:.2f} | {f['rss_mib']:.0f} |" for n, f in results["servers"].items()
     ]
     lines += ["", "![throughput and p99 vs concurrency](benchmarks/throughput.png)", ""]
+    h2load = ROOT / "docs/h2load.json"  # `make bench` runs h2load_bench.py first
+    if h2load.exists():
+        lines += [H2LOAD_SECTION, "", *markdown(json.loads(h2load.read_text())), ""]
     notes = ROOT / "benchmarks/NOTES.md"
     if notes.exists():
         lines += [notes.read_text()]

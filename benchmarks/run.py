@@ -29,17 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from benchmarks.servers import (
     BIN,
     ROOT,
+    SEED,
     Server,
     echo,
     ensure_mlserver_venv,
     lstm_serve,
     mlserver,
     mlserver_folder,
+    raw_ort,
     rss_mib,
     running,
 )
-
-SEED = ROOT / "models/seed/1/model.onnx"
 
 
 @dataclass(frozen=True)
@@ -150,27 +150,6 @@ def load(
         return {"failed": out.stderr[-500:]}
     result: dict[str, Any] = json.loads(out.stdout)["levels"][0]
     return result
-
-
-def raw_ort(model_file: Path, batch: int, steps: int, threads: int, seconds: float) -> float:
-    """Sequences/s of Model.run in process: the most any server can give."""
-    code = f"""
-import time, numpy as np
-from pathlib import Path
-from lstm_serving.core.runtime import Model
-m = Model(Path({str(model_file)!r}), "m", 1, "cpu", {threads})
-x = np.random.default_rng(0).standard_normal(({batch}, {steps}, m.architecture.input_size))
-x = x.astype(np.float32); n = np.full({batch}, {steps}, np.int32)
-for _ in range(3): m.run(x, n, ["last_hidden"])
-count, began = 0, time.perf_counter()
-while time.perf_counter() - began < {seconds}:
-    m.run(x, n, ["last_hidden"]); count += 1
-print(count * {batch} / (time.perf_counter() - began))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    return float(out.stdout)
 
 
 def export_large(repository: Path) -> Path:

@@ -25,6 +25,7 @@ from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MLSERVER_VENV = ROOT / ".venv-mlserver"
+SEED = ROOT / "models/seed/1/model.onnx"
 
 
 def free_port() -> int:
@@ -204,3 +205,24 @@ def ensure_mlserver_venv() -> bool:
         print(f"MLServer could not be installed ({exc}); it is left out", file=sys.stderr)
         return False
     return True
+
+
+def raw_ort(model_file: Path, batch: int, steps: int, threads: int, seconds: float) -> float:
+    """Sequences/s of Model.run in process: the most any server can give."""
+    code = f"""
+import time, numpy as np
+from pathlib import Path
+from lstm_serving.core.runtime import Model
+m = Model(Path({str(model_file)!r}), "m", 1, "cpu", {threads})
+x = np.random.default_rng(0).standard_normal(({batch}, {steps}, m.architecture.input_size))
+x = x.astype(np.float32); n = np.full({batch}, {steps}, np.int32)
+for _ in range(3): m.run(x, n, ["last_hidden"])
+count, began = 0, time.perf_counter()
+while time.perf_counter() - began < {seconds}:
+    m.run(x, n, ["last_hidden"]); count += 1
+print(count * {batch} / (time.perf_counter() - began))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return float(out.stdout)
