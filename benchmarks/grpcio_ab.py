@@ -21,13 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 from benchmarks.h2load_bench import V1, Case, grpc_body, h2load, not_ok
-from benchmarks.servers import ROOT, free_port, wait_ready
+from benchmarks.servers import ROOT, Server, echo_on, lstm_serve, running
 
 CASES = (
     Case(V1 + "Predict", 1, 1),
@@ -85,34 +84,24 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def measure(
-    command: list[str], env: dict[str, str], metrics: int | None, bodies: dict[Case, Path]
-) -> list[dict[str, float]]:
+def measure(server: Server, bodies: dict[Case, Path]) -> list[dict[str, float]]:
     """One server started, every case run once against it; CPU per call for each."""
-    port = free_port()
-    process = subprocess.Popen(
-        [part.format(port=port, metrics=metrics) for part in command],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_ready(f"127.0.0.1:{port}", "lstm", process)
+    with running(server) as (target, metrics_url, _):
+        pid = server.pids[-1]
         rows = []
         for case in CASES:
-            before = cpu_seconds(process.pid), cpu_seconds(process.pid, process.pid)
-            result = h2load(f"127.0.0.1:{port}", case, bodies[case], 4.0)
-            after = cpu_seconds(process.pid), cpu_seconds(process.pid, process.pid)
+            before = cpu_seconds(pid), cpu_seconds(pid, pid)
+            result = h2load(target, case, bodies[case], 4.0)
+            after = cpu_seconds(pid), cpu_seconds(pid, pid)
             calls = result["requests"]
             rows.append({
                 "requests_per_second": result["requests_per_second"],
                 "process_us": (after[0] - before[0]) / calls * 1e6,
                 "event_loop_us": (after[1] - before[1]) / calls * 1e6,
             })  # fmt: skip
-        if metrics:  # counted once, after every case: the count is the server's since it began
-            rows[-1]["not_ok"] = not_ok(f"http://127.0.0.1:{metrics}/metrics")
+        if metrics_url:  # counted once, after every case: the server's count since it began
+            rows[-1]["not_ok"] = not_ok(metrics_url)
         return rows
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def main() -> None:
@@ -125,14 +114,6 @@ def main() -> None:
         sys.exit("h2load not found: apt-get install nghttp2-client")
     pinned = pins()
     setups = {v: (python_with(v, pinned), source_for(v)) for v in args.versions}
-    servers: dict[str, Callable[[Path], tuple[list[str], int | None]]] = {
-        "echo": lambda python: ([str(python), str(ROOT / "benchmarks/echo_server.py"), "{port}"],
-                                None),
-        "lstm-serve": lambda python: ([str(python), "-m", "lstm_serving.server.main",
-                                       "--repository", str(ROOT / "models"), "--host", "127.0.0.1",
-                                       "--port", "{port}", "--metrics-port", "{metrics}",
-                                       "--device", "cpu", "--log-level", "warning"], free_port()),
-    }  # fmt: skip
     runs: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         bodies = {case: grpc_body(case, Path(tmp)) for case in CASES}
@@ -140,23 +121,24 @@ def main() -> None:
             for version, (python, tree) in setups.items():
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-                for server, make in servers.items():
-                    command, metrics = make(python)
-                    print(f"round {round_ + 1}: grpcio {version}, {server}", file=sys.stderr)
-                    for case, row in zip(
-                        CASES, measure(command, env, metrics, bodies), strict=True
-                    ):
-                        runs.setdefault((version, server, case.name), []).append(row)
+                servers = (
+                    Server("echo", echo_on(python, env), metrics=False),
+                    Server("lstm-serve", lstm_serve(ROOT / "models", python=python, env=env)),
+                )
+                for server in servers:
+                    print(f"round {round_ + 1}: grpcio {version}, {server.name}", file=sys.stderr)
+                    for case, row in zip(CASES, measure(server, bodies), strict=True):
+                        runs.setdefault((version, server.name, case.name), []).append(row)
     rows: list[dict[str, Any]] = []
     print("| grpcio | server | case | calls/s | event-loop CPU us/call | process CPU us/call |")
     print("|---|---|---|---|---|---|")
-    for (version, server, name), measured in runs.items():
+    for (version, server_name, name), measured in runs.items():
         keys = ("requests_per_second", "event_loop_us", "process_us")
         medians = {key: statistics.median(r[key] for r in measured) for key in keys}
-        rows.append({"grpcio": version, "server": server, "case": name, **medians,
+        rows.append({"grpcio": version, "server": server_name, "case": name, **medians,
                      "not_ok": sum(r.get("not_ok", 0.0) for r in measured),
                      "runs": measured})  # fmt: skip
-        print(f"| {version} | {server} | {name} | {medians['requests_per_second']:,.0f} | "
+        print(f"| {version} | {server_name} | {name} | {medians['requests_per_second']:,.0f} | "
               f"{medians['event_loop_us']:.0f} | {medians['process_us']:.0f} |")  # fmt: skip
     args.json.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=2) + "\n")
     if any(row["not_ok"] for row in rows):

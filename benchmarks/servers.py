@@ -46,11 +46,21 @@ class Server:
     pids: list[int] = field(default_factory=list)
 
 
-def lstm_serve(repository: Path, *flags: str) -> Callable[[int, int], subprocess.Popen[bytes]]:
+StartFn = Callable[[int, int], subprocess.Popen[bytes]]  # (port, metrics port) -> the server
+
+
+def lstm_serve(
+    repository: Path, *flags: str, python: Path | None = None, env: dict[str, str] | None = None
+) -> StartFn:
+    """lstm-serve as installed here, or run by another interpreter (`python`, with `env`)."""
+    program = (
+        [str(python), "-m", "lstm_serving.server.main"] if python else [str(BIN / "lstm-serve")]
+    )
+
     def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
-                str(BIN / "lstm-serve"),
+                *program,
                 "--repository",
                 str(repository),
                 "--host",
@@ -65,6 +75,7 @@ def lstm_serve(repository: Path, *flags: str) -> Callable[[int, int], subprocess
                 "warning",
                 *flags,
             ],
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -72,12 +83,21 @@ def lstm_serve(repository: Path, *flags: str) -> Callable[[int, int], subprocess
     return start
 
 
-def echo(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks/echo_server.py"), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def echo_on(python: Path | None = None, env: dict[str, str] | None = None) -> StartFn:
+    """The echo server, run by this interpreter or by `python` (with `env`)."""
+
+    def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(python or sys.executable), str(ROOT / "benchmarks/echo_server.py"), str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    return start
+
+
+echo = echo_on()
 
 
 def mlserver(folder: Path) -> Callable[[int, int], subprocess.Popen[bytes]]:
