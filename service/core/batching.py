@@ -121,7 +121,7 @@ class Batcher:
         self._hop_seconds = float("inf")
         self._submitted = 0  # requests submitted so far
         self._arrived_during_runs = False  # requests came while a worker-thread run ran
-        self._last_handed = 0.0  # when a run last came back from the worker thread
+        self._thread_run_ended = 0.0  # when a run last came back from the worker thread
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -290,7 +290,7 @@ class Batcher:
         if self._arrived_during_runs:  # batch on the thread again, and see if requests come
             self._arrived_during_runs = False
             return False
-        if time.monotonic() - self._last_handed > PROBE_INTERVAL_S:
+        if time.monotonic() - self._thread_run_ended > PROBE_INTERVAL_S:
             return False
         steps: int = sum(r.rows for r in batch) * max(r.inputs.shape[1] for r in batch)
         return steps * self._step_seconds <= self._hop_seconds < float("inf")
@@ -313,7 +313,7 @@ class Batcher:
                 hop = time.perf_counter() - handed - compute
                 self._hop_seconds = min(hop, self._hop_seconds)
                 self._arrived_during_runs |= self._submitted > submitted
-                self._last_handed = time.monotonic()
+                self._thread_run_ended = time.monotonic()
             per_step = compute / (inputs.shape[0] * inputs.shape[1])
             first = self._step_seconds == float("inf")
             self._step_seconds = per_step if first else 0.8 * self._step_seconds + 0.2 * per_step
