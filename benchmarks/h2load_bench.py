@@ -4,9 +4,10 @@ h2load (nghttp2's native HTTP/2 load generator, Debian's nghttp2-client) replays
 pre-encoded gRPC body (5-byte frame header + protobuf, per message) on one connection with C
 streams in flight, costing the client side far less CPU than a Python load generator, so the
 ratios are the servers'. A streaming case sends 100 messages on each stream; its rate counts
-messages. h2load counts HTTP 200s, and gRPC reports errors in trailers, so every lstm-serve run
-is followed by a server-side count of non-OK answers, which must be 0. Raw ONNX Runtime runs
-and #13's targets, each checked against this run's numbers, follow.
+messages. The large model (64 features -> 3 x LSTM(256), T=100) is exported for the run.
+h2load counts HTTP 200s, and gRPC reports errors in trailers, so every lstm-serve run is
+followed by a server-side count of non-OK answers, which must be 0. Raw ONNX Runtime runs and
+#13's targets, each checked against this run's numbers, follow.
 Prints tables and writes JSON.
 Usage: python benchmarks/h2load_bench.py [--duration 5] [--json FILE] [-- lstm-serve flags]
 """
@@ -28,24 +29,35 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.servers import ROOT, SEED, Server, echo, lstm_serve, raw_ort, running
+from benchmarks.servers import (
+    ROOT,
+    SEED,
+    Server,
+    echo,
+    export_large,
+    lstm_serve,
+    raw_ort,
+    running,
+)
 from lstm_serving.client.messages import predict_request
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 
 V1 = "/lstm.v1.LstmService/"
 V2 = "/inference.GRPCInferenceService/"
 STREAM_MESSAGES = 100  # messages sent on each stream, all at once (h2load sends one body)
+SHAPES = {"seed": (10, 2), "large": (100, 64)}  # model -> (time steps, features) sent
 
 
 @dataclass(frozen=True)
 class Case:
     """One h2load run: `streams` in flight, each carrying `messages` requests of `batch`
-    sequences to `rpc`."""
+    sequences to `rpc` of `model`."""
 
     rpc: str
     batch: int
     streams: int
     messages: int = 1
+    model: str = "seed"
 
     @property
     def label(self) -> str:
@@ -54,7 +66,8 @@ class Case:
     @property
     def name(self) -> str:
         per_stream = f", {self.messages} per stream" if self.messages > 1 else ""
-        return f"{self.label} B={self.batch} x{self.streams}{per_stream}"
+        model = f" {self.model}" if self.model != "seed" else ""
+        return f"{self.label}{model} B={self.batch} x{self.streams}{per_stream}"
 
 
 UNARY_ECHO = Case(V1 + "Predict", 1, 64)  # what the stream rows are compared with
@@ -65,23 +78,25 @@ CASES = (
     Case(V1 + "PredictStream", 1, 16, STREAM_MESSAGES),
     Case(V2 + "ModelStreamInfer", 1, 16, STREAM_MESSAGES),
 )
+LARGE = Case(V1 + "Predict", 16, 4, model="large")  # against raw ONNX Runtime, B=16, 2 threads
 ECHO_RPCS = {V1 + "Predict", V1 + "PredictStream"}  # what the echo server answers
 
 
 def grpc_body(case: Case, directory: Path) -> Path:
-    """`case.messages` requests of `case.batch` sequences of 10 steps, framed as gRPC sends
-    them."""
-    x = np.random.default_rng(0).standard_normal((case.batch, 10, 2)).astype(np.float32)
+    """`case.messages` requests of `case.batch` sequences for `case.model`, framed as gRPC
+    sends them."""
+    x = np.random.default_rng(0).standard_normal((case.batch, *SHAPES[case.model]))
+    x = x.astype(np.float32)
     if case.rpc.startswith(V2):
         message = v2.ModelInferRequest(
-            model_name="seed",
+            model_name=case.model,
             inputs=[v2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
                                                           shape=list(x.shape))],
             raw_input_contents=[x.tobytes()],
         ).SerializeToString()  # fmt: skip
     else:
-        message = predict_request("seed", x).SerializeToString()
-    path = directory / f"{case.label}-{case.batch}-{case.messages}.bin"
+        message = predict_request(case.model, x).SerializeToString()
+    path = directory / f"{case.label}-{case.model}-{case.batch}-{case.messages}.bin"
     path.write_bytes((b"\0" + len(message).to_bytes(4, "big") + message) * case.messages)
     return path
 
@@ -120,11 +135,12 @@ def not_ok(metrics_url: str | None) -> float:
     )
 
 
-def targets(rows: list[dict[str, Any]], ort_b1: float, ort_b32: float) -> list[str]:
+def targets(rows: list[dict[str, Any]], ort: dict[str, float]) -> list[str]:
     """#13's targets, each as measured in this run: 'met' or 'missed', with the numbers."""
     echo = {r["case"]: r for r in rows if r["server"] == "echo"}
     ours = {r["case"]: r for r in rows if r["server"] == "lstm-serve"}
-    run_ms = 1000 / ort_b1
+    ort_b32, large = ort["B=32"], ours[LARGE.name]["requests_per_second"] * LARGE.batch
+    run_ms = 1000 / ort["B=1"]
     limit_ms = echo["Predict B=1 x1"]["mean_ms"] + run_ms + 0.1
     unary_echo = echo[UNARY_ECHO.name]["requests_per_second"]
     checks = [
@@ -135,6 +151,8 @@ def targets(rows: list[dict[str, Any]], ort_b1: float, ort_b32: float) -> list[s
         (f"B=32 x16 >= 0.6x raw ORT B=32 one thread ({ort_b32:.0f} sequences/s)",
          ours["Predict B=32 x16"]["requests_per_second"] * 32 / ort_b32,
          ours["Predict B=32 x16"]["requests_per_second"] * 32 >= 0.6 * ort_b32),
+        (f"{LARGE.name} >= 0.95x raw ORT large B=16 two threads ({ort['large B=16']:.0f} "
+         "sequences/s)", large / ort["large B=16"], large >= 0.95 * ort["large B=16"]),
     ]  # fmt: skip
     for case in CASES:
         if case.messages > 1:
@@ -163,32 +181,40 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         sys.exit("h2load not found: apt-get install nghttp2-client")
-    servers = [
-        Server("echo", echo, metrics=False),
-        Server("lstm-serve", lstm_serve(ROOT / "models", *args.flags)),
-    ]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        repository = Path(tmp) / "models"
+        shutil.copytree(ROOT / "models", repository)
+        print("exporting the large model (3 x 256, 64 features) ...", file=sys.stderr)
+        large = export_large(repository)
+        servers = [
+            Server("echo", echo, metrics=False),
+            Server("lstm-serve", lstm_serve(repository, *args.flags)),
+        ]
         for server in servers:
             with running(server) as (target, metrics_url, _):
-                for case in CASES:
-                    if server.name == "echo" and case.rpc not in ECHO_RPCS:
+                for case in (*CASES, LARGE):
+                    if server.name == "echo" and (case.rpc not in ECHO_RPCS or case is LARGE):
                         continue
                     result = h2load(target, case, grpc_body(case, Path(tmp)), args.duration)
                     print(f"{server.name} {case.name}: {result['requests_per_second']:.0f}/s",
                           file=sys.stderr)  # fmt: skip
                     rows.append({"server": server.name, "case": case.name, "rpc": case.label,
-                                 "batch": case.batch, "streams": case.streams,
+                                 "model": case.model, "batch": case.batch,
+                                 "streams": case.streams,
                                  "messages_per_stream": case.messages, **result,
                                  "not_ok": not_ok(metrics_url)})  # fmt: skip
-    ort_b1 = raw_ort(SEED, 1, 10, 1, args.duration)
-    ort_b32 = raw_ort(SEED, 32, 10, 1, args.duration)
+        ort = {
+            "B=1": raw_ort(SEED, 1, 10, 1, args.duration),
+            "B=32": raw_ort(SEED, 32, 10, 1, args.duration),
+            "large B=16": raw_ort(large, 16, 100, 2, args.duration),
+        }
     echo_rows = {r["case"]: r for r in rows if r["server"] == "echo"}
     for row in rows:
         same = echo_rows.get(row["case"])
         row["vs_echo"] = row["requests_per_second"] / same["requests_per_second"] if same else None
-    data = {"flags": args.flags, "rows": rows, "targets": targets(rows, ort_b1, ort_b32),
-            "raw_ort_sequences_per_second": {"B=1": ort_b1, "B=32": ort_b32}}  # fmt: skip
+    data = {"flags": args.flags, "rows": rows, "targets": targets(rows, ort),
+            "raw_ort_sequences_per_second": ort}  # fmt: skip
     print("\n".join(markdown(data)))
     args.json.write_text(json.dumps(data, indent=2) + "\n")
     if any(row["not_ok"] for row in rows):

@@ -33,6 +33,7 @@ from benchmarks.servers import (
     Server,
     echo,
     ensure_mlserver_venv,
+    export_large,
     lstm_serve,
     mlserver,
     mlserver_folder,
@@ -150,29 +151,6 @@ def load(
         return {"failed": out.stderr[-500:]}
     result: dict[str, Any] = json.loads(out.stdout)["levels"][0]
     return result
-
-
-def export_large(repository: Path) -> Path:
-    subprocess.run(
-        [
-            str(BIN / "lstm-export"),
-            "--input-size",
-            "64",
-            "--layers",
-            "256",
-            "256",
-            "256",
-            "--name",
-            "large",
-            "--version",
-            "1",
-            "--repository",
-            str(repository),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return repository / "large/1/model.onnx"
 
 
 def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -227,6 +227,30 @@ def ensure_mlserver_venv() -> bool:
     return True
 
 
+def export_large(repository: Path) -> Path:
+    """The large model (64 features -> 3 x LSTM(256)) exported into `repository`."""
+    subprocess.run(
+        [
+            str(BIN / "lstm-export"),
+            "--input-size",
+            "64",
+            "--layers",
+            "256",
+            "256",
+            "256",
+            "--name",
+            "large",
+            "--version",
+            "1",
+            "--repository",
+            str(repository),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return repository / "large/1/model.onnx"
+
+
 def raw_ort(model_file: Path, batch: int, steps: int, threads: int, seconds: float) -> float:
     """Sequences/s of Model.run in process: the most any server can give."""
     code = f"""
