@@ -63,6 +63,7 @@ bench: $(VENV)/.bench
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; } || true
 	@if command -v h2load >/dev/null; then $(BIN)/python benchmarks/h2load_bench.py; \
 	else echo "note: h2load (Debian's nghttp2-client) not installable here: its table skipped"; fi
+	$(BIN)/python benchmarks/gil_handoff.py
 	$(BIN)/python benchmarks/run.py
 
 # Regenerates the Python code for proto/ (never edit it by hand).

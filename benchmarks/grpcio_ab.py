@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.h2load_bench import V1, Case, grpc_body, h2load, not_ok
+from benchmarks.h2load_bench import V1, Case, grpc_body, h2load, server_totals
 from benchmarks.servers import ROOT, Server, echo_on, lstm_serve, running
 
 CASES = (
@@ -100,7 +100,7 @@ def measure(server: Server, bodies: dict[Case, Path]) -> list[dict[str, float]]:
                 "event_loop_us": (after[1] - before[1]) / calls * 1e6,
             })  # fmt: skip
         if metrics_url:  # counted once, after every case: the server's count since it began
-            rows[-1]["not_ok"] = not_ok(metrics_url)
+            rows[-1]["not_ok"] = server_totals(metrics_url)["not_ok"]
         return rows
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 from benchmarks.servers import (
@@ -122,17 +123,33 @@ def h2load(target: str, case: Case, body: Path, duration: float) -> dict[str, fl
     }
 
 
-def not_ok(metrics_url: str | None) -> float:
-    """Answers the server counted with a code other than OK."""
-    if metrics_url is None:
-        return 0.0
+TOTALS = ("lstm_batch_size", "lstm_inference_duration_seconds", "lstm_queue_duration_seconds")
+
+
+def server_totals(metrics_url: str) -> dict[str, float]:
+    """The server's answers with a code other than OK, and the sums and counts of its batch
+    sizes, run and queue seconds, over all models: a case's share is the difference."""
     with urllib.request.urlopen(metrics_url, timeout=10) as page:
         text = page.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("lstm_requests_total{") and 'code="OK"' not in line
-    )
+    totals = {"not_ok": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "lstm_requests_total" and sample.labels["code"] != "OK":
+                totals["not_ok"] += sample.value
+            elif sample.name.removesuffix("_sum").removesuffix("_count") in TOTALS:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """One case's non-OK answers, mean batch (sequences), run and queue wait (ms)."""
+
+    def mean(name: str) -> float:
+        count = after[f"{name}_count"] - before.get(f"{name}_count", 0.0)
+        return (after[f"{name}_sum"] - before.get(f"{name}_sum", 0.0)) / max(count, 1.0)
+
+    return {"not_ok": after["not_ok"] - before["not_ok"], "server_batch": mean(TOTALS[0]),
+            "run_ms": mean(TOTALS[1]) * 1e3, "queue_ms": mean(TOTALS[2]) * 1e3}  # fmt: skip
 
 
 def targets(rows: list[dict[str, Any]], ort: dict[str, float]) -> list[str]:
@@ -163,13 +180,20 @@ def targets(rows: list[dict[str, Any]], ort: dict[str, float]) -> list[str]:
 
 def markdown(data: dict[str, Any]) -> list[str]:
     """A run's rows and targets as Markdown tables (also BENCHMARKS.md's, via report.py)."""
-    lines = ["| server | case | calls/s | mean ms | x echo | non-OK |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| server | case | calls/s | mean ms | x echo | non-OK | server: batch, run ms, queue ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in data["rows"]:
         ratio = f"{row['vs_echo']:.2f}" if row["vs_echo"] is not None else ""
         per_call = row["messages_per_stream"] == 1  # h2load times a stream's whole life
         mean = f"{row['mean_ms']:.3f}" if per_call else ""
+        checked = f"{row['not_ok']:.0f}" if "not_ok" in row else ""  # the echo counts nothing
+        inside = ""
+        if "server_batch" in row:
+            inside = f"{row['server_batch']:.1f}, {row['run_ms']:.2f}, {row['queue_ms']:.2f}"
         lines.append(f"| {row['server']} | {row['case']} | {row['requests_per_second']:,.0f} | "
-                     f"{mean} | {ratio} | {row['not_ok']:.0f} |")  # fmt: skip
+                     f"{mean} | {ratio} | {checked} | {inside} |")  # fmt: skip
     return [*lines, "", "| target (#13) | measured | |", "|---|---|---|", *data["targets"]]
 
 
@@ -196,14 +220,16 @@ def main() -> None:
                 for case in (*CASES, LARGE):
                     if server.name == "echo" and (case.rpc not in ECHO_RPCS or case is LARGE):
                         continue
+                    before = server_totals(metrics_url) if metrics_url else {}
                     result = h2load(target, case, grpc_body(case, Path(tmp)), args.duration)
+                    if metrics_url:
+                        result |= server_side(before, server_totals(metrics_url))
                     print(f"{server.name} {case.name}: {result['requests_per_second']:.0f}/s",
                           file=sys.stderr)  # fmt: skip
                     rows.append({"server": server.name, "case": case.name, "rpc": case.label,
                                  "model": case.model, "batch": case.batch,
                                  "streams": case.streams,
-                                 "messages_per_stream": case.messages, **result,
-                                 "not_ok": not_ok(metrics_url)})  # fmt: skip
+                                 "messages_per_stream": case.messages, **result})  # fmt: skip
         ort = {
             "B=1": raw_ort(SEED, 1, 10, 1, args.duration),
             "B=32": raw_ort(SEED, 32, 10, 1, args.duration),
@@ -217,7 +243,7 @@ def main() -> None:
             "raw_ort_sequences_per_second": ort}  # fmt: skip
     print("\n".join(markdown(data)))
     args.json.write_text(json.dumps(data, indent=2) + "\n")
-    if any(row["not_ok"] for row in rows):
+    if any(row.get("not_ok") for row in rows):
         sys.exit("lstm-serve answered some requests with an error: see not_ok")
 
 

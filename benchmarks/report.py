@@ -1,5 +1,5 @@
 """Turns benchmarks/results.json into BENCHMARKS.md (tables, targets, ratios) and a PNG plot;
-docs/h2load.json's tables and benchmarks/NOTES.md follow them."""
+docs/h2load.json's and docs/gil_handoff.json's tables and benchmarks/NOTES.md follow them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.h2load_bench import markdown
+from benchmarks import gil_handoff, h2load_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,9 +18,16 @@ H2LOAD_SECTION = """## Per-call cost with a native client (h2load)
 `benchmarks/h2load_bench.py` (`docs/h2load.json`): the bare echo and lstm-serve (defaults) driven
 by h2load over one connection with pre-encoded bodies, so the client costs far less CPU than
 `lstm-client load` and the ratios are the servers'. A streaming row sends 100 messages on each
-stream and counts messages. After each lstm-serve run the server's own count of non-OK answers is
-read back (the non-OK column). 5 s per row after 1 s of warm-up, one run; issue 13's targets
-are checked against that run's numbers."""
+stream and counts messages. Around each lstm-serve run the server's metrics are read back: its
+count of non-OK answers, and its mean batch, ONNX Runtime run and queue wait during the run.
+5 s per row after 1 s of warm-up, one run; issue 13's targets are checked against that run's
+numbers."""
+
+GIL_SECTION = """## A batch on the worker thread while the event loop is busy
+
+`benchmarks/gil_handoff.py` (`docs/gil_handoff.json`): the same seed-model run (B=8, T=10, one
+ONNX Runtime thread) on a worker thread, timed while the main thread idles, runs Python without
+pause (as a saturated event loop does), or idles while another process keeps a core busy."""
 
 
 def _row(results: dict[str, Any], scenario: str, server: str, level: int) -> dict[str, Any]:
@@ -191,9 +198,13 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"| {n} | {f['start_s']:.2f} | {f['rss_mib']:.0f} |" for n, f in results["servers"].items()
     ]
     lines += ["", "![throughput and p99 vs concurrency](benchmarks/throughput.png)", ""]
-    h2load = ROOT / "docs/h2load.json"  # `make bench` runs h2load_bench.py first
-    if h2load.exists():
-        lines += [H2LOAD_SECTION, "", *markdown(json.loads(h2load.read_text())), ""]
+    for section, module, json_file in (  # `make bench` runs these two first
+        (H2LOAD_SECTION, h2load_bench, "docs/h2load.json"),
+        (GIL_SECTION, gil_handoff, "docs/gil_handoff.json"),
+    ):
+        if (ROOT / json_file).exists():
+            data = json.loads((ROOT / json_file).read_text())
+            lines += [section, "", *module.markdown(data), ""]
     notes = ROOT / "benchmarks/NOTES.md"
     if notes.exists():
         lines += [notes.read_text()]
