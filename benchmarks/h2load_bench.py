@@ -7,17 +7,22 @@ ratios are the servers'. A streaming case sends 100 messages on each stream; its
 messages. The large model (64 features -> 3 x LSTM(256), T=100) is exported for the run.
 h2load counts HTTP 200s, and gRPC reports errors in trailers, so every lstm-serve run is
 followed by a server-side count of non-OK answers, which must be 0. Raw ONNX Runtime runs and
-#13's targets, each checked against this run's numbers, follow.
+#13's targets, each checked against this run's numbers, follow. Both servers stay up and take
+turns on each case, --rounds times; a row is the median of its rounds and its ratio to the echo
+the median of the rounds' ratios, so a slow spell of a shared machine hits both sides.
 Prints tables and writes JSON.
-Usage: python benchmarks/h2load_bench.py [--duration 5] [--json FILE] [-- lstm-serve flags]
+Usage: python benchmarks/h2load_bench.py [--duration 5] [--rounds 3] [--json FILE]
+       [-- lstm-serve flags]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,49 +202,73 @@ def markdown(data: dict[str, Any]) -> list[str]:
     return [*lines, "", "| target (#13) | measured | |", "|---|---|---|", *data["targets"]]
 
 
+def merged_row(
+    server: str, case: Case, runs: list[dict[str, float]], echo_runs: list[dict[str, float]] | None
+) -> dict[str, Any]:
+    """One server's case: the median of its rounds (non-OK answers summed), and the median of
+    its per-round ratios to the echo's rounds of the same case."""
+    merged: dict[str, Any] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    if "not_ok" in merged:
+        merged["not_ok"] = sum(run["not_ok"] for run in runs)
+    merged["vs_echo"] = None
+    if echo_runs:
+        merged["vs_echo"] = statistics.median(
+            ours["requests_per_second"] / theirs["requests_per_second"]
+            for ours, theirs in zip(runs, echo_runs, strict=True)
+        )
+    return {"server": server, "case": case.name, "rpc": case.label, "model": case.model,
+            "batch": case.batch, "streams": case.streams, "messages_per_stream": case.messages,
+            "rounds_requests_per_second": [run["requests_per_second"] for run in runs],
+            **merged}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=ROOT / "docs/h2load.json")
     parser.add_argument("flags", nargs="*", help="extra lstm-serve flags (after --)")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         sys.exit("h2load not found: apt-get install nghttp2-client")
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    rounds: dict[tuple[str, Case], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as up:
         repository = Path(tmp) / "models"
         shutil.copytree(ROOT / "models", repository)
         print("exporting the large model (3 x 256, 64 features) ...", file=sys.stderr)
         large = export_large(repository)
-        servers = [
-            Server("echo", echo, metrics=False),
-            Server("lstm-serve", lstm_serve(repository, *args.flags)),
-        ]
-        for server in servers:
-            with running(server) as (target, metrics_url, _):
-                for case in (*CASES, LARGE):
-                    if server.name == "echo" and (case.rpc not in ECHO_RPCS or case is LARGE):
+        servers = {
+            server.name: up.enter_context(running(server))
+            for server in (
+                Server("echo", echo, metrics=False),
+                Server("lstm-serve", lstm_serve(repository, *args.flags)),
+            )
+        }
+        for case in (*CASES, LARGE):
+            body = grpc_body(case, Path(tmp))
+            for _round in range(args.rounds):
+                for name, (target, metrics_url, _) in servers.items():
+                    if name == "echo" and (case.rpc not in ECHO_RPCS or case is LARGE):
                         continue
                     before = server_totals(metrics_url) if metrics_url else {}
-                    result = h2load(target, case, grpc_body(case, Path(tmp)), args.duration)
+                    result = h2load(target, case, body, args.duration)
                     if metrics_url:
                         result |= server_side(before, server_totals(metrics_url))
-                    print(f"{server.name} {case.name}: {result['requests_per_second']:.0f}/s",
+                    print(f"{name} {case.name}: {result['requests_per_second']:.0f}/s",
                           file=sys.stderr)  # fmt: skip
-                    rows.append({"server": server.name, "case": case.name, "rpc": case.label,
-                                 "model": case.model, "batch": case.batch,
-                                 "streams": case.streams,
-                                 "messages_per_stream": case.messages, **result})  # fmt: skip
+                    rounds.setdefault((name, case), []).append(result)
         ort = {
             "B=1": raw_ort(SEED, 1, 10, 1, args.duration),
             "B=32": raw_ort(SEED, 32, 10, 1, args.duration),
             "large B=16": raw_ort(large, 16, 100, 2, args.duration),
         }
-    echo_rows = {r["case"]: r for r in rows if r["server"] == "echo"}
-    for row in rows:
-        same = echo_rows.get(row["case"])
-        row["vs_echo"] = row["requests_per_second"] / same["requests_per_second"] if same else None
-    data = {"flags": args.flags, "rows": rows, "targets": targets(rows, ort),
+    rows = [
+        merged_row(name, case, rounds[name, case], rounds.get(("echo", case)))
+        for name in servers
+        for case in (*CASES, LARGE)
+        if (name, case) in rounds
+    ]
+    data = {"flags": args.flags, "rounds": args.rounds, "rows": rows, "targets": targets(rows, ort),
             "raw_ort_sequences_per_second": ort}  # fmt: skip
     print("\n".join(markdown(data)))
     args.json.write_text(json.dumps(data, indent=2) + "\n")
