@@ -20,8 +20,10 @@ by h2load over one connection with pre-encoded bodies, so the client costs far l
 `lstm-client load` and the ratios are the servers'. A streaming row sends 100 messages on each
 stream and counts messages. Around each lstm-serve run the server's metrics are read back: its
 count of non-OK answers, and its mean batch, ONNX Runtime run and queue wait during the run.
-5 s per row after 1 s of warm-up, one run; issue 13's targets are checked against that run's
-numbers."""
+The two servers take turns on each case, 3 rounds of 5 s after 1 s of warm-up; a row is the
+median of its rounds, its ratio to the echo the median of the rounds' ratios. Issue 13's
+targets are checked against this run's numbers; the large model is compared with raw ONNX
+Runtime run in the same process as the other rows' limits, after the servers."""
 
 GIL_SECTION = """## A batch on the worker thread while the event loop is busy
 
