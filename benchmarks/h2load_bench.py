@@ -107,10 +107,15 @@ def grpc_body(case: Case, directory: Path) -> Path:
     return path
 
 
-def h2load(target: str, case: Case, body: Path, duration: float) -> dict[str, float]:
+def h2load(
+    target: str, case: Case, body: Path, duration: float, connections: int = 1, threads: int = 1
+) -> dict[str, float]:
+    """One h2load run of `case`: `connections` connections (driven by `threads` threads), each
+    with `case.streams` streams in flight."""
     done = subprocess.run(
-        ["h2load", "-c", "1", "-t", "1", "-m", str(case.streams), "-D", str(round(duration)),
-         "--warm-up-time", "1", "-d", str(body), "-H", "content-type: application/grpc",
+        ["h2load", "-c", str(connections), "-t", str(threads), "-m", str(case.streams),
+         "-D", str(round(duration)), "--warm-up-time", "1", "-d", str(body),
+         "-H", "content-type: application/grpc",
          "-H", "te: trailers", f"http://{target}{case.rpc}"],
         capture_output=True, text=True, check=True, timeout=duration + 60,
     )  # fmt: skip
