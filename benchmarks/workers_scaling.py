@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.h2load_bench import V1, Case, grpc_body, h2load, server_totals
+from benchmarks.h2load_bench import V1, Case, grpc_body, h2load, server_side, server_totals
 from benchmarks.servers import ROOT, Server, lstm_serve, running
 
 
@@ -33,15 +33,17 @@ def markdown(data: dict[str, Any]) -> list[str]:
         f"{data['cpus']} CPUs; h2load: {data['connections']} connections x {data['streams']} "
         f"streams, {data['h2load_threads']} threads, {data['duration_s']:g} s per run.",
         "",
-        "| workers | case | calls/s | sequences/s | mean ms | x 1 worker | non-OK |",
-        "|---|---|---|---|---|---|---|",
+        "| workers | case | calls/s | sequences/s | mean ms | x 1 worker | non-OK "
+        "| server: batch, run ms, queue ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     one = {row["case"]: row for row in data["rows"] if row["workers"] == data["rows"][0]["workers"]}
     for row in data["rows"]:
         ratio = row["requests_per_second"] / one[row["case"]]["requests_per_second"]
         lines.append(f"| {row['workers']} | {row['case']} | {row['requests_per_second']:,.0f} | "
                      f"{row['requests_per_second'] * row['batch']:,.0f} | {row['mean_ms']:.2f} | "
-                     f"{ratio:.2f} | {row['not_ok']:.0f} |")  # fmt: skip
+                     f"{ratio:.2f} | {row['not_ok']:.0f} | {row['server_batch']:.1f}, "
+                     f"{row['run_ms']:.2f}, {row['queue_ms']:.2f} |")  # fmt: skip
     return lines
 
 
@@ -72,10 +74,10 @@ def main() -> None:
                 # a connection h2load opens before one listens goes to another.
                 time.sleep(max(2.0, 2 * ready_s))
                 for case in cases:
-                    before = server_totals(metrics_url)["not_ok"]
+                    before = server_totals(metrics_url)
                     result = h2load(target, case, bodies[case], args.duration, args.connections,
                                     min(args.threads, args.connections))  # fmt: skip
-                    result["not_ok"] = server_totals(metrics_url)["not_ok"] - before
+                    result |= server_side(before, server_totals(metrics_url))
                     print(f"{workers} workers, {case.name}: {result['requests_per_second']:.0f}/s",
                           file=sys.stderr)  # fmt: skip
                     rows.append({"workers": workers, "case": case.name, "batch": case.batch,
