@@ -169,6 +169,7 @@ def test_two_workers_sum_in_one_scrape_and_dead_ones_are_marked(
             == calls
         )
         assert value(samples, "lstm_batch_size_sum", model="seed") == calls
+        assert len(list((tmp_path / "prom").glob("counter_*.db"))) == 2  # both workers served
         workers = worker_pids(process)
         assert len(workers) == 2
         live_files = {f.name for f in (tmp_path / "prom").glob("gauge_live*.db")}
