@@ -331,7 +331,7 @@ async def test_after_requests_arrived_during_thread_runs_the_next_batch_runs_the
     before = len(threads)
     # alone, but a request arrived during the last runs: to the thread, where none arrive;
     # after that, inline again
-    assert await _until_inline(batcher, threads) > 1
+    await _until_inline(batcher, threads)
     await batcher.stop()
     main = threading.current_thread().name
     assert threads[before - 2] != main and threads[before - 1] != main  # blocker, arrived
