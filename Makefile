@@ -50,9 +50,10 @@ image-test: $(VENV)/.dev system-deps
 test: lint system-deps
 	$(BIN)/pytest
 
-# The side-by-side benchmark (about 14 minutes): lstm-serve against the bare echo with h2load
-# as the client (docs/h2load.json), then every server with lstm-client load; writes
-# BENCHMARKS.md (both runs' tables, then benchmarks/NOTES.md) and benchmarks/*.
+# The side-by-side benchmark (about 20 minutes): lstm-serve against the bare echo with h2load
+# as the client (docs/h2load.json), a worker-thread batch beside a busy event loop
+# (docs/gil_handoff.json), then every server with lstm-client load; writes BENCHMARKS.md (the
+# three runs' tables, then benchmarks/NOTES.md) and benchmarks/*.
 # MLServer goes into .venv-mlserver, a venv of its own.
 $(VENV)/.bench: $(VENV)/.dev
 	$(PIP) -e '.[server,export,dev,tracing,bench]'

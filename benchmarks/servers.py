@@ -28,6 +28,9 @@ MLSERVER_VENV = ROOT / ".venv-mlserver"
 SEED = ROOT / "models/seed/1/model.onnx"
 
 
+StartFn = Callable[[int, int], subprocess.Popen[bytes]]  # (port, metrics port) -> the server
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,14 +42,11 @@ class Server:
     """How to start one server under test, and what protocol the load generator speaks."""
 
     name: str
-    start: Callable[[int, int], subprocess.Popen[bytes]]
+    start: StartFn
     protocol: str = "lstm"
     channels: int = 1
     metrics: bool = True
     pids: list[int] = field(default_factory=list)
-
-
-StartFn = Callable[[int, int], subprocess.Popen[bytes]]  # (port, metrics port) -> the server
 
 
 def lstm_serve(
@@ -100,7 +100,7 @@ def echo_on(python: Path | None = None, env: dict[str, str] | None = None) -> St
 echo = echo_on()
 
 
-def mlserver(folder: Path) -> Callable[[int, int], subprocess.Popen[bytes]]:
+def mlserver(folder: Path) -> StartFn:
     def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
         (folder / "settings.json").write_text(
             json.dumps(
