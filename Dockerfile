@@ -5,7 +5,7 @@
 #   export      lstm-export with the CPU build of torch, to write models into a repository
 #
 # Offline and air-gapped builds: fill wheelhouse/ with every wheel a target needs, e.g.
-#   pip download -c constraints.txt -d wheelhouse '.[server,tracing]' setuptools wheel
+#   pip download -c constraints.txt -d wheelhouse '.[server,tracing]' hatchling
 # and build with --build-arg PIP_NO_INDEX=1: pip then installs from wheelhouse/ alone. By
 # default the folder is empty and pip uses PyPI (and PyTorch's CPU index for export). The
 # wheels are bind-mounted while pip runs, never copied into a layer.
@@ -17,7 +17,6 @@ RUN useradd --system --uid 10001 --user-group --no-create-home lstm \
  && mkdir -p /models && chown 10001:10001 /models
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
-COPY proto ./proto
 COPY service ./service
 COPY export ./export
 

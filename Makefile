@@ -26,8 +26,8 @@ serve: $(VENV)/.base
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	scripts/typecheck_tree.sh
 	$(BIN)/mypy
+	$(BIN)/pyright
 
 # nginx and promtool, for the load-balancer and Prometheus-config tests; podman, runc and
 # debootstrap, for the image tests (they skip, saying why, where these cannot be installed:
@@ -77,4 +77,4 @@ seed: $(VENV)/.dev
 		--repository models --force
 
 clean:
-	rm -rf $(VENV) .venv-mlserver .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-mlserver .pytest_cache .mypy_cache .ruff_cache build

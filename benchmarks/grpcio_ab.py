@@ -67,10 +67,13 @@ def python_with(version: str, pinned: dict[str, str]) -> Path:
 def source_for(version: str) -> Path:
     """This checkout laid out as the package: the generated stubs refuse a grpcio older than
     the grpcio-tools that made them, so in this copy that floor is `version`."""
-    subprocess.run(["bash", str(ROOT / "scripts/typecheck_tree.sh")], check=True)
     tree = WORK / f"src-{version}"
     shutil.rmtree(tree, ignore_errors=True)
-    shutil.copytree(ROOT / "build/typecheck", tree, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "service/lstm_serving",
+        tree / "lstm_serving",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     for stub in tree.rglob("*_pb2_grpc.py"):
         text = re.sub(r"GRPC_GENERATED_VERSION = '[^']*'", f"GRPC_GENERATED_VERSION = '{version}'",
                       stub.read_text())  # fmt: skip

@@ -22,6 +22,6 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     stale = [
         str(p)
         for p in generated
-        if (tmp_path / p).read_bytes() != (ROOT / "proto" / p).read_bytes()
+        if (tmp_path / p).read_bytes() != (ROOT / "service/lstm_serving/proto" / p).read_bytes()
     ]
     assert not stale, f"stale generated code {stale}: run `make proto` and commit"

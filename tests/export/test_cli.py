@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from lstm_serving.export import StackedLSTM
+from lstm_export import StackedLSTM
 from tests.processes import export
 
 

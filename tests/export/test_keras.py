@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from lstm_export.cli import main as export_main
 from lstm_serving.client.client import AsyncLstmClient
-from lstm_serving.export.cli import main as export_main
 from lstm_serving.server.app import LstmServer
 from tests.conftest import start_server
 from tests.processes import export

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lstm_serving.export import StackedLSTM
+from lstm_export import StackedLSTM
 
 
 def test_layers_are_single_layer_lstms_with_declared_widths() -> None:

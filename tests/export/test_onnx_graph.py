@@ -6,8 +6,9 @@ import onnx
 import pytest
 import torch
 
+from lstm_export import StackedLSTM, build_model
+from lstm_export.verify import verify
 from lstm_serving.contract import METADATA_KEY, Architecture
-from lstm_serving.export import StackedLSTM, build_model, verify
 
 LAYOUTS = [
     pytest.param(3, [16], False, id="1-layer"),

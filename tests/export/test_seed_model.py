@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 import torch
 
+from lstm_export import StackedLSTM, build_model
 from lstm_serving.contract import METADATA_KEY, Architecture
-from lstm_serving.export import StackedLSTM, build_model
 
 SEED_MODEL = Path(__file__).resolve().parents[2] / "models/seed/1/model.onnx"
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from lstm_serving.export import StackedLSTM, build_model, verify
+from lstm_export import StackedLSTM, build_model
+from lstm_export.verify import verify
 
 
 def _module() -> StackedLSTM:

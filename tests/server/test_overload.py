@@ -16,9 +16,9 @@ import onnx
 import pytest
 import torch
 
+from lstm_export import StackedLSTM, build_model
 from lstm_serving.client import loadgen, loadwork
 from lstm_serving.client.client import AsyncLstmClient, aio_channel, predict_request
-from lstm_serving.export import StackedLSTM, build_model
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from tests.processes import free_port, start, stop, wait_serving
 from tests.server.test_metrics import scrape, value

@@ -17,8 +17,8 @@ import onnx
 import pytest
 import torch
 
+from lstm_export import StackedLSTM, build_model
 from lstm_serving.client.client import AsyncLstmClient, Prediction
-from lstm_serving.export import StackedLSTM, build_model
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.server.app import LstmServer

@@ -16,6 +16,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from lstm_export.model import StackedLSTM
+from lstm_export.onnx_graph import recorded_architecture
 from lstm_serving.contract import (
     INPUT,
     LAST_HIDDEN,
@@ -26,8 +28,6 @@ from lstm_serving.contract import (
     final_state,
     initial_state,
 )
-from lstm_serving.export.model import StackedLSTM
-from lstm_serving.export.onnx_graph import recorded_architecture
 
 TOLERANCE = 1e-5  # absolute, float32; observed differences are ~1e-7
 BATCH_SIZES = (1, 7, 32)
@@ -100,7 +100,8 @@ def verify_against(
     names = [o.name for o in session.get_outputs()]
 
     def run(x: np.ndarray, lengths: np.ndarray, states: States) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, _feeds(x, lengths, states)), strict=True))
+        answers = session.run(names, _feeds(x, lengths, states))
+        return {name: np.asarray(answer) for name, answer in zip(names, answers, strict=True)}
 
     rng = np.random.default_rng(seed)
     report = VerificationReport(tolerance)

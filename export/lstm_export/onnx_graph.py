@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lstm_export.spec import DEFAULT_ACTIVATIONS, Activation, Head, LstmLayer, ModelSpec
 from lstm_serving.contract import (
     INPUT,
     LAST_HIDDEN,
@@ -28,7 +29,6 @@ from lstm_serving.contract import (
     final_state,
     initial_state,
 )
-from lstm_serving.export.spec import DEFAULT_ACTIVATIONS, Activation, Head, LstmLayer, ModelSpec
 from lstm_serving.version import __version__
 
 OPSET = 17

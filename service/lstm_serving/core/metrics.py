@@ -237,7 +237,7 @@ class MetricsEndpoint:
         # problem: socketserver would print a traceback for each, a log flood anyone can cause
         self._server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         handler: type = self._server.RequestHandlerClass  # type: ignore[assignment]
-        self._server.RequestHandlerClass = type(
+        self._server.RequestHandlerClass = type(  # pyright: ignore[reportAttributeAccessIssue]
             "IdleTimeoutHandler", (handler,), {"timeout": idle_timeout}
         )
         self.port = int(self._server.server_port)

@@ -148,10 +148,10 @@ def _read_h5(path: Path) -> KerasModel:
                 "(save_weights); save the whole model with model.save(path)"
             )
         raw = h5.attrs["model_config"]
-        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
         version = h5.attrs.get("keras_version", b"2")
         version = version.decode() if isinstance(version, bytes) else str(version)
-        weights_root = h5.get("model_weights", h5)
+        weights_root: Any = h5.get("model_weights", h5)
         stored = set(_attribute_list(weights_root, "layer_names"))
         layers = []
         for layer in _sequential(config):

@@ -18,12 +18,12 @@ from pathlib import Path
 import onnx
 import torch
 
-from lstm_serving.export.keras_source import KerasError, read_keras, weights_of
-from lstm_serving.export.model import StackedLSTM
-from lstm_serving.export.onnx_graph import architecture_of, graph_of, recorded_architecture
-from lstm_serving.export.spec import HEAD_ACTIVATIONS, sha256_of
-from lstm_serving.export.torch_source import LayoutError, build_model, read_layout
-from lstm_serving.export.verify import TOLERANCE, Reference, torch_reference, verify_against
+from lstm_export.keras_source import KerasError, read_keras, weights_of
+from lstm_export.model import StackedLSTM
+from lstm_export.onnx_graph import architecture_of, graph_of, recorded_architecture
+from lstm_export.spec import HEAD_ACTIVATIONS, sha256_of
+from lstm_export.torch_source import LayoutError, build_model, read_layout
+from lstm_export.verify import TOLERANCE, Reference, torch_reference, verify_against
 
 
 class ExportError(Exception):

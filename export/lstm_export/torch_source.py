@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import torch
 
-from lstm_serving.export.model import HeadConfig, StackedLSTM
-from lstm_serving.export.onnx_graph import architecture_of, graph_of
-from lstm_serving.export.spec import Head, LstmLayer, ModelSpec
+from lstm_export.model import HeadConfig, StackedLSTM
+from lstm_export.onnx_graph import architecture_of, graph_of
+from lstm_export.spec import Head, LstmLayer, ModelSpec
 
 # PyTorch stores gate blocks as i, f, g, o; ONNX wants i, o, f, c (c is PyTorch's g).
 _TORCH_TO_ONNX_GATES = (0, 3, 1, 2)

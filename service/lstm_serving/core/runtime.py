@@ -130,7 +130,8 @@ class Model:
                 zeros = np.zeros((layer.directions, batch, layer.units), dtype=np.float32)
                 for part in STATE_PARTS:
                     feeds[initial_state(k, part)] = zeros
-        return dict(zip(outputs, self.session.run(list(outputs), feeds), strict=True))
+        answers = self.session.run(list(outputs), feeds)
+        return {name: np.asarray(answer) for name, answer in zip(outputs, answers, strict=True)}
 
     def warm_up(self, max_batch_size: int) -> None:
         """Runs a few shapes once so the first real requests don't pay for allocation."""

@@ -85,8 +85,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
+        handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
+        details = handler_call_details
         handler = await continuation(details)
         method: str = details.method
         metadata = details.invocation_metadata

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from lstm_serving.export.keras_files import KerasError, KerasLayer, KerasModel, read_keras_file
-from lstm_serving.export.keras_reference import KerasForward, RefHead, RefLayer
-from lstm_serving.export.spec import HEAD_ACTIVATIONS, Activation, Head, LstmLayer, ModelSpec
-from lstm_serving.export.torch_source import onnx_gates
+from lstm_export.keras_files import KerasError, KerasLayer, KerasModel, read_keras_file
+from lstm_export.keras_reference import KerasForward, RefHead, RefLayer
+from lstm_export.spec import HEAD_ACTIVATIONS, Activation, Head, LstmLayer, ModelSpec
+from lstm_export.torch_source import onnx_gates
 
 __all__ = ["KerasError", "read_keras", "weights_of"]
 

@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import cast
 
@@ -74,7 +75,7 @@ def _supervise(settings: Settings, worker: Worker) -> int:
         reset_multiprocess_dir()
     context = multiprocessing.get_context("fork")
 
-    def spawn(name: str) -> multiprocessing.process.BaseProcess:
+    def spawn(name: str) -> BaseProcess:
         process = context.Process(target=worker, args=(settings, True), name=name)
         process.start()
         return process

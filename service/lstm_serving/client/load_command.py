@@ -122,7 +122,8 @@ def run_load(args: argparse.Namespace, features: int) -> int:
         if args.metrics_url:
             level["server"] = server_split(before, scrape(args.metrics_url))
         if args.verify:
-            checked = verify.verify(loadwork.Workload(spec), result.answers, args.verify)
+            workload = loadwork.Workload(spec)
+            checked = verify.verify(workload, result.answers, args.verify)  # pyright: ignore[reportPossiblyUnboundVariable]
             level["verify"] = dataclasses.asdict(checked)
         results.append(result)
         report_levels.append(level)
