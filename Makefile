@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint system-deps image-test proto seed bench clean
+.PHONY: serve test test-fast lint system-deps image-test proto docs seed bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,17 +43,21 @@ system-deps:
 	else echo "note:$$missing missing and not installable here; the tests needing them skip"; fi
 
 # The real images (server and export targets) built with podman and run as docker-compose
-# runs them: tests/deploy/test_images.py, which `make test` also runs.
+# runs them: tests/system/deploy/test_images.py, which `make test` also runs.
 image-test: $(VENV)/.dev system-deps
-	$(BIN)/pytest -v -s tests/deploy/test_images.py
+	$(BIN)/pytest -v -s tests/system/deploy/test_images.py
 
 test: lint system-deps
 	$(BIN)/pytest
 
+# The edit loop: unit tests only (tests/unit, not marked slow), under a minute.
+test-fast: $(VENV)/.dev
+	$(BIN)/pytest tests/unit -m "not slow" -q
+
 # The side-by-side benchmark (about 20 minutes): lstm-serve against the bare echo with h2load
-# as the client (docs/h2load.json), a worker-thread batch beside a busy event loop
-# (docs/gil_handoff.json), then every server with lstm-client load; writes BENCHMARKS.md (the
-# three runs' tables, then benchmarks/NOTES.md) and benchmarks/*.
+# as the client, a worker-thread batch beside a busy event loop, then every server with
+# lstm-client load; results in benchmarks/results/, and BENCHMARKS.md (the three runs' tables,
+# then benchmarks/NOTES.md).
 # MLServer goes into .venv-mlserver, a venv of its own.
 $(VENV)/.bench: $(VENV)/.dev
 	$(PIP) -e '.[server,export,dev,tracing,bench]'
@@ -62,14 +66,18 @@ $(VENV)/.bench: $(VENV)/.dev
 bench: $(VENV)/.bench
 	@command -v h2load >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; } || true
-	@if command -v h2load >/dev/null; then $(BIN)/python benchmarks/h2load_bench.py; \
+	@if command -v h2load >/dev/null; then $(BIN)/python -m benchmarks.h2load_bench; \
 	else echo "note: h2load (Debian's nghttp2-client) not installable here: its table skipped"; fi
-	$(BIN)/python benchmarks/gil_handoff.py
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m benchmarks.probes.gil_handoff
+	$(BIN)/python -m benchmarks.run
 
 # Regenerates the Python code for proto/ (never edit it by hand).
 proto: $(VENV)/.dev
 	$(BIN)/python scripts/gen_proto.py
+
+# Regenerates docs/configuration.md (the flag table) from Settings; a test fails when stale.
+docs: $(VENV)/.dev
+	$(BIN)/python scripts/gen_config_docs.py
 
 # Re-exports the shipped seed model (input 2, layers 64 32, seed 0).
 seed: $(VENV)/.dev

@@ -11,7 +11,7 @@ followed by a server-side count of non-OK answers, which must be 0. Raw ONNX Run
 turns on each case, --rounds times; a row is the median of its rounds and its ratio to the echo
 the median of the rounds' ratios, so a slow spell of a shared machine hits both sides.
 Prints tables and writes JSON.
-Usage: python benchmarks/h2load_bench.py [--duration 5] [--rounds 3] [--json FILE]
+Usage: python -m benchmarks.h2load_bench [--duration 5] [--rounds 3] [--json FILE]
        [-- lstm-serve flags]
 """
 
@@ -32,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 from benchmarks.servers import (
     ROOT,
     SEED,
@@ -46,7 +44,8 @@ from benchmarks.servers import (
     running,
 )
 from lstm_serving.client.messages import predict_request
-from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+from lstm_serving.protocols.kserve_v2 import build_infer_request
+from tests.helpers import parse
 
 V1 = "/lstm.v1.LstmService/"
 V2 = "/inference.GRPCInferenceService/"
@@ -94,12 +93,7 @@ def grpc_body(case: Case, directory: Path) -> Path:
     x = np.random.default_rng(0).standard_normal((case.batch, *SHAPES[case.model]))
     x = x.astype(np.float32)
     if case.rpc.startswith(V2):
-        message = v2.ModelInferRequest(
-            model_name=case.model,
-            inputs=[v2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
-                                                          shape=list(x.shape))],
-            raw_input_contents=[x.tobytes()],
-        ).SerializeToString()  # fmt: skip
+        message = build_infer_request(case.model, x).SerializeToString()
     else:
         message = predict_request(case.model, x).SerializeToString()
     path = directory / f"{case.label}-{case.model}-{case.batch}-{case.messages}.bin"
@@ -140,14 +134,13 @@ def server_totals(metrics_url: str) -> dict[str, float]:
     """The server's answers with a code other than OK, and the sums and counts of its batch
     sizes, run and queue seconds, over all models: a case's share is the difference."""
     with urllib.request.urlopen(metrics_url, timeout=10) as page:
-        text = page.read().decode()
+        samples = parse(page.read().decode())
     totals = {"not_ok": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "lstm_requests_total" and sample.labels["code"] != "OK":
-                totals["not_ok"] += sample.value
-            elif sample.name.removesuffix("_sum").removesuffix("_count") in TOTALS:
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    for (name, labels), value in samples.items():
+        if name == "lstm_requests_total" and dict(labels)["code"] != "OK":
+            totals["not_ok"] += value
+        elif name.removesuffix("_sum").removesuffix("_count") in TOTALS:
+            totals[name] = totals.get(name, 0.0) + value
     return totals
 
 
@@ -231,7 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=ROOT / "docs/h2load.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/h2load.json")
     parser.add_argument("flags", nargs="*", help="extra lstm-serve flags (after --)")
     args = parser.parse_args()
     if shutil.which("h2load") is None:

@@ -1,5 +1,6 @@
-"""Turns benchmarks/results.json into BENCHMARKS.md (tables, targets, ratios) and a PNG plot;
-docs/h2load.json's and docs/gil_handoff.json's tables and benchmarks/NOTES.md follow them."""
+"""Turns benchmarks/results/results.json into BENCHMARKS.md (tables, targets, ratios) and a PNG
+plot; the tables of benchmarks/results/h2load.json and gil_handoff.json and benchmarks/NOTES.md
+follow them."""
 
 from __future__ import annotations
 
@@ -8,28 +9,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks import gil_handoff, h2load_bench
+from benchmarks import h2load_bench
+from benchmarks.probes import gil_handoff
 
 ROOT = Path(__file__).resolve().parent.parent
 
 H2LOAD_SECTION = """## Per-call cost with a native client (h2load)
 
-`benchmarks/h2load_bench.py` (`docs/h2load.json`): the bare echo and lstm-serve (defaults) driven
-by h2load over one connection with pre-encoded bodies, so the client costs far less CPU than
-`lstm-client load` and the ratios are the servers'. A streaming row sends 100 messages on each
-stream and counts messages. Around each lstm-serve run the server's metrics are read back: its
-count of non-OK answers, and its mean batch, ONNX Runtime run and queue wait during the run.
-The two servers take turns on each case, 3 rounds of 5 s after 1 s of warm-up; a row is the
-median of its rounds, its ratio to the echo the median of the rounds' ratios. Raw ONNX Runtime
-(seed B=1 and B=32, the large model's B=16) is timed after the servers, in the same run, and
-issue 13's targets are checked against this run's numbers."""
+`benchmarks/h2load_bench.py` (`benchmarks/results/h2load.json`): the bare echo and lstm-serve
+(defaults) driven by h2load over one connection with pre-encoded bodies, so the client costs far
+less CPU than `lstm-client load` and the ratios are the servers'. A streaming row sends 100
+messages on each stream and counts messages. Around each lstm-serve run the server's metrics are
+read back: its count of non-OK answers, and its mean batch, ONNX Runtime run and queue wait
+during the run. The two servers take turns on each case, 3 rounds of 5 s after 1 s of warm-up; a
+row is the median of its rounds, its ratio to the echo the median of the rounds' ratios. Raw
+ONNX Runtime (seed B=1 and B=32, the large model's B=16) is timed after the servers, in the same
+run, and issue 13's targets are checked against this run's numbers."""
 
 GIL_SECTION = """## A batch on the worker thread while the event loop is busy
 
-`benchmarks/gil_handoff.py` (`docs/gil_handoff.json`): the same seed-model run (B=8, T=10, one
-ONNX Runtime thread) on a worker thread, timed while the main thread idles, runs Python without
-pause (as a saturated event loop does), or idles while another process keeps a core busy."""
+`benchmarks/probes/gil_handoff.py` (`benchmarks/results/gil_handoff.json`): the same seed-model run
+(B=8, T=10, one ONNX Runtime thread) on a worker thread, timed while the main thread idles, runs
+Python without pause (as a saturated event loop does), or idles while another process keeps a
+core busy."""
 
 
 def _row(results: dict[str, Any], scenario: str, server: str, level: int) -> dict[str, Any]:
@@ -133,7 +135,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines = [
         "# Benchmarks",
         "",
-        "Made by `make bench` (`python benchmarks/run.py`): every server on the same machine, in "
+        "Made by `make bench` (`python -m benchmarks.run`): every server on the same machine, in "
         "one run, driven by the same load generator (`lstm-client load`), the servers "
         f"interleaved (their order rotates each repeat); {results['repeats']} repeats of "
         f"{results['duration_s']:g} s per level after 1 s of warm-up; medians, with the spread "
@@ -199,10 +201,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines += [
         f"| {n} | {f['start_s']:.2f} | {f['rss_mib']:.0f} |" for n, f in results["servers"].items()
     ]
-    lines += ["", "![throughput and p99 vs concurrency](benchmarks/throughput.png)", ""]
+    lines += ["", "![throughput and p99 vs concurrency](benchmarks/results/throughput.png)", ""]
     for section, module, json_file in (  # `make bench` runs these two first
-        (H2LOAD_SECTION, h2load_bench, "docs/h2load.json"),
-        (GIL_SECTION, gil_handoff, "docs/gil_handoff.json"),
+        (H2LOAD_SECTION, h2load_bench, "benchmarks/results/h2load.json"),
+        (GIL_SECTION, gil_handoff, "benchmarks/results/gil_handoff.json"),
     ):
         if (ROOT / json_file).exists():
             data = json.loads((ROOT / json_file).read_text())
@@ -242,7 +244,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    data = json.loads((ROOT / "benchmarks/results.json").read_text())
-    plot(data, ROOT / "benchmarks/throughput.png")
+    data = json.loads((ROOT / "benchmarks/results/results.json").read_text())
+    plot(data, ROOT / "benchmarks/results/throughput.png")
     write_markdown(data, ROOT / "BENCHMARKS.md")
     sys.exit(0)

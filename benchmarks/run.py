@@ -1,13 +1,13 @@
 """The side-by-side benchmark: one command, one machine, one load generator, every server.
 (Over 250 lines: the plan of every measurement reads best in one place.)
 
-    python benchmarks/run.py [--repeats 3] [--duration 4] [--quick]      (or: make bench)
+    python -m benchmarks.run [--repeats 3] [--duration 4] [--quick]      (or: make bench)
 
 Measures, interleaving the servers (their order rotates each repeat) and taking medians:
   raw ONNX Runtime in process (the limit), a bare grpc.aio echo server (the Python gRPC
   ceiling), lstm-serve in several configurations, and Seldon MLServer 1.7.1 with adaptive
   batching and an ONNX Runtime runtime (benchmarks/mlserver/), in its own virtual environment.
-Writes BENCHMARKS.md, benchmarks/results.json and benchmarks/throughput.png.
+Writes BENCHMARKS.md, benchmarks/results/results.json and benchmarks/results/throughput.png.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 from benchmarks.servers import (
     BIN,
     ROOT,
@@ -258,11 +257,11 @@ def main() -> int:
         ],
         "servers": {n: {k: statistics.median(v) for k, v in f.items()} for n, f in facts.items()},
     }
-    (args.out / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmarks/results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "benchmarks/results").mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks/results/results.json").write_text(json.dumps(results, indent=2))
     from benchmarks.report import plot, write_markdown
 
-    plot(results, args.out / "benchmarks/throughput.png")
+    plot(results, args.out / "benchmarks/results/throughput.png")
     write_markdown(results, args.out / "BENCHMARKS.md")
     print((args.out / "BENCHMARKS.md").read_text())
     shutil.rmtree(work, ignore_errors=True)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
+from tests.helpers import free_port, serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -29,12 +29,6 @@ SEED = ROOT / "models/seed/1/model.onnx"
 
 
 StartFn = Callable[[int, int], subprocess.Popen[bytes]]  # (port, metrics port) -> the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -53,28 +47,11 @@ def lstm_serve(
     repository: Path, *flags: str, python: Path | None = None, env: dict[str, str] | None = None
 ) -> StartFn:
     """lstm-serve as installed here, or run by another interpreter (`python`, with `env`)."""
-    program = (
-        [str(python), "-m", "lstm_serving.server.main"] if python else [str(BIN / "lstm-serve")]
-    )
 
     def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
+        metrics = ("--metrics-port", str(metrics_port), "--log-level", "warning")
         return subprocess.Popen(
-            [
-                *program,
-                "--repository",
-                str(repository),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--metrics-port",
-                str(metrics_port),
-                "--device",
-                "cpu",
-                "--log-level",
-                "warning",
-                *flags,
-            ],
+            serve_command(repository, port, *metrics, *flags, python=python),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -4,7 +4,7 @@ Starts lstm-serve (or uses --target with --pid), measures capacity with a short 
 run, then sends open-loop load at --fraction of it in windows, sampling the server's RSS and
 open file descriptors after each. Exit 1 on any error, RSS growth over --max-rss-growth MiB,
 fd growth over --max-fd-growth, or p99 drift (last window / first) over --max-drift.
-    python benchmarks/soak.py --duration 3600 --json soak.json      (the long run)
+    python -m benchmarks.soak --duration 3600 --json soak.json      (the long run)
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
-
-from benchmarks.servers import lstm_serve  # noqa: E402
-from lstm_serving.client import loadgen, loadwork  # noqa: E402
-from lstm_serving.client.client import LstmClient  # noqa: E402
+from benchmarks.servers import ROOT, lstm_serve
+from lstm_serving.client.client import LstmClient
+from lstm_serving.client.load import generator, workload
 
 
 def process_tree(pid: int) -> list[int]:
@@ -65,7 +62,7 @@ def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
-    spec = loadwork.LoadSpec(
+    spec = workload.LoadSpec(
         target=target,
         model=args.model,
         batch_size=args.batch_size,
@@ -73,7 +70,7 @@ def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
         duration=3.0,
         warmup=1.0,
     )
-    capacity = asyncio.run(loadgen.run_level(spec, concurrency=16, progress=False))
+    capacity = asyncio.run(generator.run_level(spec, concurrency=16, progress=False))
     rate = capacity.requests_per_second * args.fraction
     print(
         f"capacity {capacity.requests_per_second:.0f} req/s; holding {rate:.0f} req/s "
@@ -81,7 +78,7 @@ def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
         file=sys.stderr,
     )
     windows: list[dict[str, Any]] = []
-    window_spec = loadwork.LoadSpec(
+    window_spec = workload.LoadSpec(
         target=target,
         model=args.model,
         batch_size=args.batch_size,
@@ -90,7 +87,7 @@ def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
         warmup=0.0,
     )
     for i in range(max(1, int(args.duration / args.window))):
-        result = asyncio.run(loadgen.run_level(window_spec, rate=rate, progress=False, seed=i))
+        result = asyncio.run(generator.run_level(window_spec, rate=rate, progress=False, seed=i))
         pids = process_tree(pid)
         windows.append(
             {

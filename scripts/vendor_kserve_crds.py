@@ -22,7 +22,7 @@ CRDS = {
     "ClusterServingRuntime": "serving.kserve.io_clusterservingruntimes.yaml",
     "InferenceService": "serving.kserve.io_inferenceservices.yaml",
 }
-OUT = Path(__file__).resolve().parents[1] / "tests/deploy/kserve/crd_schemas.json.gz"
+OUT = Path(__file__).resolve().parents[1] / "tests/system/deploy/kserve/crd_schemas.json.gz"
 
 
 def without_descriptions(node: Any) -> Any:

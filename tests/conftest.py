@@ -3,36 +3,20 @@ lstm-serve (grpc.aio, ONNX Runtime) on an ephemeral port with a client for it.""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lstm_serving.client.client import AsyncLstmClient
-from lstm_serving.core.settings import Settings
 from lstm_serving.server.app import LstmServer
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.helpers import SEED_REPOSITORY, start_server
 
 
 @pytest.fixture(scope="session")
 def seed_repository() -> Path:
     """The shipped model repository (models/seed/1/model.onnx)."""
-    return ROOT / "models"
-
-
-async def start_server(**overrides: Any) -> LstmServer:
-    """Loopback, ephemeral port, no /metrics endpoint (tests read the registry directly)."""
-    settings = Settings(
-        **{"host": "127.0.0.1", "port": 0, "metrics_port": 0, "device": "cpu", **overrides}
-    )
-    server = LstmServer(settings)
-    await server.start()
-    await server.load()
-    return server
+    return SEED_REPOSITORY
 
 
 @pytest.fixture(scope="module")

@@ -114,44 +114,6 @@ class Architecture:
     mask_value: float | None = None  # Keras Masking: trailing steps all equal to it are padding
     source: str = ""  # what the model was exported from (e.g. "keras 3.15.1 .keras")
 
-    @classmethod
-    def build(
-        cls,
-        input_size: int,
-        units: list[int],
-        bidirectional: bool,
-        opset: int,
-        *,
-        exporter: str = "",
-        torch_version: str = "",
-        created: str = "",
-        weights_sha256: str = "",
-    ) -> Architecture:
-        """Derives every layer's input size and parameter counts from the widths."""
-        directions = 2 if bidirectional else 1
-        direction = "bidirectional" if bidirectional else "forward"
-        layers, width = [], input_size
-        for h in units:
-            layers.append(
-                LayerSpec(
-                    units=h,
-                    direction=direction,
-                    input_size=width,
-                    parameters=parameter_count(width, h, directions),
-                    keras_parameters=parameter_count(width, h, directions, keras=True),
-                )
-            )
-            width = directions * h
-        return cls(
-            input_size=input_size,
-            layers=tuple(layers),
-            opset=opset,
-            exporter=exporter,
-            torch_version=torch_version,
-            created=created,
-            weights_sha256=weights_sha256,
-        )
-
     @property
     def output_size(self) -> int:
         return self.layers[-1].output_size

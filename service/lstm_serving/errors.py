@@ -1,7 +1,7 @@
 """The failures of the server, one class each: those a caller is told, those an operator is.
 
 A ServingError's message goes to the caller verbatim, so it says what was wrong and what to
-do; the mapping to gRPC status codes lives in one place, `lstm_serving.server.status`.
+do; the mapping to gRPC status codes lives in one place, `lstm_serving.server.servicer`.
 A ConfigurationError stops a start or refuses a model file, for the operator's log.
 Anything else is an internal fault: logged, never shown to a caller.
 """

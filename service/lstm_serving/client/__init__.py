@@ -1,2 +1,3 @@
-"""The client side: the client library, `lstm-client` and its load generator. No ONNX Runtime
-(but `verify`, imported for `load --verify` only) and no torch."""
+"""The client side: the library (`client`, `sequences`, `messages`, `blocking`), the CLI
+(`cli`, lstm-client) and the load generator (`load/`). No torch, and no ONNX Runtime but
+`load.verify`, imported for `load --verify` only."""

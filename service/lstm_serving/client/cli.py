@@ -2,7 +2,7 @@
 
 Exit status: 0 ok, 1 the server answered with an error (its status code is printed; for
 `load`: a request failed or a verified answer was wrong), 2 bad usage, 3 not SERVING.
-Over 250 lines: every subcommand's arguments and output in one place (load's in load_command).
+Over 250 lines: every subcommand's arguments and output in one place (load's: load.command).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from lstm_serving.client.client import LstmClient, Prediction, Security
-from lstm_serving.client.load_command import add_load_arguments, run_load
+from lstm_serving.client.load.command import add_load_arguments, run_load
 from lstm_serving.contract import (
     LAST_HIDDEN,
     OUTPUT_CHOICES,

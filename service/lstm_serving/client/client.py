@@ -79,8 +79,7 @@ CHANNEL_OPTIONS = [
 # Service), calls spread over every address with gRPC's own round_robin policy; a server's
 # --max-connection-age GOAWAY makes the channel resolve the name again, finding new ones. One
 # server keeps gRPC's default (pick_first): round_robin fails calls at once while its only
-# connection is down, where pick_first reconnects on the next call (a restarted worker: 18,093
-# UNAVAILABLE in 4 s with round_robin, a few without).
+# connection is down, where pick_first reconnects on the next call (docs/decisions.md).
 ROUND_ROBIN = ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
 
 

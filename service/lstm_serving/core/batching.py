@@ -4,7 +4,7 @@ Knows numpy and asyncio only, no protocol. One per loaded model version. Request
 bounded FIFO queue; a background task takes the oldest, adds more until the batch holds
 `max_batch_size` sequences or `max_queue_delay` has passed since the oldest arrived, pads to
 the longest length in the batch, runs it in a worker thread and hands each caller its own
-rows (merging and splitting: `batches`). Lengths go to the LSTM as `sequence_lens`, so no
+rows (merging and splitting: `merge`). Lengths go to the LSTM as `sequence_lens`, so no
 caller's answer depends on what else shared its batch (bit for bit). A request larger than
 `max_batch_size` runs as its own batch. Every submitted request ends answered or failed,
 whatever stops. Over 250 lines: the queue, its pipeline and its stop are one state machine.
@@ -24,18 +24,15 @@ from typing import Protocol
 
 import numpy as np
 
-from lstm_serving.core.batches import Arrays, Part, States, check_rows, merge, split
+from lstm_serving.core.inline import InlinePolicy
+from lstm_serving.core.merge import Arrays, Part, States, check_rows, merge, split
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 # Batches handed to the worker thread at once: the next is formed and waiting while the current
-# runs, so the thread goes from one to the next without waiting for the event loop (which, in
-# overload, is busy refusing calls: with one at a time, goodput under 3x overload fell to
-# 0.5-0.6x of capacity on a busy 2-core machine).
+# runs, so the thread goes from one to the next without waiting for the event loop, which in
+# overload is busy refusing calls (docs/decisions.md).
 PIPELINE_DEPTH = 2
-# A batch that could run inline is sent to the worker thread at least this often, to see
-# whether requests arrive while it runs (then later ones batch on the thread).
-PROBE_INTERVAL_S = 0.05
 # (inputs [B, T, F], lengths [B], outputs, initial states or None for zeros) -> outputs
 RunFn = Callable[[np.ndarray, np.ndarray, Sequence[str], States | None], Arrays]
 
@@ -110,18 +107,8 @@ class Batcher:
     ) -> None:
         self._run_fn = run
         self._observer: BatchObserver = observer or _Unobserved()
-        # A batch runs on the event loop, with nobody else waiting, when its expected run costs
-        # no more than the hop to the worker thread and back would: both measured on this
-        # machine as it runs (a fixed threshold made a 2x cliff between machines: a B=1 run of
-        # 0.15 ms on one machine, 0.07 ms on another, against a 0.1 ms constant).
-        self._inline_runs = inline_runs
-        self._step_seconds = float("inf")  # measured: seconds per sequence-step of a run
-        # measured: the least a worker-thread run has cost beyond its compute (its own cost;
-        # more is the event loop being busy, which running inline would not save)
-        self._hop_seconds = float("inf")
+        self._inline = InlinePolicy(inline_runs)
         self._submitted = 0  # requests submitted so far
-        self._arrived_during_runs = False  # requests came while a worker-thread run ran
-        self._thread_run_ended = 0.0  # when a run last came back from the worker thread
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -225,7 +212,8 @@ class Batcher:
                 break
             batch = self._take()
             self._observer.queue_changed(len(self._queue))
-            if not batch or self._runs_inline(batch):
+            alone = not self._runs and not self._queue
+            if not batch or self._inline.runs_inline(_steps(batch), alone):
                 if batch:
                     await self._run(batch, inline=True)
                 self._slots.release()
@@ -274,27 +262,6 @@ class Batcher:
             rows += request.rows
         return batch
 
-    def _runs_inline(self, batch: list[_Request]) -> bool:
-        """Whether `batch` runs on the event loop: nothing else is queued or running, no
-        request arrived during the worker-thread runs since the last lone batch (one is sent
-        there every PROBE_INTERVAL_S to see), and its expected run costs no more than the
-        least a hop there has.
-
-        Under load a batch run inline answers before the next request is even accepted, so
-        every batch holds one request: at 64 streams in flight that steady state served
-        1,650-1,920 requests/s here, against 2,750-3,250 with runs on the thread, where
-        requests arrive while one runs and batch. Either state kept itself up before the
-        arrivals rule and the probe; both were needed to leave the inline one."""
-        if not self._inline_runs or self._runs or self._queue:
-            return False
-        if self._arrived_during_runs:  # batch on the thread again, and see if requests come
-            self._arrived_during_runs = False
-            return False
-        if time.monotonic() - self._thread_run_ended > PROBE_INTERVAL_S:
-            return False
-        steps: int = sum(r.rows for r in batch) * max(r.inputs.shape[1] for r in batch)
-        return steps * self._step_seconds <= self._hop_seconds < float("inf")
-
     async def _run(self, batch: list[_Request], inline: bool) -> None:
         """One batch: on the event loop when `inline` (this never suspends), else on the
         worker thread with the event loop free meanwhile."""
@@ -311,12 +278,8 @@ class Batcher:
                     self._executor, self._timed_run, inputs, lengths, outputs, initial
                 )
                 hop = time.perf_counter() - handed - compute
-                self._hop_seconds = min(hop, self._hop_seconds)
-                self._arrived_during_runs |= self._submitted > submitted
-                self._thread_run_ended = time.monotonic()
-            per_step = compute / (inputs.shape[0] * inputs.shape[1])
-            first = self._step_seconds == float("inf")
-            self._step_seconds = per_step if first else 0.8 * self._step_seconds + 0.2 * per_step
+                self._inline.ran_on_thread(hop, arrivals=self._submitted > submitted)
+            self._inline.ran(inputs.shape[0] * inputs.shape[1], compute)
             check_rows(results, inputs.shape[0])
         except asyncio.CancelledError:
             for request in batch:
@@ -363,3 +326,8 @@ class Batcher:
     def _fail(request: _Request, exc: Exception) -> None:
         if not request.future.done():
             request.future.set_exception(exc)
+
+
+def _steps(batch: list[_Request]) -> int:
+    """Sequence-steps the batch runs once padded: its rows times its longest time."""
+    return sum(r.rows for r in batch) * max(int(r.inputs.shape[1]) for r in batch)

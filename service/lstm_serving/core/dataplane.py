@@ -9,8 +9,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 from lstm_serving.core import validation
-from lstm_serving.core.batches import Arrays
 from lstm_serving.core.batching import RunTiming
+from lstm_serving.core.merge import Arrays
 from lstm_serving.core.registry import Registry, ServedModel
 from lstm_serving.core.requests import InferRequest, InferResult
 from lstm_serving.core.runtime import Model

@@ -1,4 +1,4 @@
-"""Prometheus metrics: every metric declared once here, and the /metrics endpoint.
+"""Prometheus metrics: every metric declared once here (the /metrics endpoint is the server's).
 
 Names and labels are fixed (dashboards and alerts depend on them). With --workers N the
 workers write prometheus-client's multiprocess files and the parent serves one scrape that
@@ -13,13 +13,10 @@ import shutil
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
-from prometheus_client.exposition import start_http_server
 
 from lstm_serving.core.batching import BatchReport
-from lstm_serving.errors import StartupError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-METRICS_IDLE_TIMEOUT_S = 10.0  # a /metrics connection silent this long is closed
 METRICS_TMP_PREFIX = "lstm-serve-metrics-"  # a directory lstm-serve made itself (and removes)
 # ~50 us to 10 s: the library's default buckets start at 5 ms, coarser than one run here.
 DURATION_BUCKETS = (
@@ -196,55 +193,6 @@ class BatchMetrics:
         for wait, length in zip(report.waits, report.longest, strict=True):
             self._queue_duration.observe(wait)
             self._length.observe(length)
-
-
-class MetricsEndpoint:
-    """GET /metrics on a background thread (prometheus-client's own server), over TLS when
-    given a certificate (and requiring client certificates when given a CA).
-
-    A connection that sends nothing for `idle_timeout` seconds is closed: each one holds a
-    thread, and before this 112 idle connections took the process from 13 to 125 threads.
-    """
-
-    def __init__(
-        self,
-        port: int,
-        host: str,
-        registry: CollectorRegistry,
-        tls: tuple[Path, Path] | None = None,
-        client_ca: Path | None = None,
-        idle_timeout: float = METRICS_IDLE_TIMEOUT_S,
-    ) -> None:
-        certfile, keyfile = (str(tls[0]), str(tls[1])) if tls else (None, None)
-        try:
-            self._server, self._thread = start_http_server(
-                port,
-                addr=host,
-                registry=registry,
-                certfile=certfile,
-                keyfile=keyfile,
-                client_cafile=str(client_ca) if client_ca else None,
-                client_auth_required=client_ca is not None,
-            )
-        except OSError as exc:
-            raise StartupError(
-                f"cannot serve /metrics on {host}:{port}: {exc.strerror} (is the port in use? "
-                "choose another with --metrics-port, or 0 to turn /metrics off)"
-            ) from exc
-        if tls:  # the TLS handshake in the handler's thread, under its timeout, not in accept()
-            self._server.socket.do_handshake_on_connect = False  # type: ignore[attr-defined]
-        # a connection that fails (a bad handshake, plain HTTP to TLS) is the caller's
-        # problem: socketserver would print a traceback for each, a log flood anyone can cause
-        self._server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-        handler: type = self._server.RequestHandlerClass  # type: ignore[assignment]
-        self._server.RequestHandlerClass = type(  # pyright: ignore[reportAttributeAccessIssue]
-            "IdleTimeoutHandler", (handler,), {"timeout": idle_timeout}
-        )
-        self.port = int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def aggregate_registry() -> CollectorRegistry:

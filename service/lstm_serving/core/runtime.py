@@ -68,12 +68,11 @@ class Model:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
-        # Idle ORT threads spin by default, taking the cores the gRPC event loop needs: with
-        # spinning off, 16 concurrent callers got 2x the throughput here (benchmarks/).
+        # Idle ORT threads spin by default, taking the cores the gRPC event loop needs
+        # (docs/decisions.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # ORT's CPU arena keeps the peak of the largest run for the process's life: after one
-        # 512 x 1024-step request the seed model's RSS stayed at 719 MB (54 MB before); without
-        # it RSS returns to 55 MB, and a B=1 run costs the same (41-73 us both ways, noisy).
+        # ORT's CPU arena keeps the peak of the largest run for the process's life; without it
+        # memory returns after a large request at no cost to small ones (docs/decisions.md).
         options.enable_cpu_mem_arena = False
         options.log_severity_level = 3  # ORT's warnings go to stderr unformatted otherwise
         providers = choose_providers(device)

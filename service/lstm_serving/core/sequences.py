@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lstm_serving.core.batches import States
+from lstm_serving.core.merge import States
 from lstm_serving.core.requests import SequenceId, SequenceStep
 from lstm_serving.errors import AlreadyExists, NotFound, ResourceExhausted
 

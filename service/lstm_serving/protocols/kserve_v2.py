@@ -127,20 +127,21 @@ def decode_infer_request(
 
 
 def _sequence(parameters: Mapping[str, v2.InferParameter]) -> SequenceStep | None:
-    """Triton's sequence parameters; None when the call is not part of a sequence."""
-    if "sequence_id" not in parameters:
-        return None
-    given = parameters["sequence_id"]
-    kind = given.WhichOneof("parameter_choice")
-    if kind not in ("int64_param", "uint64_param", "string_param"):
-        raise InvalidArgument(f"parameter sequence_id is a {kind}: send an integer or a string")
-    sequence_id: int | str = getattr(given, kind)
+    """Triton's sequence parameters; None when the call is not part of a sequence. A start or
+    end flag without an id is refused: run statelessly, its state would be lost silently."""
     flags = {}
     for flag in ("sequence_start", "sequence_end"):
         value = parameters.get(flag)
         if value is not None and value.WhichOneof("parameter_choice") != "bool_param":
             raise InvalidArgument(f"parameter {flag} must be a bool")
         flags[flag] = value is not None and value.bool_param
+    sequence_id: int | str = 0
+    if "sequence_id" in parameters:
+        given = parameters["sequence_id"]
+        kind = given.WhichOneof("parameter_choice")
+        if kind not in ("int64_param", "uint64_param", "string_param"):
+            raise InvalidArgument(f"parameter sequence_id is a {kind}: send an integer or a string")
+        sequence_id = getattr(given, kind)
     if sequence_id in (0, ""):
         if any(flags.values()):
             raise InvalidArgument("sequence_start/sequence_end need a sequence_id other than 0")
@@ -173,3 +174,51 @@ def model_metadata(
         ],
         outputs=[tensor(name=n, datatype="FP32", shape=s) for n, s in arch.output_shapes.items()],
     )
+
+
+# The caller's side: one builder and one decoder for every v2 client of ours (the load
+# generator, the benchmarks, the tests), so no one spells the tensor layout by hand.
+
+
+def build_infer_request(
+    model: str,
+    inputs: np.ndarray,
+    lengths: np.ndarray | Sequence[int] | None = None,
+    outputs: Sequence[str] = (),
+    *,
+    version: str = "",
+    request_id: str = "",
+    initial_states: Mapping[str, np.ndarray] | None = None,
+    sequence: SequenceStep | None = None,
+) -> v2.ModelInferRequest:
+    """A ModelInferRequest with raw little-endian contents: `inputs` [batch, time, features],
+    optional `lengths` [batch] and initial states, the outputs asked for (none: all), and
+    Triton's sequence parameters for a step of a server-held sequence."""
+    request = v2.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    tensors: dict[str, tuple[str, np.ndarray]] = {INPUT: ("FP32", np.asarray(inputs))}
+    if lengths is not None:
+        tensors[LENGTHS] = ("INT32", np.asarray(lengths))
+    for name, state in (initial_states or {}).items():
+        tensors[name] = ("FP32", np.asarray(state))
+    for name, (datatype, array) in tensors.items():
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(array.astype(_DTYPES[datatype]).tobytes())
+    for name in outputs:
+        request.outputs.add(name=name)
+    if sequence is not None:
+        parameter = request.parameters["sequence_id"]
+        if isinstance(sequence.id, str):
+            parameter.string_param = sequence.id
+        else:
+            parameter.int64_param = sequence.id
+        request.parameters["sequence_start"].bool_param = sequence.start
+        request.parameters["sequence_end"].bool_param = sequence.end
+    return request
+
+
+def decode_infer_response(response: v2.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Every output of a ModelInferResponse as an array, by name, in the order sent."""
+    return {
+        output.name: np.frombuffer(raw, _DTYPES[output.datatype]).reshape(tuple(output.shape))
+        for output, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }

@@ -23,7 +23,6 @@ from grpc_reflection.v1alpha import reflection
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import (
     Metrics,
-    MetricsEndpoint,
     aggregate_registry,
     multiprocess_mode,
 )
@@ -33,11 +32,12 @@ from lstm_serving.core.settings import Settings
 from lstm_serving.errors import StartupError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2
 from lstm_serving.proto.v1 import lstm_pb2
-from lstm_serving.server.codec import add_servicer
 from lstm_serving.server.kserve_v2 import InferenceServicer
 from lstm_serving.server.lstm_v1 import LstmServicer
+from lstm_serving.server.metrics_endpoint import MetricsEndpoint
+from lstm_serving.server.registration import add_servicer
 from lstm_serving.server.security import BearerTokenInterceptor, server_credentials
-from lstm_serving.server.status import OpenStreams
+from lstm_serving.server.servicer import OpenStreams
 
 if TYPE_CHECKING:
     from lstm_serving.server.tracing import Tracing
@@ -48,11 +48,9 @@ LSTM_API = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"]
 V2_API = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 LSTM_SERVICE, V2_SERVICE = LSTM_API.full_name, V2_API.full_name
 REFUSAL_WINDOW_S = 0.5  # on shutdown: new calls get UNAVAILABLE this long before the port closes
-# Calls gRPC core holds until the Python server picks them up. Past its defaults (1,000 soft,
-# 3,000 hard) core ends calls CANCELLED with no message and nothing counted: measured here,
-# 3,000 concurrent Predicts on one channel got 634 CANCELLED. With room for a burst, every call
-# reaches the servicers, which answer it or refuse it RESOURCE_EXHAUSTED (--max-queue-size),
-# counted and logged; the Python side picks up ~10k calls/s, so a full backlog clears in seconds.
+# Calls gRPC core holds until the Python server picks them up. Past its defaults core ends calls
+# CANCELLED with no message and nothing counted; with room for a burst every call reaches the
+# servicers, which answer it or refuse it RESOURCE_EXHAUSTED, counted (docs/decisions.md).
 MAX_PENDING_CALLS = 65536
 KEEPALIVE_MIN_MS = 10_000
 SERVICES = (LSTM_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -95,14 +93,10 @@ class LstmServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # Streams over this on one connection are refused at once (REFUSED_STREAM): the
-                # bound that makes HTTP/2 rapid reset cheap. Measured here, 200,000 streams
-                # opened and reset on one connection took RSS from 85 MB to 1,059 MB and held
-                # normal calls up to 7.6 s without it; with 1,024: 99 MB and 0.12 s.
+                # bound that makes HTTP/2 rapid reset cheap (docs/decisions.md).
                 ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
                 # Core's "overload protection" refuses streams at random while a lowered limit
-                # is being announced: 1,077 of 4,000 concurrent calls on one channel came back
-                # UNAVAILABLE with it, none without (the client queues what is over the limit),
-                # and the rapid reset above cost the same either way (+17 MB, 0.16 s).
+                # is being announced; clients queue what is over the limit instead.
                 ("grpc.http.overload_protection", 0),
                 # Keepalive pings from clients: one per 10 s at most (LstmClient sends one every
                 # 30 s), more than 2 too soon and the connection is closed (too_many_pings), so a

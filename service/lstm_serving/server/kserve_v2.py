@@ -20,8 +20,8 @@ from lstm_serving.core.requests import InferRequest
 from lstm_serving.errors import ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
-from lstm_serving.server.codec import decoded
-from lstm_serving.server.status import (
+from lstm_serving.server.registration import decoded
+from lstm_serving.server.servicer import (
     Context,
     ObservedServicer,
     answers_errors,
@@ -34,7 +34,7 @@ from lstm_serving.version import __version__
 SERVER_NAME = "lstm-serving"
 STREAM_IN_FLIGHT = 256  # requests of one ModelStreamInfer stream read ahead of its answers
 # Bytes of requests read and answers not yet sent that one stream may hold before it stops
-# reading: before, 256 answers of 256 KB held ~118 MB for a client that never read.
+# reading, so a client that never reads holds little (docs/decisions.md).
 STREAM_READ_AHEAD_BYTES = 1 << 20
 
 

@@ -13,8 +13,8 @@ from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.settings import Settings
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
-from lstm_serving.server.codec import decoded
-from lstm_serving.server.status import (
+from lstm_serving.server.registration import decoded
+from lstm_serving.server.servicer import (
     Context,
     ObservedServicer,
     OpenStreams,

@@ -28,7 +28,6 @@ from typing import cast
 from lstm_serving.core.metrics import (
     METRICS_TMP_PREFIX,
     MULTIPROC_ENV,
-    MetricsEndpoint,
     aggregate_registry,
     mark_worker_dead,
     multiprocess_mode,
@@ -36,6 +35,7 @@ from lstm_serving.core.metrics import (
 )
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import StartupError
+from lstm_serving.server.metrics_endpoint import MetricsEndpoint
 
 log = logging.getLogger("lstm-serve")
 

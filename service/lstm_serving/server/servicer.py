@@ -1,0 +1,161 @@
+"""The servicer base both protocols share: per-call metrics, stream limits, answering errors.
+
+Both protocols' servicers derive from `ObservedServicer` and wrap their unary handlers in
+`answers_errors`; the streaming handlers record each message through the same methods. The
+status a failure gets comes from `status`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from prometheus_client import Counter, Histogram
+
+from lstm_serving.core.dataplane import DataPlane
+from lstm_serving.core.metrics import Metrics
+from lstm_serving.errors import ResourceExhausted
+from lstm_serving.server.registration import Undecodable, decoded
+from lstm_serving.server.status import LOGGED, ThrottledLog, status_of
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp", bound=Message)
+Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
+
+
+def caller_of(context: Context) -> str:
+    """Who is calling, for owning server-held sequences: a fingerprint of its bearer token
+    ("" without one). The token itself is never kept."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value if isinstance(value, str) else value.decode("latin-1")
+            return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return ""
+
+
+def deadline_of(context: Context) -> float | None:
+    """The caller's deadline on the time.monotonic() clock, if it set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def sent(context: Context, response: Message) -> bool:
+    """Writes one answer of a stream; False when it cannot be (the caller has gone: gRPC
+    marks the call cancelled only a moment later), which ends the stream quietly. An answer
+    yielded to such a stream makes gRPC log a traceback instead."""
+    try:
+        await context.write(response)
+    except Exception as exc:  # gRPC's own ExecuteBatchError, not a public type
+        log.debug("a stream's answer could not be sent, its caller has gone: %r", exc)
+        return False
+    return True
+
+
+class OpenStreams:
+    """Streams open on this server, both protocols together, and how many may be (--max-streams)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count = limit, 0
+
+
+class ObservedServicer:
+    """Base of both protocols' servicers: the data plane, and the per-call metrics."""
+
+    # Per RPC: the request field that names the model, the response field with the version.
+    LABEL_FIELDS: ClassVar[Mapping[str, tuple[str, str]]] = {}
+
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, streams: OpenStreams) -> None:
+        self._dataplane = dataplane
+        self._streams = streams
+        self._metrics = metrics
+        self._log = ThrottledLog()
+        # (model, version, rpc, code) -> its request counter and duration histogram; as many
+        # as the label sets exported (unknown model names all count as one)
+        self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+        self._max_message_bytes = dataplane.limits.max_message_bytes
+
+    async def open_stream(self, rpc: str, context: Context) -> None:
+        """Takes one of --max-streams for a stream's life (`close_stream` gives it back), or
+        ends the call RESOURCE_EXHAUSTED."""
+        if self._streams.count >= self._streams.limit:
+            refusal = ResourceExhausted(
+                f"{self._streams.count} streams are open on this server, the limit "
+                "(--max-streams): close one, or retry with backoff"
+            )
+            await context.abort(*self.failed(rpc, None, refusal, time.perf_counter()))
+        self._streams.count += 1
+
+    def close_stream(self) -> None:
+        self._streams.count -= 1
+
+    def sendable(self, response: Resp) -> Resp:
+        """The response, or ResourceExhausted when it is over --max-message-bytes: gRPC would
+        fail to send it after the handler returned, and the call would be counted OK."""
+        size = response.ByteSize()
+        if size > self._max_message_bytes:
+            raise ResourceExhausted(
+                f"the answer is {size} bytes, over the {self._max_message_bytes} a message may "
+                "hold (--max-message-bytes): ask for fewer outputs or sequences per request"
+            )
+        return response
+
+    def record(
+        self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, started: float
+    ) -> None:
+        """Counts one answered call. Unknown model names become "_unknown" (bounded labels)."""
+        model_field, version_field = self.LABEL_FIELDS.get(rpc, ("", ""))
+        name = getattr(request, model_field, "") if model_field else ""
+        if name and not self._dataplane.registry.has(name):
+            name = "_unknown"
+        version = (
+            str(getattr(response, version_field)) if version_field and response is not None else ""
+        )
+        labels = (name, version, rpc, code.name)
+        children = self._children.get(labels)
+        if children is None:  # resolving a label set costs as much as counting with it
+            children = self._children[labels] = (
+                self._metrics.requests.labels(*labels),
+                self._metrics.request_duration.labels(name, rpc),
+            )
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
+
+    def failed(
+        self, rpc: str, request: Any, exc: Exception, started: float
+    ) -> tuple[grpc.StatusCode, str]:
+        """The status a failed call gets, counted; internal faults, refusals and undecodable
+        requests are logged at a rate limit (a caller's mistake otherwise is not logged)."""
+        code, message = status_of(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            self._log.line(logging.ERROR, code, rpc, message, exc)
+        elif code in LOGGED or isinstance(request, Undecodable):
+            self._log.line(logging.WARNING, code, rpc, message)
+        self.record(rpc, request, None, code, started)
+        return code, message
+
+
+def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turns a handler's exceptions into gRPC statuses (logging unexpected ones); records it."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: ObservedServicer, request: Req, context: Context) -> Resp:
+        started = time.perf_counter()
+        try:
+            response = self.sendable(await handler(self, decoded(request), context))
+        except Exception as exc:
+            code, message = self.failed(handler.__name__, request, exc, started)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from exc
+        self.record(handler.__name__, request, response, grpc.StatusCode.OK, started)
+        return response
+
+    return wrapper

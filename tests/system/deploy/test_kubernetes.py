@@ -1,0 +1,298 @@
+"""The Kubernetes and KServe files, checked by real tools without a cluster.
+
+Every kustomize overlay rendered by `kubectl kustomize` and each object validated by
+kubernetes-validate against Kubernetes 1.32's schemas (strict: an unknown field fails); the
+KServe objects against KServe's published CRD schemas (vendored by
+scripts/vendor_kserve_crds.py, source in the file); then lstm-serve started exactly as the
+Deployment and the KServe runtime say, probed as the kubelet would.
+Over 250 lines: the rendering, both validations and both starts share their helpers here.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jsonschema
+import kubernetes_validate
+import numpy as np
+import pytest
+import yaml
+
+from lstm_serving.client.client import LstmClient
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from tests.helpers import BIN, ROOT, free_port, stop
+
+KUBERNETES = ROOT / "deploy/kubernetes"
+KUBERNETES_VERSION = "1.32"  # the schemas validated against (kubernetes-validate's copy)
+OVERLAYS = ("cpu", "gpu")
+KSERVE_SCHEMAS = json.loads(
+    gzip.decompress((Path(__file__).parent / "kserve/crd_schemas.json.gz").read_bytes())
+)
+needs_kubectl = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl is not installed (it renders kustomize)"
+)
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return list(yaml.safe_load_all(rendered.stdout))
+
+
+def by_kind(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        kinds.setdefault(obj["kind"], []).append(obj)
+    return kinds
+
+
+def server_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = by_kind(objects)["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_is_valid_kubernetes(overlay: str) -> None:
+    objects = render(overlay)
+    assert set(by_kind(objects)) == {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+    }
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+def test_the_validation_rejects_an_unknown_field() -> None:
+    deployment = by_kind(render("cpu"))["Deployment"][0]
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}  # a typo
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_deployment_is_locked_down_probed_and_drains_in_time(overlay: str) -> None:
+    objects = render(overlay)
+    kinds = by_kind(objects)
+    pod = kinds["Deployment"][0]["spec"]["template"]
+    container = server_container(objects)
+    args = container["args"]
+    grpc_port, metrics_port = int(flag(args, "--port")), int(flag(args, "--metrics-port"))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == grpc_port
+    assert container["readinessProbe"]["grpc"]["service"] == "lstm.v1.LstmService"
+    for each in (*pod["spec"]["initContainers"], container):
+        security = each["securityContext"]
+        assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+        assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"]
+    drain = container["lifecycle"]["preStop"]["sleep"]["seconds"] + float(
+        flag(args, "--grace-period")
+    )
+    assert pod["spec"]["terminationGracePeriodSeconds"] > drain
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
+    assert container["resources"]["limits"]["cpu"] == next(
+        e["value"] for e in container["env"] if e["name"] == "LSTM_SERVE_INTRA_OP_THREADS"
+    )
+    services = {s["metadata"]["name"]: s["spec"] for s in kinds["Service"]}
+    assert services["lstm-serve-headless"]["clusterIP"] == "None"
+    selector = kinds["Deployment"][0]["spec"]["selector"]["matchLabels"]
+    assert all(spec["selector"] == selector for spec in services.values())
+    assert pod["metadata"]["labels"].items() >= selector.items()
+    if overlay == "gpu":
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert flag(args, "--device") == "cuda" and container["image"].endswith("server-gpu:latest")
+
+
+@needs_kubectl
+def test_metrics_stay_internal_and_autoscaling_finds_its_metric() -> None:
+    kinds = by_kind(render("cpu"))
+    (policy,) = kinds["NetworkPolicy"]
+    rules = {tuple(p["port"] for p in rule["ports"]): rule for rule in policy["spec"]["ingress"]}
+    assert "from" not in rules[("grpc",)]  # gRPC from anywhere
+    assert rules[("metrics",)]["from"]  # /metrics only from Prometheus's namespace
+    (hpa,) = kinds["HorizontalPodAutoscaler"]
+    pods_metric = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")
+    adapter = yaml.safe_load((KUBERNETES / "prometheus-adapter/values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    assert rule["name"]["as"] == pods_metric["pods"]["metric"]["name"]
+    assert re.match(r"lstm_requests_total\{", rule["seriesQuery"])  # what the server exports
+
+
+def strict(schema: Any) -> Any:
+    """As the API server treats a structural schema: fields it does not know are errors."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+        return schema
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+def kserve_validate(obj: dict[str, Any]) -> None:
+    schema = KSERVE_SCHEMAS[f"{obj['apiVersion']}/{obj['kind']}"]
+    jsonschema.Draft7Validator(strict(schema)).validate(obj)
+
+
+def kserve_objects() -> dict[str, dict[str, Any]]:
+    return {
+        path.stem: yaml.safe_load(path.read_text())
+        for path in sorted((KUBERNETES / "kserve").glob("*.yaml"))
+    }
+
+
+def test_kserve_objects_match_kserves_crd_schemas() -> None:
+    objects = kserve_objects()
+    assert {o["kind"] for o in objects.values()} == {"ClusterServingRuntime", "InferenceService"}
+    for obj in objects.values():
+        kserve_validate(obj)
+    broken = copy.deepcopy(objects["clusterservingruntime"])
+    broken["spec"]["protocolVersion"] = ["grpc-v2"]  # the field is protocolVersions
+    with pytest.raises(jsonschema.ValidationError):
+        kserve_validate(broken)
+    runtime, service = objects["clusterservingruntime"], objects["inferenceservice"]
+    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
+    (container,) = runtime["spec"]["containers"]
+    assert container["ports"][0]["name"] == "h2c"  # KServe's sign of a gRPC port
+    assert str(container["ports"][0]["containerPort"]) == flag(container["args"], "--port")
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in [
+        f["name"] for f in runtime["spec"]["supportedModelFormats"]
+    ]
+
+
+def server_entrypoint() -> list[str]:
+    """The server image's ENTRYPOINT (a container without `command` runs it)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    server_stage = dockerfile.split("AS server\n", 1)[1].split("\nFROM ", 1)[0]
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", server_stage, re.MULTILINE)
+    assert entrypoint is not None
+    return list(json.loads(entrypoint.group(1)))
+
+
+def relocated(args: list[str], paths: dict[str, str], ports: dict[str, int]) -> list[str]:
+    """The manifest's args with its volume paths and ports mapped to this machine's."""
+    mapped = [paths.get(a, a) for a in args]
+    for name, port in ports.items():
+        mapped[mapped.index(name) + 1] = str(port)
+    return mapped
+
+
+def probe(port: int, service: str) -> str:
+    """A gRPC health Check, as the kubelet's grpc probe sends it."""
+    with LstmClient(f"127.0.0.1:{port}", timeout=5) as client:
+        return client.health(service)
+
+
+def started_as(container: dict[str, Any], args: list[str], port: int) -> subprocess.Popen[str]:
+    """lstm-serve with the container's entrypoint, args and env, once its startup probe's
+    check answers SERVING (as the kubelet would wait)."""
+    entrypoint = server_entrypoint()
+    env = {"PATH": str(BIN)} | {e["name"]: e["value"] for e in container.get("env", [])}
+    process = subprocess.Popen(
+        [str(BIN / entrypoint[0]), *entrypoint[1:], *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    startup = container.get("startupProbe", {}).get("grpc", {"service": ""})
+    for _ in range(150):
+        if process.poll() is not None:
+            raise AssertionError(f"lstm-serve exited: {process.communicate()[1]}")
+        try:
+            if probe(port, startup["service"]) == "SERVING":
+                return process
+        except grpc.RpcError:
+            pass
+        subprocess.run(["sleep", "0.2"], check=True)
+    stop(process)
+    raise AssertionError("never SERVING")
+
+
+@needs_kubectl
+def test_the_server_starts_as_the_deployment_says_and_answers_its_probes(tmp_path: Path) -> None:
+    """The init container's export into the models volume, then the server on it."""
+    objects = render("cpu")
+    pod = by_kind(objects)["Deployment"][0]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    models = tmp_path / "models"
+    export = subprocess.run(
+        [str(BIN / "lstm-export"), *relocated(init["args"], {"/models": str(models)}, {})],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert export.returncode == 0, export.stderr
+    container = server_container(objects)
+    port, metrics = free_port(), free_port()
+    args = relocated(
+        container["args"],
+        {"/models": str(models)},
+        {"--port": port, "--metrics-port": metrics},
+    )
+    process = started_as(container, args, port)
+    try:
+        for name in ("readinessProbe", "livenessProbe"):
+            assert probe(port, container[name]["grpc"]["service"]) == "SERVING"
+    finally:
+        code, err = stop(process)
+    assert code == 0, err
+    assert "threads" in err and "2 threads" in err  # LSTM_SERVE_INTRA_OP_THREADS from env
+
+
+def test_the_server_starts_as_the_kserve_runtime_says(
+    tmp_path: Path, seed_repository: Path
+) -> None:
+    """KServe's storage initializer leaves the storageUri's contents at /mnt/models; the
+    runtime's {{.Name}} is the InferenceService's name."""
+    objects = kserve_objects()
+    (container,) = objects["clusterservingruntime"]["spec"]["containers"]
+    name = objects["inferenceservice"]["metadata"]["name"]
+    mounted = tmp_path / "mnt-models"
+    (mounted / "1").mkdir(parents=True)
+    shutil.copy(seed_repository / "seed/1/model.onnx", mounted / "1/model.onnx")
+    port, metrics = free_port(), free_port()
+    args = relocated(
+        [a.replace("{{.Name}}", name) for a in container["args"]],
+        {"/mnt/models": str(mounted)},
+        {"--port": port, "--metrics-port": metrics},
+    )
+    process = started_as(container, args, port)
+    try:
+        request = v2.ModelInferRequest(model_name=name)
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 3, 2])
+        request.raw_input_contents.append(np.ones((1, 3, 2), np.float32).tobytes())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+        assert answer.model_name == name and answer.model_version == "1"
+    finally:
+        code, err = stop(process)
+    assert code == 0, err

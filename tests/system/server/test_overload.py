@@ -1,0 +1,168 @@
+"""Overload. Thousands of concurrent calls on one channel or many: each is answered, OK or
+RESOURCE_EXHAUSTED naming the limit, counted, and never CANCELLED. About 3x capacity, open
+loop: the excess is refused fast, the accepted keep bounded latency, the server recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lstm_export import StackedLSTM, build_model
+from lstm_serving.client.client import AsyncLstmClient, aio_channel, predict_request
+from lstm_serving.client.load import generator, workload
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
+from tests.helpers import free_port, scrape, start, stop, value, wait_serving
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A heavier model (64 -> 256 -> 256, T=100): ONNX Runtime, not Python, sets capacity.
+    Yields its target and its metrics port."""
+    repository = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    path = repository / "wide/1/model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(build_model(StackedLSTM(64, [256, 256]).eval()), str(path))
+    port, metrics_port = free_port(), free_port()
+    process = start(
+        repository,
+        port,
+        "--max-batch-size",
+        "4",
+        "--max-queue-size",
+        "16",
+        "--intra-op-threads",
+        "1",
+        "--metrics-port",
+        str(metrics_port),
+    )
+    try:
+        wait_serving(process, port)
+        yield f"127.0.0.1:{port}", metrics_port
+    finally:
+        code, err = stop(process)
+        assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def seed_server(seed_repository: Path) -> Iterator[tuple[str, int]]:
+    port, metrics_port = free_port(), free_port()
+    process = start(seed_repository, port, "--metrics-port", str(metrics_port))
+    try:
+        wait_serving(process, port)
+        yield f"127.0.0.1:{port}", metrics_port
+    finally:
+        code, err = stop(process)
+        assert code == 0, err
+
+
+async def flood(target: str, model: str, x: np.ndarray, calls: int, channels: int) -> Counter[str]:
+    """`calls` Predicts at once over `channels` connections; the status codes, with the
+    message of each refusal kept in the key."""
+    opened = [aio_channel(target) for _ in range(channels)]
+    stubs = [pb_grpc.LstmServiceStub(channel) for channel in opened]
+    request = predict_request(model, x)
+    codes: Counter[str] = Counter()
+
+    async def one(i: int) -> None:
+        try:
+            await stubs[i % channels].Predict(request, timeout=120)
+            codes["OK"] += 1
+        except grpc.aio.AioRpcError as exc:
+            codes[f"{exc.code().name}: {exc.details()}"] += 1
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(calls)))
+    finally:
+        for channel in opened:
+            await channel.close()
+    return codes
+
+
+def answered(metrics_port: int, model: str) -> float:
+    samples = scrape(metrics_port)
+    return sum(
+        value(samples, "lstm_requests_total", model=model, version=v, rpc="Predict", code=c)
+        for v in ("1", "")
+        for c in ("OK", "RESOURCE_EXHAUSTED")
+    )
+
+
+@pytest.mark.parametrize("channels", [1, 10])
+async def test_thousands_of_concurrent_calls_are_answered_never_cancelled(
+    seed_server: tuple[str, int], channels: int
+) -> None:
+    """gRPC core's default pending-call limits (1,000 / 3,000) ended 634 of these CANCELLED."""
+    target, metrics_port = seed_server
+    before = answered(metrics_port, "seed")
+    codes = await flood(target, "seed", np.ones((1, 10, 2), np.float32), 4000, channels)
+    assert sum(codes.values()) == 4000
+    refused = {key for key in codes if key != "OK"}
+    assert all(k.startswith("RESOURCE_EXHAUSTED") and "--max-queue-size" in k for k in refused)
+    assert codes["OK"] > 0
+    assert answered(metrics_port, "seed") - before == 4000  # every one counted
+
+
+async def test_a_heavy_model_refuses_its_excess_by_name(slow_server: tuple[str, int]) -> None:
+    target, metrics_port = slow_server
+    before = answered(metrics_port, "wide")
+    codes = await flood(target, "wide", np.ones((1, 100, 64), np.float32), 1500, 4)
+    assert sum(codes.values()) == 1500 and codes["OK"] >= 16  # at least a queue's worth ran
+    refused = [key for key in codes if key != "OK"]
+    assert refused and all("RESOURCE_EXHAUSTED" in k and "--max-queue-size" in k for k in refused)
+    assert answered(metrics_port, "wide") - before == 1500
+
+
+def spec(target: str, duration: float) -> workload.LoadSpec:
+    return workload.LoadSpec(
+        target=target, model="wide", features=64, time_steps=100, duration=duration, warmup=0.3
+    )
+
+
+async def test_three_times_capacity(slow_server: tuple[str, int]) -> None:
+    """Goodput under 3x overload, against capacity measured in the same run.
+
+    The load generator shares the machine's two cores with the server, and sending 3x costs it
+    twice what measuring capacity did, so some goodput goes to the client, not the server:
+    measured here 0.76-0.9x on a quiet machine and 0.68-0.81x with another CPU-bound process
+    running (README, Operations). The margin below holds on a busy machine; a collapse (the
+    worker thread waiting on a busy event loop, as before batches were pipelined: 0.53x) fails.
+    """
+    target, _ = slow_server
+    capacity = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
+    assert capacity.errors == {}
+    offered = 3 * capacity.requests_per_second
+
+    async def probe() -> float:
+        """Time for one call made in the middle of the overload to get its answer."""
+        await asyncio.sleep(1.0)
+        async with AsyncLstmClient(target, timeout=10) as client:
+            started = time.perf_counter()
+            try:
+                await client.predict("wide", np.ones((1, 100, 64), np.float32))
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            return time.perf_counter() - started
+
+    overload, probe_seconds = await asyncio.gather(
+        generator.run_level(spec(target, 2.5), rate=offered, progress=False), probe()
+    )
+    refused = overload.errors.get("RESOURCE_EXHAUSTED", 0)
+    assert set(overload.errors) <= {"RESOURCE_EXHAUSTED"}, overload.errors
+    assert refused > overload.requests * 0.5  # most of the excess was refused...
+    assert overload.requests_per_second > 0.55 * capacity.requests_per_second  # ...not work
+    assert overload.latency_ms["p99"] < 1000  # the queue (16) bounds the accepted's wait
+    assert probe_seconds < 1.0
+
+    after = await generator.run_level(spec(target, 1.0), concurrency=1, progress=False)
+    assert after.errors == {}  # recovered at once
+    assert after.latency_ms["p99"] < 100

@@ -1,0 +1,133 @@
+"""The PyTorch state_dicts people have: a plain nn.LSTM(num_layers=N), LSTMs under prefixes,
+a trailing nn.Linear head; exported with --weights alone, served as PyTorch answers."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lstm_serving.client.client import AsyncLstmClient
+from lstm_serving.server.app import LstmServer
+from tests.helpers import export, start_server
+
+
+class PlainLSTM(nn.Module):
+    """nn.LSTM(num_layers=2) alone: the answer is the last step's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 8, num_layers=2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.lstm(x)[0]
+        return out[:, -1]
+
+
+class Prefixed(nn.Module):
+    """Two LSTMs of different widths under their own names, then a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm1 = nn.LSTM(3, 12, batch_first=True)
+        self.lstm2 = nn.LSTM(12, 5, batch_first=True)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(self.lstm2(self.lstm1(x)[0])[0][:, -1]))
+
+
+class Bidirectional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.LSTM(3, 6, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(x)[0]  # [B, T, 12]: per step, forward and backward
+        step: torch.Tensor = self.head(out)  # a per-step head
+        return step
+
+
+# name: (module, extra lstm-export flags)
+CASES = {
+    "plain": (PlainLSTM, []),
+    "prefixed": (Prefixed, ["--head-activation", "sigmoid"]),
+    "bidirectional": (Bidirectional, ["--head-per-step"]),
+}
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, nn.Module]:
+    root = tmp_path_factory.mktemp("torch")
+    built = {}
+    for seed, (name, (make, flags)) in enumerate(CASES.items()):
+        torch.manual_seed(seed)
+        module = make().eval()
+        torch.save(module.state_dict(), root / f"{name}.pt")
+        weights = str(root / f"{name}.pt")
+        run = export(
+            "--weights", weights, "--name", name, "--repository", str(root / "models"), *flags
+        )
+        assert run.returncode == 0, run.stderr
+        built[name] = module
+    built["_root"] = root  # type: ignore[assignment]
+    return built
+
+
+@pytest.fixture(scope="module")
+async def client(modules: dict[str, nn.Module]) -> AsyncIterator[AsyncLstmClient]:
+    root = modules["_root"]
+    server: LstmServer = await start_server(repository=Path(str(root)) / "models")
+    async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
+        yield client
+    await server.stop(grace=1)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_served_answers_equal_the_pytorch_forward(
+    modules: dict[str, nn.Module], client: AsyncLstmClient, name: str
+) -> None:
+    x = np.random.default_rng(1).standard_normal((4, 9, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = modules[name](torch.from_numpy(x)).numpy()
+    answer = await client.predict(name, x)  # the model's own answer: its head's, or the state
+    got = answer.prediction if answer.prediction is not None else answer.last_hidden
+    assert got is not None and got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def export_state(
+    tmp_path: Path, state: dict[str, torch.Tensor], *flags: str
+) -> subprocess.CompletedProcess[str]:
+    torch.save(state, tmp_path / "w.pt")
+    return export(
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--name",
+        "m",
+        "--repository",
+        str(tmp_path / "r"),
+        *flags,
+    )
+
+
+def test_layouts_that_cannot_be_read_say_what_to_do(tmp_path: Path) -> None:
+    lstm = nn.LSTM(3, 4).state_dict()
+    two_heads = {**lstm, "a.weight": torch.zeros(2, 4), "b.weight": torch.zeros(3, 4)}
+    run = export_state(tmp_path, two_heads)
+    assert run.returncode == 1 and "name it with --head PREFIX" in run.stderr
+    assert "a., b." in run.stderr
+    chosen = export_state(tmp_path, two_heads, "--head", "b.")
+    assert chosen.returncode == 1 and "unexpected key a.weight" in chosen.stderr
+    no_lstm = export_state(tmp_path, {"fc.weight": torch.zeros(2, 4)})
+    assert no_lstm.returncode == 1 and "no LSTM weights found" in no_lstm.stderr
+    wrong_check = export_state(tmp_path, lstm, "--layers", "5")
+    assert (
+        wrong_check.returncode == 1 and "shape [16, 4] in the file, [20, 5]" in wrong_check.stderr
+    )
