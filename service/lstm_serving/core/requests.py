@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from lstm_serving.contract import Architecture
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """An input as sent: its shape, and how to decode its contents.
-
-    Decoding (which raises InvalidArgument when the contents do not fit the shape) waits
-    until the shape has passed the checks against the model and the limits, so a caller
-    hears "this model takes 2 features" rather than a byte count derived from a wrong shape.
-    """
-
-    shape: tuple[int, ...]
-    decode: Callable[[], np.ndarray]
-
-    @classmethod
-    def of(cls, array: np.ndarray) -> Encoded:
-        return cls(tuple(array.shape), lambda: array)
-
+from lstm_serving.core.tensors import Encoded
 
 SequenceId = int | str
 

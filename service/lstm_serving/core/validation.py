@@ -16,7 +16,6 @@ from lstm_serving.core.requests import InferRequest, OutputSet, SequenceStep
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
-MAX_DIMENSION = 2**31 - 1
 FLOAT_BYTES = 4
 
 
@@ -37,14 +36,6 @@ class Limits:
             settings.max_request_steps,
             settings.max_message_bytes,
         )
-
-
-def check_dimensions(shape: Sequence[int], field: str) -> None:
-    """Each dimension in 0..2^31-1: numpy cannot even describe larger arrays."""
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"{field} shape {list(shape)} has a negative dimension")
-    if any(d > MAX_DIMENSION for d in shape):
-        raise InvalidArgument(f"{field} shape {list(shape)} has a dimension over 2^31 - 1")
 
 
 def check_input_shape(shape: Sequence[int], arch: Architecture, limits: Limits) -> int:

@@ -11,21 +11,18 @@ model and the limits are the data plane's.
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from lstm_serving.contract import INPUT, LENGTHS, Architecture, is_initial_state
 from lstm_serving.core.requests import (
-    Encoded,
     InferRequest,
     InferResult,
     OutputSet,
     SequenceStep,
 )
-from lstm_serving.core.validation import check_dimensions
+from lstm_serving.core.tensors import Encoded
 from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 
@@ -61,25 +58,18 @@ def _check_tensor(tensor: v2.ModelInferRequest.InferInputTensor) -> None:
         raise InvalidArgument(f"input {name!r} has datatype {dtype!r}; expected {expected}")
 
 
-def _decode_tensor(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
-    name, dtype = tensor.name, tensor.datatype
-    shape = list(tensor.shape)
-    check_dimensions(shape, f"input {name!r}")
-    count = math.prod(shape)
-    if raw is not None:
-        if len(raw) != count * 4:
-            raise InvalidArgument(
-                f"input {name!r} raw contents hold {len(raw)} bytes; shape {shape} of "
-                f"{dtype} needs {count * 4}"
-            )
-        return np.frombuffer(raw, dtype=_DTYPES[dtype]).reshape(shape)
-    values = getattr(tensor.contents, _CONTENTS[dtype])
-    if len(values) != count:
-        raise InvalidArgument(
-            f"input {name!r} contents.{_CONTENTS[dtype]} hold {len(values)} values; shape "
-            f"{shape} needs {count}"
-        )
-    return np.asarray(values, dtype=_DTYPES[dtype]).reshape(shape)
+def _encoded(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Encoded:
+    """An input as sent (raw contents, or typed ones), for the one decoder."""
+    dtype = tensor.datatype
+    return Encoded(
+        f"input {tensor.name!r}",
+        tuple(tensor.shape),
+        _DTYPES[dtype],
+        data=raw,
+        values=None if raw is not None else getattr(tensor.contents, _CONTENTS[dtype]),
+        data_label="raw contents",
+        values_label=f"contents.{_CONTENTS[dtype]}",
+    )
 
 
 def decode_infer_request(
@@ -107,9 +97,7 @@ def decode_infer_request(
                 f"input {tensor.name!r} sets contents while raw_input_contents is used"
             )
         _check_tensor(tensor)
-        tensors[tensor.name] = Encoded(
-            tuple(tensor.shape), functools.partial(_decode_tensor, tensor, raw[i] if raw else None)
-        )
+        tensors[tensor.name] = _encoded(tensor, raw[i] if raw else None)
     if INPUT not in tensors:
         raise InvalidArgument(f"input {INPUT!r} (FP32 [batch, time, features]) is missing")
     states = {name: e.decode() for name, e in tensors.items() if is_initial_state(name)}

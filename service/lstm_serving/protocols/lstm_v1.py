@@ -6,7 +6,6 @@ The checks against the model and the limits are the data plane's (`core.validati
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Final
 
@@ -24,13 +23,12 @@ from lstm_serving.contract import (
     initial_state,
 )
 from lstm_serving.core.requests import (
-    Encoded,
     InferRequest,
     InferResult,
     OutputSet,
     SequenceStep,
 )
-from lstm_serving.core.validation import check_dimensions
+from lstm_serving.core.tensors import Encoded
 from lstm_serving.errors import InvalidArgument
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 
@@ -56,29 +54,20 @@ def array_to_tensor(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(shape=array.shape, data=array.tobytes())
 
 
+def encoded(tensor: pb.Tensor, field: str) -> Encoded:
+    """A Tensor as sent, for the one decoder (`Encoded.decode`), which checks it fits its shape."""
+    return Encoded(
+        field,
+        tuple(tensor.shape),
+        FLOAT32,
+        data=tensor.data if tensor.data else None,
+        values=tensor.values if len(tensor.values) else None,
+    )
+
+
 def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     """Decodes a Tensor whose data or values match its shape; raises InvalidArgument."""
-    shape = tuple(tensor.shape)
-    check_dimensions(shape, field)
-    count = math.prod(shape)  # Python ints: a huge dimension cannot overflow
-    has_data, has_values = len(tensor.data) > 0, len(tensor.values) > 0
-    if has_data and has_values:
-        raise InvalidArgument(f"{field}: set either data (raw float32 bytes) or values, not both")
-    if has_data:
-        if len(tensor.data) != 4 * count:
-            raise InvalidArgument(
-                f"{field}.data has {len(tensor.data)} bytes; shape {list(shape)} needs "
-                f"{4 * count} (float32, 4 bytes each)"
-            )
-        return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)
-    if has_values or count == 0:
-        if len(tensor.values) != count:
-            raise InvalidArgument(
-                f"{field}.values has {len(tensor.values)} numbers; shape {list(shape)} needs "
-                f"{count}"
-            )
-        return np.asarray(tensor.values, dtype=np.float32).reshape(shape)
-    raise InvalidArgument(f"{field}: neither data nor values is set")
+    return encoded(tensor, field).decode()
 
 
 def decode_predict(
@@ -97,7 +86,7 @@ def decode_predict(
     return InferRequest(
         model=request.model,
         version=request.version,
-        inputs=Encoded(tuple(request.input.shape), lambda: tensor_to_array(request.input, INPUT)),
+        inputs=encoded(request.input, INPUT),
         lengths=np.asarray(lengths, dtype=np.int32) if len(lengths) else None,
         outputs=outputs,
         with_states=request.return_state,

@@ -144,14 +144,14 @@ def _mutate(name: str) -> v2.ModelInferRequest:
 
 V2_ERRORS = [
     ("datatype", grpc.StatusCode.INVALID_ARGUMENT, "datatype 'FP64'; expected FP32"),
-    ("bytes", grpc.StatusCode.INVALID_ARGUMENT, "hold 20 bytes; shape [1, 3, 2] of FP32 needs 24"),
+    ("bytes", grpc.StatusCode.INVALID_ARGUMENT, "has 20 bytes; shape [1, 3, 2] needs 24"),
     ("raw count", grpc.StatusCode.INVALID_ARGUMENT, "1 entries for 2 inputs"),
     ("unknown input", grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'mask'"),
     ("unknown output", grpc.StatusCode.INVALID_ARGUMENT, "unknown output 'logits'"),
     ("missing input", grpc.StatusCode.INVALID_ARGUMENT, "[batch, time, features]) is missing"),
     ("features", grpc.StatusCode.INVALID_ARGUMENT, "this model takes 2"),
     ("lengths range", grpc.StatusCode.INVALID_ARGUMENT, "lengths[0] is 4"),
-    ("typed count", grpc.StatusCode.INVALID_ARGUMENT, "fp32_contents hold 5 values"),
+    ("typed count", grpc.StatusCode.INVALID_ARGUMENT, "fp32_contents has 5 numbers"),
     ("shared memory", grpc.StatusCode.INVALID_ARGUMENT, "shared memory"),
     ("nan", grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf"),
     ("unknown model", grpc.StatusCode.NOT_FOUND, "model 'nope' is not loaded"),

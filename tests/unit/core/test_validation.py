@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstm_serving.core.requests import Encoded, InferRequest, OutputSet
+from lstm_serving.core.requests import InferRequest, OutputSet
+from lstm_serving.core.tensors import Encoded
 from lstm_serving.core.validation import Limits, check_lengths, check_request
 from lstm_serving.errors import InvalidArgument
 from tests.helpers import architecture

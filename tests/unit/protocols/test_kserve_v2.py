@@ -98,7 +98,7 @@ def test_contents_that_do_not_fit_the_shape_are_refused_when_decoded() -> None:
     request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
     decoded = kserve_v2.decode_infer_request(request, deadline=None)
     with pytest.raises(
-        InvalidArgument, match="hold 44 bytes; shape \\[2, 3, 2\\] of FP32 needs 48"
+        InvalidArgument, match="raw contents has 44 bytes; shape \\[2, 3, 2\\] needs 48"
     ):
         decoded.inputs.decode()
 
