@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
@@ -22,6 +21,7 @@ from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
 from lstm_serving.server.registration import decoded
 from lstm_serving.server.servicer import (
+    CallFailed,
     Context,
     ObservedServicer,
     answers_errors,
@@ -194,20 +194,20 @@ class InferenceServicer(ObservedServicer):
     async def _stream_one(
         self, request: v2.ModelInferRequest, call: InferRequest | Exception
     ) -> v2.ModelStreamInferResponse:
-        started = time.perf_counter()
-        try:
-            if isinstance(call, Exception):
+        async def work() -> v2.ModelInferResponse:
+            if isinstance(call, Exception):  # decoding failed as it was read
                 raise call
-            response = self.sendable(await self._infer(request, call))
-        except Exception as exc:
-            code, message = self.failed("ModelStreamInfer", request, exc, started)
+            return await self._infer(request, call)
+
+        try:
+            response = await self.answered("ModelStreamInfer", request, work)
+        except CallFailed as failure:
             return v2.ModelStreamInferResponse(
-                error_message=f"{code.name}: {message}",
+                error_message=f"{failure.code.name}: {failure.message}",
                 infer_response=v2.ModelInferResponse(
                     model_name=getattr(request, "model_name", ""),
                     model_version=getattr(request, "model_version", ""),
                     id=getattr(request, "id", ""),  # an Undecodable has none of these
                 ),
             )
-        self.record("ModelStreamInfer", request, response, grpc.StatusCode.OK, started)
         return v2.ModelStreamInferResponse(infer_response=response)

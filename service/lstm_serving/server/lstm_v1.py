@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
-
-import grpc
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
@@ -15,6 +13,7 @@ from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
 from lstm_serving.server.registration import decoded
 from lstm_serving.server.servicer import (
+    CallFailed,
     Context,
     ObservedServicer,
     OpenStreams,
@@ -48,7 +47,12 @@ class LstmServicer(ObservedServicer):
     @answers_errors
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         owner = caller_of(context) if lstm_v1.in_sequence(request) else ""
-        call = lstm_v1.decode_predict(request, deadline_of(context), owner)
+        return await self._predict(request, deadline_of(context), owner)
+
+    async def _predict(
+        self, request: pb.PredictRequest, deadline: float | None, owner: str
+    ) -> pb.PredictResponse:
+        call = lstm_v1.decode_predict(decoded(request), deadline, owner)
         return lstm_v1.encode_prediction(await self._dataplane.infer(call))
 
     async def PredictStream(
@@ -60,16 +64,11 @@ class LstmServicer(ObservedServicer):
         await self.open_stream("PredictStream", context)
         try:
             async for request in request_iterator:
-                started = time.perf_counter()
+                work = functools.partial(self._predict, request, deadline, owner)
                 try:
-                    call = lstm_v1.decode_predict(decoded(request), deadline, owner)
-                    response = self.sendable(
-                        lstm_v1.encode_prediction(await self._dataplane.infer(call))
-                    )
-                except Exception as exc:
-                    code, message = self.failed("PredictStream", request, exc, started)
-                    await context.abort(code, message)
-                self.record("PredictStream", request, response, grpc.StatusCode.OK, started)
+                    response = await self.answered("PredictStream", request, work)
+                except CallFailed as failure:
+                    await context.abort(failure.code, failure.message)
                 if not await sent(context, response):
                     return
         finally:

@@ -60,6 +60,15 @@ async def sent(context: Context, response: Message) -> bool:
     return True
 
 
+class CallFailed(Exception):
+    """A call (or one message of a stream) failed with this status, already counted and logged;
+    how the caller hears it is the RPC's own: an abort, or an error message on the stream."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 class OpenStreams:
     """Streams open on this server, both protocols together, and how many may be (--max-streams)."""
 
@@ -108,6 +117,19 @@ class ObservedServicer:
             )
         return response
 
+    async def answered(self, rpc: str, request: Any, work: Callable[[], Awaitable[Resp]]) -> Resp:
+        """The one call path of every RPC, unary or a stream's message: runs `work`, checks its
+        answer can be sent, counts it; a failure is counted, logged as its status says, and
+        raised as CallFailed."""
+        started = time.perf_counter()
+        try:
+            response = self.sendable(await work())
+        except Exception as exc:
+            code, message = self.failed(rpc, request, exc, started)
+            raise CallFailed(code, message) from exc
+        self.record(rpc, request, response, grpc.StatusCode.OK, started)
+        return response
+
     def record(
         self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, started: float
     ) -> None:
@@ -148,14 +170,12 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapper(self: ObservedServicer, request: Req, context: Context) -> Resp:
-        started = time.perf_counter()
         try:
-            response = self.sendable(await handler(self, decoded(request), context))
-        except Exception as exc:
-            code, message = self.failed(handler.__name__, request, exc, started)
-            await context.abort(code, message)
-            raise AssertionError("unreachable: abort raises") from exc
-        self.record(handler.__name__, request, response, grpc.StatusCode.OK, started)
-        return response
+            return await self.answered(
+                handler.__name__, request, lambda: handler(self, decoded(request), context)
+            )
+        except CallFailed as failure:
+            await context.abort(failure.code, failure.message)
+            raise AssertionError("unreachable: abort raises") from failure
 
     return wrapper
