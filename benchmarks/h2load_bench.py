@@ -10,7 +10,8 @@ followed by a server-side count of non-OK answers, which must be 0. Raw ONNX Run
 #13's targets, each checked against this run's numbers, follow. Both servers stay up and take
 turns on each case, --rounds times; a row is the median of its rounds and its ratio to the echo
 the median of the rounds' ratios, so a slow spell of a shared machine hits both sides.
-Prints tables and writes JSON.
+Prints tables and writes JSON. Over 250 lines: the cases, the turns, the server-side read-back
+and the targets are one measurement, read together.
 Usage: python -m benchmarks.h2load_bench [--duration 5] [--rounds 3] [--json FILE]
        [-- lstm-serve flags]
 """

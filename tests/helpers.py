@@ -6,6 +6,7 @@ The one helpers module: test modules import from here, never from each other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,20 @@ def start(
         text=True,
         env=None if env is None else {**os.environ, **env},
     )
+
+
+@contextlib.contextmanager
+def serving_with_metrics(repository: Path, *args: str) -> Iterator[tuple[int, int]]:
+    """`start` with /metrics on a port of its own, until SERVING; (port, metrics port). On
+    leaving: SIGTERM, and a drain that must exit 0."""
+    port, metrics_port = free_port(), free_port()
+    process = start(repository, port, *args, "--metrics-port", str(metrics_port))
+    try:
+        wait_serving(process, port)
+        yield port, metrics_port
+    finally:
+        code, err = stop(process)
+        assert code == 0, err
 
 
 def worker_pids(process: subprocess.Popen[str]) -> list[str]:

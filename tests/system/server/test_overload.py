@@ -20,7 +20,7 @@ from lstm_export import StackedLSTM, build_model
 from lstm_serving.client.client import AsyncLstmClient, aio_channel, predict_request
 from lstm_serving.client.load import generator, workload
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
-from tests.helpers import free_port, scrape, start, stop, value, wait_serving
+from tests.helpers import scrape, serving_with_metrics, value
 
 
 @pytest.fixture(scope="module")
@@ -32,37 +32,15 @@ def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     path = repository / "wide/1/model.onnx"
     path.parent.mkdir(parents=True)
     onnx.save(build_model(StackedLSTM(64, [256, 256]).eval()), str(path))
-    port, metrics_port = free_port(), free_port()
-    process = start(
-        repository,
-        port,
-        "--max-batch-size",
-        "4",
-        "--max-queue-size",
-        "16",
-        "--intra-op-threads",
-        "1",
-        "--metrics-port",
-        str(metrics_port),
-    )
-    try:
-        wait_serving(process, port)
+    limits = ("--max-batch-size", "4", "--max-queue-size", "16", "--intra-op-threads", "1")
+    with serving_with_metrics(repository, *limits) as (port, metrics_port):
         yield f"127.0.0.1:{port}", metrics_port
-    finally:
-        code, err = stop(process)
-        assert code == 0, err
 
 
 @pytest.fixture(scope="module")
 def seed_server(seed_repository: Path) -> Iterator[tuple[str, int]]:
-    port, metrics_port = free_port(), free_port()
-    process = start(seed_repository, port, "--metrics-port", str(metrics_port))
-    try:
-        wait_serving(process, port)
+    with serving_with_metrics(seed_repository) as (port, metrics_port):
         yield f"127.0.0.1:{port}", metrics_port
-    finally:
-        code, err = stop(process)
-        assert code == 0, err
 
 
 async def flood(target: str, model: str, x: np.ndarray, calls: int, channels: int) -> Counter[str]:
