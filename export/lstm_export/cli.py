@@ -22,8 +22,9 @@ from lstm_export.keras_source import KerasError, read_keras, weights_of
 from lstm_export.model import StackedLSTM
 from lstm_export.onnx_graph import architecture_of, graph_of, recorded_architecture
 from lstm_export.spec import HEAD_ACTIVATIONS, sha256_of
-from lstm_export.torch_source import LayoutError, build_model, read_layout
+from lstm_export.torch_source import Layout, LayoutError, build_model, read_layout
 from lstm_export.verify import TOLERANCE, Reference, torch_reference, verify_against
+from lstm_serving.contract import HEAD_INPUTS
 
 
 class ExportError(Exception):
@@ -66,13 +67,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--head", metavar="PREFIX", help="with --weights: the Linear head's key prefix (e.g. fc.)"
     )
     p.add_argument(
-        "--head-activation",
-        choices=tuple(HEAD_ACTIVATIONS),
-        default="linear",
-        help="what the PyTorch forward applies after the head",
+        "--head-input",
+        choices=tuple(HEAD_INPUTS),
+        help="with --weights and a Linear head: what your forward feeds it, where out, (h_n, "
+        "c_n) = lstm(x): " + ", ".join(f"{name} = {code}" for name, code in HEAD_INPUTS.items()),
     )
     p.add_argument(
-        "--head-per-step", action="store_true", help="the head runs on every step, not the last"
+        "--head-activation",
+        choices=tuple(HEAD_ACTIVATIONS),
+        help="with --weights and a Linear head: what your forward applies after it",
     )
     p.add_argument("--name", required=True, help="model name in the repository")
     p.add_argument("--version", type=int, help="version number (default: next free, from 1)")
@@ -116,9 +119,13 @@ def module_from_weights(args: argparse.Namespace) -> StackedLSTM:
     path = args.weights
     state = load_state(path)
     try:
-        layout = read_layout(state, args.head, args.head_activation, args.head_per_step)
+        layout = read_layout(
+            state, args.head, args.head_activation or "linear", args.head_input or "final-states"
+        )
     except LayoutError as exc:
         raise ExportError(f"{path}: {exc}") from exc
+    if layout.head is not None and (args.head_input is None or args.head_activation is None):
+        raise ExportError(unstated_head(path, layout, args))
     units = args.layers or layout.units
     input_size = args.input_size or layout.input_size
     bidirectional = args.bidirectional or layout.bidirectional
@@ -161,6 +168,38 @@ def module_from_weights(args: argparse.Namespace) -> StackedLSTM:
         )
     module.load_state_dict({k: v.float() for k, v in renamed.items()})
     return module
+
+
+def unstated_head(path: Path, layout: Layout, args: argparse.Namespace) -> str:
+    """Why a state_dict with a head is refused until its forward is stated, and the choices
+    as the PyTorch code each stands for."""
+    fc = layout.head_prefix.rstrip(".") or "fc"
+    width = (2 if layout.bidirectional else 1) * layout.units[-1]
+    assert layout.head is not None
+    missing = [
+        flag
+        for flag, value in (("--head-input", args.head_input), ("--head-activation",
+                                                                  args.head_activation))
+        if value is None
+    ]  # fmt: skip
+    choices = [
+        f"  --head-input {name:<13} y = {fc}({code})"
+        + ("   (bidirectional: cat(h_n[-2], h_n[-1]))" if name == "final-states" else "")
+        for name, code in HEAD_INPUTS.items()
+    ]
+    return "\n".join(
+        [
+            f"{path}: a Linear head ({layout.head_prefix}weight, {width} -> {layout.head.units}) "
+            "follows the LSTMs, and a state_dict holds weights, not the forward: these readings "
+            "of it answer differently, so state yours (missing: " + ", ".join(missing) + "),",
+            "where out, (h_n, c_n) = lstm(x):",
+            *choices,
+            f"  --head-activation {'|'.join(HEAD_ACTIVATIONS)}   what follows {fc}(...), e.g. "
+            f"sigmoid for torch.sigmoid({fc}(...))",
+            "A forward of another shape (several Linear layers, an Embedding) cannot be read "
+            "from a state_dict.",
+        ]
+    )
 
 
 def target_path(repository: Path, name: str, version: int | None, force: bool) -> Path:

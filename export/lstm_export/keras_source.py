@@ -150,7 +150,8 @@ def _head(layer: KerasLayer, per_step: bool) -> tuple[Head, RefHead]:
     if not arrays:
         raise KerasError(f"layer {layer.name!r}: no weights found in the file")
     bias = arrays[1] if len(arrays) > 1 else None
-    return Head(arrays[0], bias, activation, per_step), RefHead(
+    head_input = "every-step" if per_step else "final-states"
+    return Head(arrays[0], bias, activation, head_input), RefHead(
         arrays[0], bias, activation, per_step
     )
 

@@ -22,12 +22,17 @@ HEAD_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """A Linear layer on the stack: what its forward applies after the LSTMs."""
+    """A Linear layer on the stack: what it reads of the last layer (contract.HEAD_INPUTS) and
+    what the forward applies after it."""
 
     units: int
     activation: str = "linear"  # one of spec.HEAD_ACTIVATIONS
-    per_step: bool = False  # on every step of the sequence, not on the final state
+    input: str = "final-states"
     bias: bool = True
+
+    @property
+    def per_step(self) -> bool:
+        return self.input == "every-step"
 
 
 class StackedLSTM(nn.Module):
@@ -101,12 +106,25 @@ class StackedLSTM(nn.Module):
     def prediction(
         self, sequence: torch.Tensor, last_hidden: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
-        """The head's output: on last_hidden, or on every step (zeros past each length)."""
+        """The head's output on what it reads (each row's own valid steps only), zeros past each
+        length for a per-step head."""
         assert self.head is not None and self.head_config is not None
         config = self.head_config
-        z = self.head(sequence if config.per_step else last_hidden)
-        z = HEAD_FUNCTIONS[config.activation](z)
+        lengths = lengths.to("cpu", torch.int64)
+        valid = torch.arange(sequence.shape[1])[None, :] < lengths[:, None]  # [B, T]
+        if config.input == "final-states":
+            read = last_hidden
+        elif config.input == "every-step":
+            read = sequence
+        elif config.input == "last-step":
+            read = sequence[torch.arange(len(lengths)), (lengths - 1).clamp(min=0)]
+        elif config.input == "mean":
+            read = sequence.sum(1) / lengths.clamp(min=1)[:, None].to(sequence.dtype)
+        elif config.input == "max":
+            read = sequence.masked_fill(~valid[:, :, None], float("-inf")).max(1).values
+        else:
+            raise ValueError(f"unknown head input {config.input!r}")
+        z = HEAD_FUNCTIONS[config.activation](self.head(read))
         if config.per_step:
-            steps = torch.arange(sequence.shape[1])[None, :] < lengths.to("cpu")[:, None]
-            z = z * steps[:, :, None].to(z.dtype)
+            z = z * valid[:, :, None].to(z.dtype)
         return z

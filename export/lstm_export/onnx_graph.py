@@ -65,6 +65,52 @@ def _constant(name: str, values: list[int]) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
 
 
+def _head_input(read: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> str:
+    """The tensor the head reads: `last_hidden`, `sequence`, or one computed from `sequence`
+    (zeros past each length) over each row's valid steps."""
+    if read == "final-states":
+        return LAST_HIDDEN
+    inits.append(numpy_helper.from_array(np.array(0, np.int64), "zero_"))
+    inits.append(numpy_helper.from_array(np.array(1, np.int64), "step_"))
+    inits += [_constant("axis0_", [0]), _constant("axis1_h_", [1])]
+    nodes += [  # valid_ [B, T]: step < length
+        helper.make_node("Shape", [INPUT], ["input_shape_"]),
+        helper.make_node("Gather", ["input_shape_", "step_"], ["time_"], axis=0),
+        helper.make_node("Range", ["zero_", "time_", "step_"], ["steps_"]),
+        helper.make_node("Unsqueeze", ["steps_", "axis0_"], ["steps_row_"]),
+        helper.make_node("Unsqueeze", ["lengths64_", "axis1_h_"], ["lengths_col_"]),
+        helper.make_node("Less", ["steps_row_", "lengths_col_"], ["valid_"]),
+    ]
+    if read == "every-step":
+        return SEQUENCE
+    if read == "last-step":  # sequence[b, lengths[b] - 1]
+        nodes += [
+            helper.make_node("Sub", ["lengths64_", "step_"], ["last_index_"]),
+            helper.make_node("Max", ["last_index_", "zero_"], ["last_index0_"]),
+            helper.make_node("Unsqueeze", ["last_index0_", "axis1_h_"], ["last_index2_"]),
+            helper.make_node("GatherND", [SEQUENCE, "last_index2_"], ["head_in_"], batch_dims=1),
+        ]
+    elif read == "mean":  # the sum of valid steps (zeros past them) over the length
+        nodes += [
+            helper.make_node("ReduceSum", [SEQUENCE, "axis1_h_"], ["step_sum_"], keepdims=0),
+            helper.make_node("Max", ["lengths64_", "step_"], ["count_"]),
+            helper.make_node("Cast", ["count_"], ["countf_"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["countf_", "axis1_h_"], ["count_col_"]),
+            helper.make_node("Div", ["step_sum_", "count_col_"], ["head_in_"]),
+        ]
+    elif read == "max":  # steps past each length masked with -inf
+        inits.append(numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf_"))
+        inits.append(_constant("axis2_m_", [2]))
+        nodes += [
+            helper.make_node("Unsqueeze", ["valid_", "axis2_m_"], ["valid3b_"]),
+            helper.make_node("Where", ["valid3b_", SEQUENCE, "minus_inf_"], ["masked_"]),
+            helper.make_node("ReduceMax", ["masked_"], ["head_in_"], axes=[1], keepdims=0),
+        ]
+    else:
+        raise ValueError(f"unknown head input {read!r}")
+    return "head_in_"
+
+
 def _lstm_attributes(layer: LstmLayer) -> dict[str, Any]:
     """hidden_size and direction; activations (with alpha/beta) only where not the default."""
     attributes: dict[str, Any] = {"hidden_size": layer.units, "direction": layer.direction}
@@ -100,7 +146,7 @@ def graph_of(spec: ModelSpec, arch: Architecture) -> onnx.ModelProto:
     if any(layer.direction == "bidirectional" for layer in spec.layers):
         inits.append(_constant("shape_tb_", [0, 0, -1]))
     if any(layer.direction == "reverse" for layer in spec.layers) or (
-        spec.head is not None and spec.head.per_step
+        spec.head is not None and spec.head.input != "final-states"
     ):
         nodes.append(helper.make_node("Cast", [LENGTHS], ["lengths64_"], to=TensorProto.INT64))
     nodes.append(helper.make_node("Transpose", [INPUT], ["x_0"], perm=[1, 0, 2]))
@@ -168,9 +214,10 @@ def _add_head(
     inits: list[onnx.TensorProto],
     outputs: list[onnx.ValueInfoProto],
 ) -> None:
-    """Dense on last_hidden, or on every step of `sequence` with the steps past each length
-    set to zero (as `sequence` is), then its activation."""
-    source = SEQUENCE if head.per_step else LAST_HIDDEN
+    """Dense on what the head reads (contract.HEAD_INPUTS) of `sequence` and `last_hidden`,
+    each row's valid steps only, then its activation; a per-step answer is zero past each
+    length (as `sequence` is)."""
+    source = _head_input(head.input, nodes, inits)
     inits.append(numpy_helper.from_array(head.kernel.astype(np.float32), "head_kernel_"))
     nodes.append(helper.make_node("MatMul", [source, "head_kernel_"], ["head_mm_"]))
     value = "head_mm_"
@@ -186,16 +233,8 @@ def _add_head(
     shape: list[int | str] = ["batch", head.kernel.shape[1]]
     if head.per_step:
         shape.insert(1, "time")
-        inits += [_constant("one_", [1]), _constant("axis2_", [2]), _constant("axis0_", [0])]
-        inits.append(numpy_helper.from_array(np.array(0, np.int64), "zero_"))
-        inits.append(numpy_helper.from_array(np.array(1, np.int64), "step_"))
+        inits.append(_constant("axis2_", [2]))
         nodes += [
-            helper.make_node("Shape", [INPUT], ["input_shape_"]),
-            helper.make_node("Gather", ["input_shape_", "step_"], ["time_"], axis=0),
-            helper.make_node("Range", ["zero_", "time_", "step_"], ["steps_"]),
-            helper.make_node("Unsqueeze", ["steps_", "axis0_"], ["steps_row_"]),
-            helper.make_node("Unsqueeze", ["lengths64_", "one_"], ["lengths_col_"]),
-            helper.make_node("Less", ["steps_row_", "lengths_col_"], ["valid_"]),
             helper.make_node("Cast", ["valid_"], ["validf_"], to=TensorProto.FLOAT),
             helper.make_node("Unsqueeze", ["validf_", "axis2_"], ["valid3_"]),
             helper.make_node("Mul", [value, "valid3_"], [PREDICTION]),

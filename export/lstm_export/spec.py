@@ -63,12 +63,17 @@ class LstmLayer:
 
 @dataclass(frozen=True)
 class Head:
-    """Dense / Linear on the last layer's output: on its final state, or on every step."""
+    """Dense / Linear on the last layer's output, read as `input` says (contract.HEAD_INPUTS:
+    Keras's Dense reads the final states, or every step after return_sequences=True)."""
 
     kernel: np.ndarray  # [input, units]
     bias: np.ndarray | None  # [units]
     activation: str  # linear, relu, sigmoid, tanh or softmax
-    per_step: bool  # Keras TimeDistributed(Dense) / Dense after return_sequences=True
+    input: str = "final-states"
+
+    @property
+    def per_step(self) -> bool:
+        return self.input == "every-step"
 
     def spec(self) -> HeadSpec:
         parameters = self.kernel.size + (0 if self.bias is None else self.bias.size)
@@ -77,6 +82,7 @@ class Head:
             activation=self.activation,
             per_step=self.per_step,
             parameters=int(parameters),
+            input=self.input,
         )
 
 

@@ -62,7 +62,7 @@ def spec_of(module: StackedLSTM) -> ModelSpec:
             kernel=module.head.weight.detach().numpy().T.astype(np.float32),
             bias=None if bias is None else bias.detach().numpy().astype(np.float32),
             activation=module.head_config.activation,
-            per_step=module.head_config.per_step,
+            input=module.head_config.input,
         )
     layers = [layer_of(lstm) for lstm in module.layers if isinstance(lstm, torch.nn.LSTM)]
     return ModelSpec(layers, head)
@@ -96,6 +96,7 @@ class Layout:
     bidirectional: bool
     renamed: dict[str, str] = field(default_factory=dict)  # file key -> StackedLSTM key
     head: HeadConfig | None = None
+    head_prefix: str = ""  # the head's key prefix in the file (e.g. "fc.")
     unknown: list[str] = field(default_factory=list)  # keys that are neither LSTM nor head
 
 
@@ -103,9 +104,10 @@ def read_layout(
     state: Mapping[str, torch.Tensor],
     head_prefix: str | None = None,
     head_activation: str = "linear",
-    head_per_step: bool = False,
+    head_input: str = "final-states",
 ) -> Layout:
-    """Finds the LSTM layers (by prefix, in the file's order) and a trailing Linear head."""
+    """Finds the LSTM layers (by prefix, in the file's order) and a trailing Linear head, which
+    reads and applies what the caller says (a state_dict cannot say it)."""
     lstm_layers: dict[tuple[str, int], dict[str, str]] = {}  # (prefix, layer) -> param key
     reverse = False
     for key in state:
@@ -134,7 +136,7 @@ def read_layout(
     first = lstm_layers[ordered[0]]["weight_ih"]
     layout = Layout(int(state[first].shape[1]), units, reverse, renamed)
     rest = [key for key in state if key not in renamed]
-    layout.head, head_keys = _head(state, rest, layout, head_prefix, head_activation, head_per_step)
+    layout.head, head_keys = _head(state, rest, layout, head_prefix, head_activation, head_input)
     layout.unknown = [key for key in rest if key not in head_keys]
     return layout
 
@@ -145,7 +147,7 @@ def _head(
     layout: Layout,
     prefix: str | None,
     activation: str,
-    per_step: bool,
+    head_input: str,
 ) -> tuple[HeadConfig | None, list[str]]:
     """The one Linear (prefix.weight [out, in] and optional prefix.bias) fed by the stack."""
     width = (2 if layout.bidirectional else 1) * layout.units[-1]
@@ -171,5 +173,6 @@ def _head(
     layout.renamed[found + "weight"] = "head.weight"
     if has_bias:
         layout.renamed[found + "bias"] = "head.bias"
-    config = HeadConfig(int(weight.shape[0]), activation, per_step, has_bias)
+    layout.head_prefix = found
+    config = HeadConfig(int(weight.shape[0]), activation, head_input, has_bias)
     return config, [found + "weight", found + "bias"]

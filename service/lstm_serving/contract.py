@@ -90,14 +90,38 @@ class LayerSpec:
         return self.directions * self.units
 
 
+# What a head reads of the last layer, as the PyTorch forward that feeds it reads it, where
+# `out, (h_n, c_n) = lstm(x)`; with lengths, each row's own valid steps only.
+HEAD_INPUTS: dict[str, str] = {
+    "last-step": "out[:, -1]",  # each row's last valid step (bidirectional: both halves there)
+    "final-states": "h_n[-1]",  # bidirectional: cat(h_n[-2], h_n[-1]) (Keras's LSTM output)
+    "every-step": "out",  # per step: [batch, time, units], zeros past each length
+    "mean": "out.mean(1)",  # over each row's valid steps
+    "max": "out.max(1).values",  # over each row's valid steps
+}
+
+
 @dataclass(frozen=True)
 class HeadSpec:
-    """A Dense/Linear layer on the last LSTM layer's output (its final state, or each step)."""
+    """A Dense/Linear layer on the last LSTM layer's output, read as `input` says."""
 
     units: int
     activation: str  # linear, relu, sigmoid, tanh, softmax
-    per_step: bool
+    per_step: bool  # the answer has a time axis (input "every-step")
     parameters: int
+    input: str = ""  # a HEAD_INPUTS key; "" in files from before it was recorded
+
+    @property
+    def reads(self) -> str:
+        return self.input or ("every-step" if self.per_step else "final-states")
+
+    def forward(self, bidirectional: bool) -> str:
+        """The head as the PyTorch code it stands for, e.g. `sigmoid(fc(out[:, -1]))`."""
+        source = HEAD_INPUTS[self.reads]
+        if self.reads == "final-states" and bidirectional:
+            source = "cat(h_n[-2], h_n[-1])"
+        z = f"fc({source})"
+        return z if self.activation == "linear" else f"{self.activation}({z})"
 
 
 @dataclass(frozen=True)
@@ -256,6 +280,10 @@ class Architecture:
         lines = table_lines(rows)
         rule = "-" * len(max(lines, key=len))
         footer = [f"Outputs: {', '.join(outputs)}; None = any batch or time"]
+        if self.head is not None:
+            footer.append(
+                f"Forward: out, (h_n, c_n) = lstm(x); y = {self.head.forward(self.bidirectional)}"
+            )
         if self.mask_value is not None:
             footer.append(f"Masking: trailing steps whose features all equal {self.mask_value:g}")
         if self.source:

@@ -114,7 +114,7 @@ def _describe_text(d: pb.ModelDescription) -> str:
         opset=0,
         head=None
         if head is None
-        else HeadSpec(head.units, head.activation, head.per_step, head.parameters),
+        else HeadSpec(head.units, head.activation, head.per_step, head.parameters, head.input),
         mask_value=d.mask_value if d.HasField("mask_value") else None,
         source=d.source,
     )

@@ -189,6 +189,7 @@ def describe(
             activation=arch.head.activation,
             per_step=arch.head.per_step,
             parameters=arch.head.parameters,
+            input=arch.head.reads,
         ),
         mask_value=arch.mask_value,
     )

@@ -57,8 +57,8 @@ class Bidirectional(nn.Module):
 # name: (module, extra lstm-export flags)
 CASES = {
     "plain": (PlainLSTM, []),
-    "prefixed": (Prefixed, ["--head-activation", "sigmoid"]),
-    "bidirectional": (Bidirectional, ["--head-per-step"]),
+    "prefixed": (Prefixed, ["--head-input", "last-step", "--head-activation", "sigmoid"]),
+    "bidirectional": (Bidirectional, ["--head-input", "every-step", "--head-activation", "linear"]),
 }
 
 
@@ -123,7 +123,8 @@ def test_layouts_that_cannot_be_read_say_what_to_do(tmp_path: Path) -> None:
     run = export_state(tmp_path, two_heads)
     assert run.returncode == 1 and "name it with --head PREFIX" in run.stderr
     assert "a., b." in run.stderr
-    chosen = export_state(tmp_path, two_heads, "--head", "b.")
+    stated = ("--head-input", "last-step", "--head-activation", "linear")
+    chosen = export_state(tmp_path, two_heads, "--head", "b.", *stated)
     assert chosen.returncode == 1 and "unexpected key a.weight" in chosen.stderr
     no_lstm = export_state(tmp_path, {"fc.weight": torch.zeros(2, 4)})
     assert no_lstm.returncode == 1 and "no LSTM weights found" in no_lstm.stderr

@@ -507,12 +507,18 @@ class HeadDescription(_message.Message):
     ACTIVATION_FIELD_NUMBER: _builtins.int
     PER_STEP_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     units: _builtins.int
     activation: _builtins.str
     """linear, relu, sigmoid, tanh or softmax"""
     per_step: _builtins.bool
     """On every step ([batch, time, units]) rather than on the final state ([batch, units])."""
     parameters: _builtins.int
+    input: _builtins.str
+    """What it reads of the last layer, as PyTorch code reads `out, (h_n, c_n) = lstm(x)`:
+    last-step (out[:, -1]), final-states (h_n[-1]), every-step (out), mean (out.mean(1)) or
+    max (out.max(1).values); each row's own valid steps only.
+    """
     def __init__(
         self,
         *,
@@ -520,10 +526,11 @@ class HeadDescription(_message.Message):
         activation: _builtins.str = ...,
         per_step: _builtins.bool = ...,
         parameters: _builtins.int = ...,
+        input: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "parameters", b"parameters", "per_step", b"per_step", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "input", b"input", "parameters", b"parameters", "per_step", b"per_step", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
