@@ -21,6 +21,7 @@ import torch
 from lstm_export.keras_source import KerasError, read_keras, weights_of
 from lstm_export.model import StackedLSTM
 from lstm_export.onnx_graph import architecture_of, graph_of, recorded_architecture
+from lstm_export.sniff import wrong_flag
 from lstm_export.spec import HEAD_ACTIVATIONS, sha256_of
 from lstm_export.torch_source import Layout, LayoutError, build_model, read_layout
 from lstm_export.verify import TOLERANCE, Reference, torch_reference, verify_against
@@ -117,6 +118,9 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 def module_from_weights(args: argparse.Namespace) -> StackedLSTM:
     """A StackedLSTM of the widths the weights have, loaded; lists every mismatch."""
     path = args.weights
+    misrouted = wrong_flag(path, "--weights", ("torch",))
+    if misrouted is not None:
+        raise ExportError(misrouted)
     state = load_state(path)
     try:
         layout = read_layout(
@@ -229,6 +233,9 @@ def write_atomically(model: onnx.ModelProto, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> Path:
     if args.keras is not None:
+        misrouted = wrong_flag(args.keras, "--keras", ("keras", "keras-h5"))
+        if misrouted is not None:
+            raise ExportError(misrouted)
         try:
             spec, reference = read_keras(args.keras)
         except KerasError as exc:

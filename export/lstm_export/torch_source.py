@@ -122,6 +122,14 @@ def read_layout(
             "no LSTM weights found: expected keys like weight_ih_l0 (an nn.LSTM's state_dict, "
             f"under any prefix); the file has {', '.join(list(state)[:8])}"
         )
+    projections = [key for key in state if re.search(r"weight_hr_l\d+(_reverse)?$", key)]
+    if projections:
+        raise LayoutError(
+            f"{projections[0]}: an nn.LSTM with proj_size (projected hidden states), which "
+            "lstm-serving does not serve: the ONNX LSTM operator has no projection"
+        )
+    for params in lstm_layers.values():
+        _check_lstm_gates(state, params)
     prefixes = list(dict.fromkeys(prefix for prefix, _ in lstm_layers))
     ordered = sorted(lstm_layers, key=lambda s: (prefixes.index(s[0]), s[1]))
     units, renamed = [], {}
@@ -139,6 +147,20 @@ def read_layout(
     layout.head, head_keys = _head(state, rest, layout, head_prefix, head_activation, head_input)
     layout.unknown = [key for key in rest if key not in head_keys]
     return layout
+
+
+def _check_lstm_gates(state: Mapping[str, torch.Tensor], params: dict[str, str]) -> None:
+    """An LSTM has 4 gate blocks; a GRU (3) or a plain RNN (1) saves keys of the same names."""
+    if "weight_ih" not in params or "weight_hh" not in params:
+        return  # said with the layer's name below
+    key = params["weight_ih"]
+    rows, units = int(state[key].shape[0]), int(state[params["weight_hh"]].shape[1])
+    recurrent = {3 * units: "an nn.GRU (3 gate blocks)", units: "an nn.RNN (no gates)"}
+    if rows != 4 * units:
+        what = recurrent.get(rows, f"{rows} rows for {units} units, not an LSTM's 4 gate blocks")
+        raise LayoutError(
+            f"{key} has shape {list(state[key].shape)}: {what}; lstm-serving serves LSTMs only"
+        )
 
 
 def _head(

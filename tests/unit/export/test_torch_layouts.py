@@ -14,7 +14,7 @@ from torch import nn
 
 from lstm_serving.client.client import AsyncLstmClient
 from lstm_serving.server.app import LstmServer
-from tests.helpers import export, start_server
+from tests.helpers import ROOT, export, start_server
 
 
 class PlainLSTM(nn.Module):
@@ -132,3 +132,42 @@ def test_layouts_that_cannot_be_read_say_what_to_do(tmp_path: Path) -> None:
     assert (
         wrong_check.returncode == 1 and "shape [16, 4] in the file, [20, 5]" in wrong_check.stderr
     )
+
+
+def test_files_passed_to_the_wrong_flag_are_named_for_what_they_are(tmp_path: Path) -> None:
+    """Whatever the flag, the file is read for what it is, never unpickled, and the message
+    names the kind and the way in."""
+    module = nn.LSTM(3, 4, batch_first=True)
+    torch.jit.save(torch.jit.script(module), tmp_path / "scripted.pt")
+    onnx_file = tmp_path / "model.onnx"
+    torch.onnx.export(module, (torch.zeros(1, 2, 3),), str(onnx_file), dynamo=False)
+    (tmp_path / "notes.txt").write_text("hello")
+    cases = {
+        ("--weights", "scripted.pt"): "a TorchScript archive (torch.jit.save)",
+        ("--weights", "model.onnx"): "an ONNX model; lstm-export does not adopt ONNX files yet",
+        ("--weights", "notes.txt"): "not a model file this tool knows",
+        ("--keras", "scripted.pt"): "a TorchScript archive",
+    }
+    seed_keras = ROOT / "models/seed/1/model.onnx"
+    cases[("--keras", str(seed_keras))] = "an ONNX model"
+    for (flag, name), message in cases.items():
+        run = export(flag, str(tmp_path / name), "--name", "m", "--repository", str(tmp_path))
+        assert run.returncode == 1 and message in run.stderr, (flag, name, run.stderr)
+        assert "pickled" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (nn.GRU(3, 4), "an nn.GRU (3 gate blocks); lstm-serving serves LSTMs only"),
+        (nn.RNN(3, 4), "an nn.RNN (no gates); lstm-serving serves LSTMs only"),
+        (nn.LSTM(3, 8, proj_size=4), "proj_size (projected hidden states)"),
+    ],
+    ids=["gru", "rnn", "proj_size"],
+)
+def test_recurrent_layers_that_are_not_lstms_are_named(
+    tmp_path: Path, module: nn.Module, message: str
+) -> None:
+    run = export_state(tmp_path, module.state_dict())
+    assert run.returncode == 1 and message in run.stderr, run.stderr
+    assert "--layers" not in run.stderr  # nothing blamed on flags the user never gave
