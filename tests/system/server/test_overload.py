@@ -112,8 +112,10 @@ async def test_three_times_capacity(slow_server: tuple[str, int]) -> None:
     The load generator shares the machine's two cores with the server, and sending 3x costs it
     twice what measuring capacity did, so some goodput goes to the client, not the server:
     measured here 0.76-0.9x on a quiet machine and 0.68-0.81x with another CPU-bound process
-    running (README, Operations). The margin below holds on a busy machine; a collapse (the
-    worker thread waiting on a busy event loop, as before batches were pipelined: 0.53x) fails.
+    running (docs/operations.md). Capacity is measured on both sides of the overload and the
+    lower one counts, so a slow spell of a shared machine during the overload is seen on that
+    side too. The margin below holds on a busy machine; a collapse (the worker thread waiting
+    on a busy event loop, as before batches were pipelined: 0.53x) fails.
     """
     target, _ = slow_server
     capacity = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
@@ -137,10 +139,16 @@ async def test_three_times_capacity(slow_server: tuple[str, int]) -> None:
     refused = overload.errors.get("RESOURCE_EXHAUSTED", 0)
     assert set(overload.errors) <= {"RESOURCE_EXHAUSTED"}, overload.errors
     assert refused > overload.requests * 0.5  # most of the excess was refused...
-    assert overload.requests_per_second > 0.55 * capacity.requests_per_second  # ...not work
     assert overload.latency_ms["p99"] < 1000  # the queue (16) bounds the accepted's wait
     assert probe_seconds < 1.0
 
     after = await generator.run_level(spec(target, 1.0), concurrency=1, progress=False)
     assert after.errors == {}  # recovered at once
     assert after.latency_ms["p99"] < 100
+    capacity_after = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
+    lower = min(capacity.requests_per_second, capacity_after.requests_per_second)
+    assert overload.requests_per_second > 0.55 * lower, (  # ...not work
+        f"goodput {overload.requests_per_second:.0f}/s under 3x overload against capacity "
+        f"{capacity.requests_per_second:.0f}/s before and {capacity_after.requests_per_second:.0f}"
+        "/s after"
+    )
