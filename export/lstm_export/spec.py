@@ -77,12 +77,14 @@ class Head:
 
     def spec(self) -> HeadSpec:
         parameters = self.kernel.size + (0 if self.bias is None else self.bias.size)
+        bias = np.zeros(self.kernel.shape[1]) if self.bias is None else self.bias
         return HeadSpec(
             units=int(self.kernel.shape[1]),
             activation=self.activation,
             per_step=self.per_step,
             parameters=int(parameters),
             input=self.input,
+            at_zero=tuple(float(v) for v in head_activation(self.activation, bias)),
         )
 
 
@@ -90,7 +92,7 @@ class Head:
 class ModelSpec:
     layers: list[LstmLayer]
     head: Head | None = None
-    mask_value: float | None = None  # Keras Masking: trailing steps equal to it are padding
+    mask_value: float | None = None  # Keras Masking: steps equal to it are skipped, anywhere
     source: str = ""  # e.g. "keras 3.15.1 .keras"; "" for our own StackedLSTM
     notes: list[str] = field(default_factory=list)  # what the user should know, printed
 
@@ -105,3 +107,20 @@ def sha256_of(arrays: list[np.ndarray]) -> str:
     for array in arrays:
         digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+def head_activation(name: str, z: np.ndarray) -> np.ndarray:
+    """A HEAD_ACTIVATIONS function in NumPy, over the last axis."""
+    z = np.asarray(z, np.float64)
+    if name == "relu":
+        out = np.maximum(z, 0.0)
+    elif name == "sigmoid":
+        out = 1.0 / (1.0 + np.exp(-z))
+    elif name == "tanh":
+        out = np.tanh(z)
+    elif name == "softmax":
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        out = e / e.sum(axis=-1, keepdims=True)
+    else:
+        out = z
+    return np.asarray(out)

@@ -110,6 +110,9 @@ class HeadSpec:
     per_step: bool  # the answer has a time axis (input "every-step")
     parameters: int
     input: str = ""  # a HEAD_INPUTS key; "" in files from before it was recorded
+    # its answer for an all-zero input (its activation of its bias): what a per-step Keras head
+    # answers at a step its LSTM output zeros for (core.masking)
+    at_zero: tuple[float, ...] = ()
 
     @property
     def reads(self) -> str:
@@ -135,7 +138,7 @@ class Architecture:
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
     head: HeadSpec | None = None
-    mask_value: float | None = None  # Keras Masking: trailing steps all equal to it are padding
+    mask_value: float | None = None  # Keras Masking: steps all equal to it are skipped
     source: str = ""  # what the model was exported from (e.g. "keras 3.15.1 .keras")
 
     @property
@@ -223,7 +226,9 @@ class Architecture:
             )
             record.pop("output_size", None)
             head = record.pop("head", None)
-            arch = cls(layers=layers, head=None if head is None else HeadSpec(**head), **record)
+            if head is not None:
+                head = HeadSpec(**{**head, "at_zero": tuple(head.get("at_zero", ()))})
+            arch = cls(layers=layers, head=head, **record)
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ValueError(f"malformed {METADATA_KEY} metadata: {exc}") from exc
         if not arch.layers:
@@ -285,7 +290,9 @@ class Architecture:
                 f"Forward: out, (h_n, c_n) = lstm(x); y = {self.head.forward(self.bidirectional)}"
             )
         if self.mask_value is not None:
-            footer.append(f"Masking: trailing steps whose features all equal {self.mask_value:g}")
+            footer.append(
+                f"Masking: steps whose features all equal {self.mask_value:g} are skipped"
+            )
         if self.source:
             footer.append(f"Exported from: {self.source}")
         return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1], *footer])

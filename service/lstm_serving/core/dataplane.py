@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-from lstm_serving.core import validation
+from lstm_serving.core import masking, validation
 from lstm_serving.core.batching import RunTiming
 from lstm_serving.core.merge import Arrays
 from lstm_serving.core.registry import Registry, ServedModel
@@ -56,6 +56,8 @@ class DataPlane:
                 checked.initial,
                 timing,
             )
+        if checked.compaction is not None:
+            arrays = masking.restore(arrays, checked.compaction, arch)
         return InferResult(served.model.name, served.model.version, arch, arrays)
 
     def answer_bytes(self, request: InferRequest) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lstm_serving.contract import PREDICTION, STATE_PARTS, Architecture, initial_state
+from lstm_serving.core.masking import Compaction, compact
 from lstm_serving.core.requests import InferRequest, OutputSet, SequenceStep
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -148,30 +149,6 @@ def check_initial_states(
     return checked
 
 
-def masked_lengths(inputs: np.ndarray, lengths: np.ndarray, mask_value: float) -> np.ndarray:
-    """A Keras Masking model's lengths: trailing steps whose features all equal mask_value are
-    padding. A masked step before a sequence's end (Keras would skip it) is refused."""
-    masked = (inputs == np.float32(mask_value)).all(axis=2)  # [batch, time]
-    steps = np.arange(inputs.shape[1])
-    unmasked_end = np.where(~masked, steps + 1, 0).max(axis=1)  # last unmasked step + 1
-    ends = np.minimum(lengths, unmasked_end)
-    inside = masked & (steps[None, :] < ends[:, None])
-    if inside.any():
-        row, step = (int(v) for v in np.argwhere(inside)[0])
-        raise InvalidArgument(
-            f"input[{row}] step {step} is masked (every feature == {mask_value:g}, the model's "
-            "Masking value) before its last step: this server takes masked steps as trailing "
-            "padding only; drop that step or send the sequence without it"
-        )
-    if (ends == 0).any():
-        row = int(np.flatnonzero(ends == 0)[0])
-        raise InvalidArgument(
-            f"input[{row}] is masked at every step (every feature == {mask_value:g}): nothing "
-            "to compute"
-        )
-    return np.asarray(ends, dtype=np.int32)
-
-
 def answer_bytes(names: Sequence[str], arch: Architecture, batch: int, steps: int) -> int:
     """The bytes of the named outputs for `batch` sequences of `steps` steps."""
     total, shapes = 0, arch.output_shapes
@@ -196,10 +173,11 @@ def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> 
         )
     inputs = check_finite(request.inputs.decode())
     lengths = check_lengths(request.lengths, batch, steps)
+    compaction = None
     if arch.mask_value is not None:
-        lengths = masked_lengths(inputs, lengths, arch.mask_value)
+        inputs, lengths, compaction = compact(inputs, lengths, arch.mask_value)
     initial = check_initial_states(request.initial_states, arch, batch)
-    return Checked(inputs, lengths, outputs, initial)
+    return Checked(inputs, lengths, outputs, initial, compaction)
 
 
 def output_names(request: InferRequest, arch: Architecture) -> tuple[str, ...]:
@@ -223,6 +201,7 @@ class Checked:
     lengths: np.ndarray
     outputs: tuple[str, ...]
     initial: dict[str, np.ndarray] | None
+    compaction: Compaction | None = None  # a Masking model's: where its steps go back
 
 
 def check_sequence_step(step: SequenceStep, arch: Architecture, checked: Checked) -> None:

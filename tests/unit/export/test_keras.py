@@ -69,6 +69,23 @@ MODELS: dict[str, Callable[[], Any]] = {
             L.Dense(1, activation="sigmoid"),
         ]
     ),
+    "masked_tagger": lambda: keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.Masking(0.0),
+            L.LSTM(6, return_sequences=True),
+            L.Dense(3, activation="softmax"),
+        ]
+    ),
+    "masked_bi_steps": lambda: keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.Masking(0.0),
+            L.LSTM(5, return_sequences=True),
+            L.Bidirectional(L.LSTM(4, return_sequences=True)),
+            L.TimeDistributed(L.Dense(2, activation="sigmoid")),
+        ]
+    ),
     "hard_sigmoid": lambda: keras.Sequential(
         [
             keras.Input((None, 2)),
@@ -121,17 +138,17 @@ async def client(repository: Path) -> AsyncIterator[AsyncLstmClient]:
     await server.stop(grace=1)
 
 
-def inputs(model: Any, name: str) -> tuple[np.ndarray, list[int]]:
+def inputs(model: Any, name: str) -> np.ndarray:
     rng = np.random.default_rng(len(name))
     features = model.inputs[0].shape[-1]
     steps = 10 if name == "seed" else 13
     x = rng.standard_normal((5, steps, features)).astype(np.float32)
-    lengths = [steps] * 5
-    if name == "masked":  # right padding with the mask value
-        lengths = [13, 9, 5, 2, 13]
-        for row, length in enumerate(lengths):
-            x[row, length:] = 0.0
-    return x, lengths
+    if name.startswith("masked"):  # the mask value anywhere, as Keras skips it anywhere
+        x[0, :4] = 0.0  # padded before, as keras.utils.pad_sequences pads by default
+        x[1, 9:] = 0.0  # padded after
+        x[2, [1, 5, 6]] = 0.0  # holes
+        x[3, [0, 2, 12]] = 0.0  # a hole, and padding at both ends
+    return x
 
 
 @pytest.mark.parametrize("suffix", ["keras", "h5"])
@@ -140,16 +157,12 @@ async def test_served_answers_equal_model_predict(
     keras_models: dict[str, Any], client: AsyncLstmClient, name: str, suffix: str
 ) -> None:
     model, _ = keras_models[name]
-    x, lengths = inputs(model, name)
+    x = inputs(model, name)
     expected = np.asarray(model.predict(x, verbose=0))
     answer = await client.predict(f"{name}-{suffix}", x)  # the model's own answer
     got = answer.prediction if answer.prediction is not None else answer.last_hidden
     assert got is not None and got.shape == expected.shape
-    if got.ndim == 3:  # per-step: compared where the sequences have steps
-        valid = np.arange(x.shape[1])[None, :] < np.array(lengths)[:, None]
-        assert np.abs(got - expected)[valid].max() <= TOLERANCE
-    else:
-        assert np.abs(got - expected).max() <= TOLERANCE
+    assert np.abs(got - expected).max() <= TOLERANCE  # every step, masked ones included
 
 
 async def test_describe_shows_the_keras_layer_table(client: AsyncLstmClient) -> None:
@@ -162,14 +175,28 @@ async def test_describe_shows_the_keras_layer_table(client: AsyncLstmClient) -> 
     assert masked.HasField("mask_value") and masked.mask_value == 0.0
 
 
-async def test_masked_steps_before_the_end_are_refused(client: AsyncLstmClient) -> None:
-    for step in (2, 0):  # in the middle, at the start: Keras would skip it, we cannot
-        x = np.ones((1, 6, 2), np.float32)
-        x[0, step] = 0.0
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.predict("masked-keras", x)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert f"step {step} is masked" in str(err.value.details())
+async def test_masked_steps_anywhere_give_keras_sequences_and_batch_exactly(
+    keras_models: dict[str, Any], client: AsyncLstmClient
+) -> None:
+    """`sequence` of a Masking model is Keras's last LSTM output at every step (repeated at a
+    masked step, zeros before the first unmasked one; zeros there when Bidirectional), and a
+    batch of such rows answers each as it is alone."""
+    for name in ("masked_tagger", "masked_bi_steps"):
+        model, _ = keras_models[name]
+        x = inputs(model, name)
+        lstm_out = keras.Model(model.inputs, model.layers[-2].output)
+        expected = np.asarray(lstm_out.predict(x, verbose=0))
+        together = await client.predict(f"{name}-keras", x, output="sequence")
+        assert together.sequence is not None
+        assert np.abs(together.sequence - expected).max() <= TOLERANCE, name
+        for row in range(x.shape[0]):
+            alone = await client.predict(f"{name}-keras", x[row : row + 1], output="sequence")
+            assert alone.sequence is not None
+            np.testing.assert_array_equal(alone.sequence[0], together.sequence[row])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.predict("masked-keras", np.zeros((1, 4, 2), np.float32))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "masked at every step" in str(err.value.details())
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.predict("seed-keras", np.ones((1, 3, 2), np.float32), output="prediction")
     assert "this model has no head" in str(err.value.details())

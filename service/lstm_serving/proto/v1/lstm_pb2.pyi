@@ -460,7 +460,7 @@ class ModelDescription(_message.Message):
     source: _builtins.str
     """What the model was exported from, e.g. "keras 3.15.1 .keras"; empty for lstm-export's own."""
     mask_value: _builtins.float
-    """Keras Masking: trailing steps whose features all equal it are padding."""
+    """Keras Masking: steps whose features all equal it are skipped, wherever they are."""
     @_builtins.property
     def loaded_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
