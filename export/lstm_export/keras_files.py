@@ -56,15 +56,71 @@ def read_keras_file(path: Path) -> KerasModel:
 
 
 def _sequential(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layers in order: a Sequential model's, or a Functional model's when they form a
+    chain (one input, each layer taking the one before it, one output)."""
     kind = config.get("class_name")
+    inner = config["config"]
+    if kind in ("Functional", "Model"):
+        return _chain(inner)
     if kind != "Sequential":
         raise KerasError(
-            f"the model is a {kind}, and only Sequential models are read: rebuild it as "
-            "keras.Sequential([...]) with the same layers and save that"
+            f"the model is a {kind}: Sequential models and Functional chains are read "
+            "(a subclassed model's forward is Python code, which a file does not hold)"
         )
-    inner = config["config"]
     layers = inner["layers"] if isinstance(inner, dict) else inner  # Keras 2.2: a list
     return [layer for layer in layers if isinstance(layer, dict)]
+
+
+def _chain(inner: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Functional model's layers, refused (naming the layer) unless they form a chain."""
+    layers = [layer for layer in inner["layers"] if isinstance(layer, dict)]
+    previous: str | None = None
+    for layer in layers:
+        name = layer.get("name") or layer["config"].get("name", "")
+        sources = _inbound(layer)
+        if layer["class_name"] == "InputLayer":
+            if previous is not None:
+                raise KerasError(
+                    f"the model has several inputs ({previous!r}, {name!r}): one input is read"
+                )
+        elif sources != [previous]:
+            taken = ", ".join(repr(s) for s in sources) or "nothing"
+            raise KerasError(
+                f"layer {name!r} ({layer['class_name']}) takes {taken}, not just the layer "
+                f"before it ({previous!r}): a branch, merge, shared layer or second input is "
+                "not read; Functional models are read when their layers form one chain"
+            )
+        previous = name
+    outputs = inner.get("output_layers", [])  # Keras 3, one output: [name, node, tensor]
+    names = [outputs[0]] if outputs and isinstance(outputs[0], str) else [o[0] for o in outputs]
+    if names != [previous]:
+        raise KerasError(
+            f"the model's outputs are {names}, not its last layer {previous!r}: one output "
+            "from the end of the chain is read"
+        )
+    return layers
+
+
+def _inbound(layer: dict[str, Any]) -> list[str]:
+    """The layers whose outputs `layer` takes, in the config's Keras 3 or Keras 2 form."""
+    names: list[str] = []
+    for node in layer.get("inbound_nodes", []):
+        if isinstance(node, dict):  # Keras 3: {"args": [keras tensors ...], "kwargs": {...}}
+            names += [history[0] for history in _histories(node.get("args", []))]
+        else:  # Keras 2: [[name, node index, tensor index, kwargs], ...]
+            names += [str(entry[0]) for entry in node]
+    return names
+
+
+def _histories(value: Any) -> list[list[Any]]:
+    """Every keras_history in a Keras 3 node's arguments, however nested."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"]]
+        return [h for item in value.values() for h in _histories(item)]
+    if isinstance(value, list):
+        return [h for item in value for h in _histories(item)]
+    return []
 
 
 def _snake(class_name: str) -> str:

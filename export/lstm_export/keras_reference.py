@@ -52,11 +52,20 @@ class RefLayer:
 
 
 @dataclass(frozen=True)
-class RefHead:
+class RefDense:
     kernel: np.ndarray
     bias: np.ndarray | None
     activation: str
-    per_step: bool
+
+
+@dataclass(frozen=True)
+class RefHead:
+    """Dense layers on the last LSTM's output: its final output (`final-states`), every step
+    (`every-step`), or GlobalAveragePooling1D's or GlobalMaxPooling1D's (`mean`, `max`), which
+    Keras takes over the unmasked steps."""
+
+    layers: list[RefDense]
+    input: str
 
 
 def _run(
@@ -132,14 +141,24 @@ class KerasForward:
     def _head(
         head: RefHead, sequence: np.ndarray, last_hidden: np.ndarray, lengths: np.ndarray
     ) -> np.ndarray:
-        z = (sequence if head.per_step else last_hidden.astype(np.float64)) @ head.kernel
-        if head.bias is not None:
-            z = z + head.bias
-        if head.activation == "softmax":
-            e = np.exp(z - z.max(axis=-1, keepdims=True))
-            z = e / e.sum(axis=-1, keepdims=True)
+        valid = np.arange(sequence.shape[1])[None, :] < lengths[:, None]  # [B, T]
+        if head.input == "every-step":
+            z = sequence
+        elif head.input == "mean":
+            z = sequence.sum(axis=1) / np.maximum(lengths, 1)[:, None]
+        elif head.input == "max":
+            z = np.where(valid[:, :, None], sequence, -np.inf).max(axis=1)
         else:
-            z = activation(head.activation, keras_2=False)(z)
-        if head.per_step:
-            z = z * (np.arange(sequence.shape[1])[None, :] < lengths[:, None])[:, :, None]
+            z = last_hidden.astype(np.float64)
+        for layer in head.layers:
+            z = z @ layer.kernel
+            if layer.bias is not None:
+                z = z + layer.bias
+            if layer.activation == "softmax":
+                e = np.exp(z - z.max(axis=-1, keepdims=True))
+                z = e / e.sum(axis=-1, keepdims=True)
+            else:
+                z = activation(layer.activation, keras_2=False)(z)
+        if head.input == "every-step":
+            z = z * valid[:, :, None]
         return np.asarray(z, dtype=np.float32)

@@ -1,8 +1,10 @@
-"""A Keras Sequential stacked LSTM -> a ModelSpec, and the NumPy reference it is verified by.
+"""A Keras stacked LSTM (Sequential, or a Functional chain) -> a ModelSpec, and the NumPy
+reference it is verified by.
 
-Layers: InputLayer, LSTM, Bidirectional(LSTM) (merge_mode concat), Masking, Dropout-like
-layers (identity at inference), and one final Dense or TimeDistributed(Dense) head. Anything
-else is refused with a message naming the layer, the option and what is supported.
+Layers: InputLayer, Masking, LSTM, Bidirectional(LSTM) (merge_mode concat), then pooling over
+time and any number of Dense or TimeDistributed(Dense) layers; Dropout-like layers (identity at
+inference) anywhere. Anything else is refused with a message naming the layer, the option and
+what is supported.
 Keras stores gates i, f, c, o and one bias; ONNX wants i, o, f, c with W = kernel.T,
 R = recurrent_kernel.T and B = [bias, zeros].
 """
@@ -15,16 +17,17 @@ from typing import Any
 import numpy as np
 
 from lstm_export.keras_files import KerasError, KerasLayer, KerasModel, read_keras_file
-from lstm_export.keras_reference import KerasForward, RefHead, RefLayer
-from lstm_export.spec import HEAD_ACTIVATIONS, Activation, Head, LstmLayer, ModelSpec
+from lstm_export.keras_reference import KerasForward, RefDense, RefHead, RefLayer
+from lstm_export.spec import HEAD_ACTIVATIONS, Activation, Dense, Head, LstmLayer, ModelSpec
 from lstm_export.torch_source import onnx_gates
 
 __all__ = ["KerasError", "read_keras", "weights_of"]
 
 IDENTITY = {"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout"}
 SUPPORTED = (
-    "InputLayer, LSTM, Bidirectional(LSTM), Masking, Dropout, SpatialDropout1D, GaussianNoise, "
-    "GaussianDropout, AlphaDropout, and a final Dense or TimeDistributed(Dense)"
+    "InputLayer, Masking, LSTM, Bidirectional(LSTM), then GlobalAveragePooling1D or "
+    "GlobalMaxPooling1D and any Dense or TimeDistributed(Dense) layers; Dropout, "
+    "SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout anywhere"
 )
 LSTM_ACTIVATIONS = (
     "tanh",
@@ -47,8 +50,8 @@ def read_keras(path: Path) -> tuple[ModelSpec, KerasForward]:
 
 def weights_of(spec: ModelSpec) -> list[np.ndarray]:
     arrays = [a for layer in spec.layers for a in (layer.W, layer.R, layer.B)]
-    if spec.head is not None:
-        arrays += [spec.head.kernel] + ([] if spec.head.bias is None else [spec.head.bias])
+    for dense in () if spec.head is None else spec.head.dense_layers:
+        arrays += [dense.kernel] + ([] if dense.bias is None else [dense.bias])
     return arrays
 
 
@@ -136,30 +139,42 @@ def _lstm(
     return spec, reference
 
 
-def _head(layer: KerasLayer, per_step: bool) -> tuple[Head, RefHead]:
-    config = (
-        layer.config["layer"]["config"] if layer.class_name == "TimeDistributed" else layer.config
-    )
+def _dense(layer: KerasLayer) -> tuple[Dense, RefDense]:
+    """A Dense (or TimeDistributed(Dense)) layer's weights and activation."""
+    inner = layer.config["layer"] if layer.class_name == "TimeDistributed" else None
+    if inner is not None and inner.get("class_name") != "Dense":
+        raise KerasError(
+            f"layer {layer.name!r}: TimeDistributed({inner.get('class_name')}); only "
+            "TimeDistributed(Dense) is supported"
+        )
+    config = layer.config if inner is None else inner["config"]
     activation = _name(config.get("activation", "linear"))
     if activation not in HEAD_ACTIVATIONS:
         raise KerasError(
-            f"layer {layer.name!r} (Dense): activation={activation!r}; supported for the head: "
-            f"{', '.join(HEAD_ACTIVATIONS)}"
+            f"layer {layer.name!r} (Dense): activation={activation!r}; supported after the "
+            f"LSTMs: {', '.join(HEAD_ACTIVATIONS)}"
         )
     arrays = layer.weights.get("dense", [])
     if not arrays:
         raise KerasError(f"layer {layer.name!r}: no weights found in the file")
     bias = arrays[1] if len(arrays) > 1 else None
-    head_input = "every-step" if per_step else "final-states"
-    return Head(arrays[0], bias, activation, head_input), RefHead(
-        arrays[0], bias, activation, per_step
-    )
+    return Dense(arrays[0], bias, activation, layer.name), RefDense(arrays[0], bias, activation)
+
+
+def _head(dense: list[tuple[Dense, RefDense]], head_input: str) -> tuple[Head, RefHead]:
+    *hidden, last = [spec for spec, _ in dense]
+    head = Head(last.kernel, last.bias, last.activation, head_input, tuple(hidden), last.name)
+    return head, RefHead([ref for _, ref in dense], head_input)
+
+
+POOLING = {"GlobalAveragePooling1D": "mean", "GlobalMaxPooling1D": "max"}
 
 
 def _map(model: KerasModel) -> tuple[ModelSpec, KerasForward]:
     layers: list[LstmLayer] = []
     refs: list[RefLayer] = []
-    head: tuple[Head, RefHead] | None = None
+    dense: list[tuple[Dense, RefDense]] = []
+    pooling: str | None = None
     mask_value: float | None = None
     notes: list[str] = []
     returns_sequences = True
@@ -167,59 +182,44 @@ def _map(model: KerasModel) -> tuple[ModelSpec, KerasForward]:
         kind, config = layer.class_name, layer.config
         if kind == "InputLayer" or kind in IDENTITY:
             continue
-        if head is not None:
-            raise KerasError(
-                f"layer {layer.name!r} ({kind}) follows the Dense head: the head "
-                "must be the last layer with weights"
-            )
         if kind == "Masking":
             if layers:
                 raise KerasError(f"Masking layer {layer.name!r} must come before the first LSTM")
             mask_value = float(config.get("mask_value", 0.0))
         elif kind in ("LSTM", "Bidirectional"):
+            if dense or pooling:
+                raise KerasError(
+                    f"layer {layer.name!r} ({kind}) follows a Dense or pooling layer: the LSTMs "
+                    "must come first, then pooling and Dense layers"
+                )
             if layers and not returns_sequences:
                 raise KerasError(
                     f"layer {layer.name!r} follows an LSTM with return_sequences=False: only "
                     "the last LSTM may return its final state alone"
                 )
-            if kind == "Bidirectional":
-                inner = config["layer"]
-                if inner.get("class_name") != "LSTM":
-                    raise KerasError(
-                        f"layer {layer.name!r}: Bidirectional({inner.get('class_name')}); "
-                        "only Bidirectional(LSTM) is supported"
-                    )
-                merge = config.get("merge_mode", "concat")
-                if merge != "concat":
-                    raise KerasError(
-                        f"layer {layer.name!r}: Bidirectional merge_mode={merge!r}; supported: "
-                        "'concat' (rebuild with merge_mode='concat')"
-                    )
-                lstm_config = inner["config"]
-                if lstm_config.get("go_backwards"):
-                    raise KerasError(f"layer {layer.name!r}: Bidirectional of a go_backwards LSTM")
-                spec_layer, ref = _lstm(
-                    layer, lstm_config, ["forward", "backward"], model.keras_2, notes
-                )
-            else:
-                lstm_config = config
-                spec_layer, ref = _lstm(layer, config, ["cell"], model.keras_2, notes)
-            returns_sequences = bool(lstm_config.get("return_sequences", False))
+            spec_layer, ref, returns_sequences = _recurrent(layer, model.keras_2, notes)
             layers.append(spec_layer)
             refs.append(ref)
+        elif kind in POOLING:
+            if not layers or not returns_sequences or dense or pooling:
+                raise KerasError(
+                    f"layer {layer.name!r} ({kind}) must directly follow an LSTM with "
+                    "return_sequences=True"
+                )
+            if config.get("data_format", "channels_last") != "channels_last":
+                raise KerasError(
+                    f"layer {layer.name!r} ({kind}): data_format must be channels_last"
+                )
+            pooling = POOLING[kind]
         elif kind in ("Dense", "TimeDistributed"):
             if not layers:
                 raise KerasError(f"layer {layer.name!r} ({kind}) comes before any LSTM")
-            if kind == "TimeDistributed" and config["layer"].get("class_name") != "Dense":
+            if kind == "TimeDistributed" and (not returns_sequences or pooling):
                 raise KerasError(
-                    f"layer {layer.name!r}: TimeDistributed({config['layer'].get('class_name')}); "
-                    "only TimeDistributed(Dense) is supported"
+                    f"layer {layer.name!r}: TimeDistributed needs a sequence (an LSTM with "
+                    "return_sequences=True, no pooling)"
                 )
-            if kind == "TimeDistributed" and not returns_sequences:
-                raise KerasError(
-                    f"layer {layer.name!r}: TimeDistributed after return_sequences=False"
-                )
-            head = _head(layer, per_step=returns_sequences)
+            dense.append(_dense(layer))
         else:
             raise KerasError(
                 f"layer {layer.name!r} is a {kind}, which this exporter does not map; "
@@ -227,7 +227,47 @@ def _map(model: KerasModel) -> tuple[ModelSpec, KerasForward]:
             )
     if not layers:
         raise KerasError("the model has no LSTM layer")
+    if pooling == "max" and mask_value is not None:
+        raise KerasError(
+            "GlobalMaxPooling1D ignores the mask: Keras takes the max over every step, the "
+            "values its LSTM writes at masked steps included, which this server does not "
+            "reproduce; use GlobalAveragePooling1D (which skips masked steps) or drop Masking"
+        )
+    if pooling and not dense:
+        raise KerasError(
+            "the model ends in a pooling layer: a Dense layer after it is read (the pooled "
+            "vector alone is not an output here)"
+        )
+    head_input = pooling or ("every-step" if returns_sequences else "final-states")
+    head = _head(dense, head_input) if dense else None
     source = f"keras {model.keras_version} {model.file_format}"
     spec = ModelSpec(layers, None if head is None else head[0], mask_value, source, notes)
     reference = KerasForward(refs, None if head is None else head[1])
     return spec, reference
+
+
+def _recurrent(
+    layer: KerasLayer, keras_2: bool, notes: list[str]
+) -> tuple[LstmLayer, RefLayer, bool]:
+    """An LSTM or Bidirectional(LSTM) layer, and whether it returns its sequence."""
+    config = layer.config
+    if layer.class_name == "LSTM":
+        spec_layer, ref = _lstm(layer, config, ["cell"], keras_2, notes)
+        return spec_layer, ref, bool(config.get("return_sequences", False))
+    inner = config["layer"]
+    if inner.get("class_name") != "LSTM":
+        raise KerasError(
+            f"layer {layer.name!r}: Bidirectional({inner.get('class_name')}); "
+            "only Bidirectional(LSTM) is supported"
+        )
+    merge = config.get("merge_mode", "concat")
+    if merge != "concat":
+        raise KerasError(
+            f"layer {layer.name!r}: Bidirectional merge_mode={merge!r}; supported: "
+            "'concat' (rebuild with merge_mode='concat')"
+        )
+    lstm_config = inner["config"]
+    if lstm_config.get("go_backwards"):
+        raise KerasError(f"layer {layer.name!r}: Bidirectional of a go_backwards LSTM")
+    spec_layer, ref = _lstm(layer, lstm_config, ["forward", "backward"], keras_2, notes)
+    return spec_layer, ref, bool(lstm_config.get("return_sequences", False))

@@ -65,6 +65,31 @@ def _constant(name: str, values: list[int]) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
 
 
+def _dense(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    activation: str,
+    source: str,
+    prefix: str,
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+) -> str:
+    """activation(source @ kernel + bias), its tensors named with `prefix`; the output's name."""
+    inits.append(numpy_helper.from_array(kernel.astype(np.float32), prefix + "kernel"))
+    nodes.append(helper.make_node("MatMul", [source, prefix + "kernel"], [prefix + "mm"]))
+    value = prefix + "mm"
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), prefix + "bias"))
+        nodes.append(helper.make_node("Add", [value, prefix + "bias"], [prefix + "z"]))
+        value = prefix + "z"
+    if activation != "linear":
+        kind = HEAD_OPS[activation]
+        extra: dict[str, Any] = {"axis": -1} if kind == "Softmax" else {}
+        nodes.append(helper.make_node(kind, [value], [prefix + "a"], **extra))
+        value = prefix + "a"
+    return value
+
+
 def _head_input(read: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> str:
     """The tensor the head reads: `last_hidden`, `sequence`, or one computed from `sequence`
     (zeros past each length) over each row's valid steps."""
@@ -217,19 +242,9 @@ def _add_head(
     """Dense on what the head reads (contract.HEAD_INPUTS) of `sequence` and `last_hidden`,
     each row's valid steps only, then its activation; a per-step answer is zero past each
     length (as `sequence` is)."""
-    source = _head_input(head.input, nodes, inits)
-    inits.append(numpy_helper.from_array(head.kernel.astype(np.float32), "head_kernel_"))
-    nodes.append(helper.make_node("MatMul", [source, "head_kernel_"], ["head_mm_"]))
-    value = "head_mm_"
-    if head.bias is not None:
-        inits.append(numpy_helper.from_array(head.bias.astype(np.float32), "head_bias_"))
-        nodes.append(helper.make_node("Add", [value, "head_bias_"], ["head_z_"]))
-        value = "head_z_"
-    if head.activation != "linear":
-        kind = HEAD_OPS[head.activation]
-        extra: dict[str, Any] = {"axis": -1} if kind == "Softmax" else {}
-        nodes.append(helper.make_node(kind, [value], ["head_a_"], **extra))
-        value = "head_a_"
+    value = _head_input(head.input, nodes, inits)
+    for k, layer in enumerate(head.dense_layers):
+        value = _dense(layer.kernel, layer.bias, layer.activation, value, f"head{k}_", nodes, inits)
     shape: list[int | str] = ["batch", head.kernel.shape[1]]
     if head.per_step:
         shape.insert(1, "time")

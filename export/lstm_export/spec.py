@@ -62,29 +62,59 @@ class LstmLayer:
 
 
 @dataclass(frozen=True)
+class Dense:
+    """One Dense / Linear layer before the head's last: activation(x @ kernel + bias)."""
+
+    kernel: np.ndarray  # [input, units]
+    bias: np.ndarray | None  # [units]
+    activation: str  # one of HEAD_ACTIVATIONS
+    name: str
+
+
+@dataclass(frozen=True)
 class Head:
-    """Dense / Linear on the last layer's output, read as `input` says (contract.HEAD_INPUTS:
-    Keras's Dense reads the final states, or every step after return_sequences=True)."""
+    """Dense / Linear layers on the last layer's output, read as `input` says
+    (contract.HEAD_INPUTS: Keras's Dense reads the final states, every step after
+    return_sequences=True, or a GlobalAverage/MaxPooling1D's mean or max); `hidden` run first,
+    then this layer's kernel, bias and activation."""
 
     kernel: np.ndarray  # [input, units]
     bias: np.ndarray | None  # [units]
     activation: str  # linear, relu, sigmoid, tanh or softmax
     input: str = "final-states"
+    hidden: tuple[Dense, ...] = ()
+    name: str = "fc"
+
+    @property
+    def dense_layers(self) -> tuple[Dense, ...]:
+        """Every Dense layer of the head, in order, its last one included."""
+        return (*self.hidden, Dense(self.kernel, self.bias, self.activation, self.name))
+
+    def apply(self, z: np.ndarray) -> np.ndarray:
+        """The whole stack on [..., input] in float64 (its answer on zeros is recorded)."""
+        for layer in self.dense_layers:
+            z = np.asarray(z, np.float64) @ layer.kernel
+            z = z if layer.bias is None else z + layer.bias
+            z = head_activation(layer.activation, z)
+        return z
 
     @property
     def per_step(self) -> bool:
         return self.input == "every-step"
 
     def spec(self) -> HeadSpec:
-        parameters = self.kernel.size + (0 if self.bias is None else self.bias.size)
-        bias = np.zeros(self.kernel.shape[1]) if self.bias is None else self.bias
+        layers = self.dense_layers
+        parameters = sum(d.kernel.size + (0 if d.bias is None else d.bias.size) for d in layers)
+        zeros = np.zeros(self.hidden[0].kernel.shape[0] if self.hidden else self.kernel.shape[0])
         return HeadSpec(
             units=int(self.kernel.shape[1]),
             activation=self.activation,
             per_step=self.per_step,
             parameters=int(parameters),
             input=self.input,
-            at_zero=tuple(float(v) for v in head_activation(self.activation, bias)),
+            at_zero=tuple(float(v) for v in self.apply(zeros)),
+            hidden=tuple((d.name, int(d.kernel.shape[1]), d.activation) for d in self.hidden),
+            name=self.name,
         )
 
 

@@ -113,18 +113,29 @@ class HeadSpec:
     # its answer for an all-zero input (its activation of its bias): what a per-step Keras head
     # answers at a step its LSTM output zeros for (core.masking)
     at_zero: tuple[float, ...] = ()
+    hidden: tuple[tuple[str, int, str], ...] = ()  # Dense layers before its last: name, units,
+    # activation
+    name: str = ""  # its last layer's, as the source names it ("" in older files: "fc")
 
     @property
     def reads(self) -> str:
         return self.input or ("every-step" if self.per_step else "final-states")
 
+    def layer_names(self) -> str:
+        """Its Dense layers as the table shows them: `dense(25, relu) -> dense_1(1, linear)`;
+        a single unnamed one (older files) as `Dense(3, softmax)`."""
+        final = (self.name or "Dense", self.units, self.activation)
+        return " -> ".join(f"{n}({u}, {a})" for n, u, a in (*self.hidden, final))
+
     def forward(self, bidirectional: bool) -> str:
         """The head as the PyTorch code it stands for, e.g. `sigmoid(fc(out[:, -1]))`."""
-        source = HEAD_INPUTS[self.reads]
+        z = HEAD_INPUTS[self.reads]
         if self.reads == "final-states" and bidirectional:
-            source = "cat(h_n[-2], h_n[-1])"
-        z = f"fc({source})"
-        return z if self.activation == "linear" else f"{self.activation}({z})"
+            z = "cat(h_n[-2], h_n[-1])"
+        for name, _, activation in (*self.hidden, (self.name or "fc", self.units, self.activation)):
+            z = f"{name}({z})"
+            z = z if activation == "linear" else f"{activation}({z})"
+        return z
 
 
 @dataclass(frozen=True)
@@ -227,7 +238,9 @@ class Architecture:
             record.pop("output_size", None)
             head = record.pop("head", None)
             if head is not None:
-                head = HeadSpec(**{**head, "at_zero": tuple(head.get("at_zero", ()))})
+                hidden = tuple(tuple(layer) for layer in head.get("hidden", ()))
+                at_zero = tuple(head.get("at_zero", ()))
+                head = HeadSpec(**{**head, "at_zero": at_zero, "hidden": hidden})
             arch = cls(layers=layers, head=head, **record)
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ValueError(f"malformed {METADATA_KEY} metadata: {exc}") from exc
@@ -273,7 +286,7 @@ class Architecture:
             shape = f"(None, {steps}{self.head.units})"
             rows.append(
                 (
-                    f"head: Dense({self.head.units}, {self.head.activation})",
+                    "head: " + self.head.layer_names(),
                     f"(None, {steps}{self.output_size})",
                     shape,
                     f"{self.head.parameters:,}",

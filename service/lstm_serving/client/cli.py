@@ -114,7 +114,15 @@ def _describe_text(d: pb.ModelDescription) -> str:
         opset=0,
         head=None
         if head is None
-        else HeadSpec(head.units, head.activation, head.per_step, head.parameters, head.input),
+        else HeadSpec(
+            head.units,
+            head.activation,
+            head.per_step,
+            head.parameters,
+            head.input,
+            hidden=tuple((d.name, d.units, d.activation) for d in head.hidden),
+            name=head.name,
+        ),
         mask_value=d.mask_value if d.HasField("mask_value") else None,
         source=d.source,
     )

@@ -190,6 +190,8 @@ def describe(
             per_step=arch.head.per_step,
             parameters=arch.head.parameters,
             input=arch.head.reads,
+            hidden=[pb.DenseLayer(name=n, units=u, activation=a) for n, u, a in arch.head.hidden],
+            name=arch.head.name,
         ),
         mask_value=arch.mask_value,
     )

@@ -28,6 +28,12 @@ L = keras.layers
 TOLERANCE = 1e-5
 
 
+def _functional(body: Callable[[Any], Any], features: int) -> Any:
+    """A Functional model, keras.Model(inputs, outputs), as keras.io's examples write it."""
+    inputs = keras.Input((None, features))
+    return keras.Model(inputs, body(inputs))
+
+
 def seed() -> Any:  # the classic example, exactly as users write it
     return keras.Sequential([L.LSTM(64, return_sequences=True, input_shape=(10, 2)), L.LSTM(32)])
 
@@ -84,6 +90,43 @@ MODELS: dict[str, Callable[[], Any]] = {
             L.LSTM(5, return_sequences=True),
             L.Bidirectional(L.LSTM(4, return_sequences=True)),
             L.TimeDistributed(L.Dense(2, activation="sigmoid")),
+        ]
+    ),
+    "weather": lambda: _functional(  # keras.io's weather forecasting, as its code builds it
+        lambda x: L.Dense(1)(L.LSTM(32)(x)), features=7
+    ),
+    "imdb_like": lambda: _functional(  # keras.io's IMDB bidirectional model, without Embedding
+        lambda x: L.Dense(1, activation="sigmoid")(
+            L.Bidirectional(L.LSTM(16))(L.Bidirectional(L.LSTM(16, return_sequences=True))(x))
+        ),
+        features=4,
+    ),
+    "dense_stack": lambda: keras.Sequential(  # the stock-price tutorial's LSTM, LSTM, 25, 1
+        [
+            keras.Input((None, 2)),
+            L.LSTM(12, return_sequences=True),
+            L.LSTM(8),
+            L.Dense(25, activation="relu"),
+            L.Dropout(0.2),
+            L.Dense(1),
+        ]
+    ),
+    "masked_average": lambda: keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.Masking(0.0),
+            L.LSTM(6, return_sequences=True),
+            L.GlobalAveragePooling1D(),
+            L.Dense(4, activation="tanh"),
+            L.Dense(2, activation="softmax"),
+        ]
+    ),
+    "max_pool": lambda: keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.Bidirectional(L.LSTM(5, return_sequences=True)),
+            L.GlobalMaxPooling1D(),
+            L.Dense(3),
         ]
     ),
     "hard_sigmoid": lambda: keras.Sequential(
@@ -173,6 +216,11 @@ async def test_describe_shows_the_keras_layer_table(client: AsyncLstmClient) -> 
     assert [layer.keras_parameters for layer in seed_table.layers] == [17152, 12416]
     masked = await client.describe("masked-keras")
     assert masked.HasField("mask_value") and masked.mask_value == 0.0
+    stack = await client.describe("dense_stack-keras")
+    assert [(d.units, d.activation) for d in stack.head.hidden] == [(25, "relu")]
+    assert (stack.head.units, stack.head.input) == (1, "final-states")
+    pooled = await client.describe("masked_average-h5")
+    assert pooled.head.input == "mean" and [d.units for d in pooled.head.hidden] == [4]
 
 
 async def test_masked_steps_anywhere_give_keras_sequences_and_batch_exactly(

@@ -35,7 +35,7 @@ def refusal(tmp_path: Path, model: Any) -> str:
     [
         (
             lambda: keras.Sequential([keras.Input((None, 2)), L.Conv1D(4, 3), L.LSTM(3)]),
-            "is a Conv1D, which this exporter does not map; supported: InputLayer, LSTM",
+            "is a Conv1D, which this exporter does not map; supported: InputLayer, Masking, LSTM",
         ),
         (
             lambda: keras.Sequential(
@@ -51,15 +51,47 @@ def refusal(tmp_path: Path, model: Any) -> str:
             lambda: keras.Sequential(
                 [keras.Input((None, 2)), L.LSTM(3), L.Dense(2, activation="gelu")]
             ),
-            "activation='gelu'; supported for the head: linear, relu, sigmoid, tanh, softmax",
+            "activation='gelu'; supported after the LSTMs: linear, relu, sigmoid, tanh, softmax",
         ),
         (
-            lambda: keras.Sequential([keras.Input((None, 2)), L.LSTM(3), L.Dense(4), L.Dense(2)]),
-            "follows the Dense head: the head must be the last layer",
+            lambda: keras.Sequential(
+                [keras.Input((None, 2)), L.LSTM(3, return_sequences=True), L.Dense(4), L.LSTM(2)]
+            ),
+            "follows a Dense or pooling layer: the LSTMs must come first",
         ),
         (
-            lambda: keras.Model(*_functional()),
-            "only Sequential models are read: rebuild it as keras.Sequential",
+            lambda: keras.Model(*_branching()),
+            "layer 'lstm_b' (LSTM) takes 'input_layer",
+        ),
+        (
+            lambda: keras.Sequential(
+                [
+                    keras.Input((None, 2)),
+                    L.LSTM(3, return_sequences=True),
+                    L.TimeDistributed(L.Dense(4)),
+                    L.GlobalAveragePooling1D(),
+                    L.Dense(1),
+                ]
+            ),
+            "must directly follow an LSTM with return_sequences=True",
+        ),
+        (
+            lambda: keras.Sequential(
+                [keras.Input((None, 2)), L.LSTM(3, return_sequences=True), L.GlobalMaxPooling1D()]
+            ),
+            "the model ends in a pooling layer",
+        ),
+        (
+            lambda: keras.Sequential(
+                [
+                    keras.Input((None, 2)),
+                    L.Masking(0.0),
+                    L.LSTM(3, return_sequences=True),
+                    L.GlobalMaxPooling1D(),
+                    L.Dense(1),
+                ]
+            ),
+            "GlobalMaxPooling1D ignores the mask",
         ),
         (
             lambda: keras.Sequential([keras.Input((None, 2)), L.Bidirectional(L.GRU(3))]),
@@ -71,17 +103,6 @@ def refusal(tmp_path: Path, model: Any) -> str:
             ),
             "must come before the first LSTM",
         ),
-        (
-            lambda: keras.Sequential(
-                [
-                    keras.Input((None, 2)),
-                    L.LSTM(3, return_sequences=True),
-                    L.TimeDistributed(L.Dense(2)),
-                    L.Dense(1),
-                ]
-            ),
-            "follows the Dense head",
-        ),
     ],
 )
 def test_refusals_name_the_layer_and_what_to_do(
@@ -90,9 +111,11 @@ def test_refusals_name_the_layer_and_what_to_do(
     assert message in refusal(tmp_path, build())
 
 
-def _functional() -> tuple[Any, Any]:
+def _branching() -> tuple[Any, Any]:
+    """Two LSTMs side by side, concatenated: a merge, not a chain."""
     inputs = keras.Input((None, 2))
-    return inputs, L.LSTM(3)(inputs)
+    a, b = L.LSTM(3, name="lstm_a")(inputs), L.LSTM(3, name="lstm_b")(inputs)
+    return inputs, L.Dense(1)(L.Concatenate()([a, b]))
 
 
 @pytest.mark.parametrize(

@@ -508,6 +508,8 @@ class HeadDescription(_message.Message):
     PER_STEP_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     units: _builtins.int
     activation: _builtins.str
     """linear, relu, sigmoid, tanh or softmax"""
@@ -519,6 +521,12 @@ class HeadDescription(_message.Message):
     last-step (out[:, -1]), final-states (h_n[-1]), every-step (out), mean (out.mean(1)) or
     max (out.max(1).values); each row's own valid steps only.
     """
+    name: _builtins.str
+    """Its last layer's name as the source names it (a Keras layer name); empty: "fc"."""
+    @_builtins.property
+    def hidden(self) -> _containers.RepeatedCompositeFieldContainer[Global___DenseLayer]:
+        """Dense layers run before its last one (Keras: a Dense stack), in order."""
+
     def __init__(
         self,
         *,
@@ -527,11 +535,38 @@ class HeadDescription(_message.Message):
         per_step: _builtins.bool = ...,
         parameters: _builtins.int = ...,
         input: _builtins.str = ...,
+        hidden: _abc.Iterable[Global___DenseLayer] | None = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "input", b"input", "parameters", b"parameters", "per_step", b"per_step", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "hidden", b"hidden", "input", b"input", "name", b"name", "parameters", b"parameters", "per_step", b"per_step", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeadDescription: _TypeAlias = HeadDescription  # noqa: Y015
+
+@_typing.final
+class DenseLayer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    ACTIVATION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    units: _builtins.int
+    activation: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        units: _builtins.int = ...,
+        activation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "name", b"name", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenseLayer: _TypeAlias = DenseLayer  # noqa: Y015
