@@ -6,6 +6,7 @@ The one helpers module: test modules import from here, never from each other.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lstm_serving.contract import Architecture, LayerSpec, parameter_count
@@ -190,6 +192,14 @@ def parse(text: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def batches_run(server: LstmServer, model: str = "seed") -> float:
+    """ONNX Runtime runs of `model` so far, from the server's own metrics (a batch is recorded
+    just after its callers are answered: one loop turn later)."""
+    await asyncio.sleep(0.01)
+    exposition = generate_latest(server.metrics.registry).decode()
+    return value(parse(exposition), "lstm_batch_size_count", model=model)
 
 
 def scrape(port: int) -> Samples:

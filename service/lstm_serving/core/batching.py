@@ -123,7 +123,6 @@ class Batcher:
         self._runs: set[asyncio.Task[None]] = set()  # batches handed over, not yet answered
         self._stopping = False
         self._executor: ThreadPoolExecutor | None = None
-        self.batches_run = 0  # ONNX Runtime runs so far; requests / batches = mean batching
         self._idle = asyncio.Event()  # set while nothing is queued or running
         self._idle.set()
 
@@ -266,7 +265,6 @@ class Batcher:
         """One batch: on the event loop when `inline` (this never suspends), else on the
         worker thread with the event loop free meanwhile."""
         inputs, lengths, initial = merge([Part(r.inputs, r.lengths, r.initial) for r in batch])
-        self.batches_run += 1
         outputs = sorted({name for request in batch for name in request.outputs})
         started = time.monotonic()
         try:

