@@ -25,12 +25,10 @@ ROUTES = {
     "keras": "export it with --keras",
     "keras-h5": "export it with --keras",
     "torch": "export a state_dict with --weights",
-    "torchscript": "lstm-export does not read TorchScript yet: save the module's weights with "
-    "torch.save(model.state_dict(), path) and export them with --weights (stating the head's "
-    "forward, if it has a head)",
-    "pt2": "lstm-export does not read torch.export programs yet: save the module's weights with "
-    "torch.save(model.state_dict(), path) and export them with --weights (stating the head's "
-    "forward, if it has a head)",
+    "torchscript": "lstm-export does not read TorchScript yet: save the module as a program, "
+    "torch.export.save(torch.export.export(model.eval(), (x,)), 'model.pt2'), and export that "
+    "with --torch",
+    "pt2": "export it with --torch",
     "onnx": "lstm-export does not adopt ONNX files yet, and lstm-serve serves only models "
     "lstm-export wrote: export from the source model, with --keras or --weights",
     "unknown": "pass a Keras file to --keras or a PyTorch state_dict to --weights",
