@@ -78,7 +78,7 @@ def read_program(path: Path) -> Program:
     for node in program.graph.nodes:
         if node.op == "placeholder":
             name = parameters.get(node.name)
-            walk.values[node.name] = ("input",) if name is None else ("weight", weights[name])
+            walk.values[node.name] = ("argument",) if name is None else ("weight", weights[name])
         elif node.op == "call_function":
             walk.values[node.name] = _call(node, walk)
         elif node.op == "output":
@@ -160,7 +160,7 @@ def _lstm(node: Any, walk: _Walk, value: list[Any]) -> tuple[str]:
     has_biases, num_layers, _, train, bidirectional, batch_first = node.args[3:9]
     if walk.dense or walk.head_input is not None:
         raise ProgramError(f"{_where(node)}: an LSTM after the head is not mapped")
-    if source not in (("input",), ("seq",)) or (source == ("input",) and walk.layers):
+    if source not in (("argument",), ("seq",)) or (source == ("argument",) and walk.layers):
         raise ProgramError(f"{_where(node)}: an LSTM is mapped on the input or the one before")
     if any(walk.values.get(h.name) != ("zeros",) for h in hx):
         raise ProgramError(f"{_where(node)}: an initial state other than zeros is not mapped")
