@@ -74,6 +74,8 @@ def _sequential(config: dict[str, Any]) -> list[dict[str, Any]]:
 def _chain(inner: dict[str, Any]) -> list[dict[str, Any]]:
     """A Functional model's layers, refused (naming the layer) unless they form a chain."""
     layers = [layer for layer in inner["layers"] if isinstance(layer, dict)]
+    mask_of_input = [layer for layer in layers if _computes_mask_zero(layer, layers)]
+    layers = [layer for layer in layers if layer not in mask_of_input]
     previous: str | None = None
     for layer in layers:
         name = layer.get("name") or layer["config"].get("name", "")
@@ -99,6 +101,17 @@ def _chain(inner: dict[str, Any]) -> list[dict[str, Any]]:
             "from the end of the chain is read"
         )
     return layers
+
+
+def _computes_mask_zero(layer: dict[str, Any], layers: list[dict[str, Any]]) -> bool:
+    """Keras 3 writes Embedding(mask_zero=True)'s mask as a NotEqual(input, 0) layer whose
+    result goes to the next layers as `mask`: plumbing of the mask, not a branch."""
+    if layer["class_name"] != "NotEqual":
+        return False
+    args = layer.get("inbound_nodes", [{}])[0]
+    inputs = [entry["name"] for entry in layers if entry["class_name"] == "InputLayer"]
+    values = args.get("args", []) if isinstance(args, dict) else []
+    return _inbound(layer) == inputs[:1] and len(values) == 2 and values[1] == 0
 
 
 def _inbound(layer: dict[str, Any]) -> list[str]:
@@ -230,7 +243,7 @@ def _h5_weights(group: Any, class_name: str) -> Weights:
         else:
             part = "dense" if class_name in ("Dense", "TimeDistributed") else "cell"
         roles.setdefault(part, {})[leaf] = np.asarray(group[weight_name], dtype=np.float32)
-    order = ("kernel", "recurrent_kernel", "bias")
+    order = ("kernel", "recurrent_kernel", "bias", "embeddings")
     return {
         part: [arrays[role] for role in order if role in arrays] for part, arrays in roles.items()
     }

@@ -107,12 +107,15 @@ def _processing_order(steps: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 class KerasForward:
-    def __init__(self, layers: list[RefLayer], head: RefHead | None) -> None:
-        self.layers, self.head = layers, head
+    def __init__(
+        self, layers: list[RefLayer], head: RefHead | None, embedding: np.ndarray | None = None
+    ) -> None:
+        self.layers, self.head, self.embedding = layers, head, embedding
 
     def __call__(self, x: np.ndarray, lengths: np.ndarray, states: States) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        sequence = x.astype(np.float64)
+        rows = x if self.embedding is None else self.embedding[x]  # Embedding: a lookup
+        sequence = rows.astype(np.float64)
         lengths = np.asarray(lengths)
         for k, layer in enumerate(self.layers):
             h0, c0 = states[k]

@@ -18,14 +18,22 @@ import numpy as np
 
 from lstm_export.keras_files import KerasError, KerasLayer, KerasModel, read_keras_file
 from lstm_export.keras_reference import KerasForward, RefDense, RefHead, RefLayer
-from lstm_export.spec import HEAD_ACTIVATIONS, Activation, Dense, Head, LstmLayer, ModelSpec
+from lstm_export.spec import (
+    HEAD_ACTIVATIONS,
+    Activation,
+    Dense,
+    Embedding,
+    Head,
+    LstmLayer,
+    ModelSpec,
+)
 from lstm_export.torch_source import onnx_gates
 
 __all__ = ["KerasError", "read_keras", "weights_of"]
 
 IDENTITY = {"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout"}
 SUPPORTED = (
-    "InputLayer, Masking, LSTM, Bidirectional(LSTM), then GlobalAveragePooling1D or "
+    "InputLayer, Embedding, Masking, LSTM, Bidirectional(LSTM), then GlobalAveragePooling1D or "
     "GlobalMaxPooling1D and any Dense or TimeDistributed(Dense) layers; Dropout, "
     "SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout anywhere"
 )
@@ -49,7 +57,8 @@ def read_keras(path: Path) -> tuple[ModelSpec, KerasForward]:
 
 
 def weights_of(spec: ModelSpec) -> list[np.ndarray]:
-    arrays = [a for layer in spec.layers for a in (layer.W, layer.R, layer.B)]
+    arrays = [] if spec.embedding is None else [spec.embedding.table]
+    arrays += [a for layer in spec.layers for a in (layer.W, layer.R, layer.B)]
     for dense in () if spec.head is None else spec.head.dense_layers:
         arrays += [dense.kernel] + ([] if dense.bias is None else [dense.bias])
     return arrays
@@ -174,6 +183,7 @@ def _map(model: KerasModel) -> tuple[ModelSpec, KerasForward]:
     layers: list[LstmLayer] = []
     refs: list[RefLayer] = []
     dense: list[tuple[Dense, RefDense]] = []
+    embedding: Embedding | None = None
     pooling: str | None = None
     mask_value: float | None = None
     notes: list[str] = []
@@ -182,7 +192,15 @@ def _map(model: KerasModel) -> tuple[ModelSpec, KerasForward]:
         kind, config = layer.class_name, layer.config
         if kind == "InputLayer" or kind in IDENTITY:
             continue
-        if kind == "Masking":
+        if kind == "Embedding":
+            if layers or mask_value is not None or embedding is not None:
+                raise KerasError(f"Embedding layer {layer.name!r} must be the first layer")
+            embedding = _embedding(layer)
+        elif kind == "Masking":
+            if embedding is not None:
+                raise KerasError(
+                    f"Masking layer {layer.name!r} after an Embedding: use mask_zero=True"
+                )
             if layers:
                 raise KerasError(f"Masking layer {layer.name!r} must come before the first LSTM")
             mask_value = float(config.get("mask_value", 0.0))
@@ -241,9 +259,21 @@ def _map(model: KerasModel) -> tuple[ModelSpec, KerasForward]:
     head_input = pooling or ("every-step" if returns_sequences else "final-states")
     head = _head(dense, head_input) if dense else None
     source = f"keras {model.keras_version} {model.file_format}"
-    spec = ModelSpec(layers, None if head is None else head[0], mask_value, source, notes)
-    reference = KerasForward(refs, None if head is None else head[1])
+    spec = ModelSpec(
+        layers, None if head is None else head[0], mask_value, source, notes, embedding
+    )
+    table = None if embedding is None else embedding.table
+    reference = KerasForward(refs, None if head is None else head[1], table)
     return spec, reference
+
+
+def _embedding(layer: KerasLayer) -> Embedding:
+    """Keras's Embedding: its table, and mask_zero (id 0 is a masked step)."""
+    arrays = layer.weights.get("dense") or layer.weights.get("cell") or []
+    if len(arrays) != 1 or arrays[0].ndim != 2:
+        raise KerasError(f"layer {layer.name!r} (Embedding): no embedding table found in the file")
+    mask_zero = bool(layer.config.get("mask_zero", False))
+    return Embedding(arrays[0], 0 if mask_zero else None, mask_zero)
 
 
 def _recurrent(

@@ -49,6 +49,7 @@ def architecture_of(spec: ModelSpec, weights_sha256: str, torch_version: str = "
         head=None if spec.head is None else spec.head.spec(),
         mask_value=spec.mask_value,
         source=spec.source,
+        embedding=None if spec.embedding is None else spec.embedding.spec(),
     )
 
 
@@ -158,7 +159,9 @@ def graph_of(spec: ModelSpec, arch: Architecture) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     inputs = [
-        _value(INPUT, TensorProto.FLOAT, ["batch", "time", spec.input_size]),
+        _value(INPUT, TensorProto.FLOAT, ["batch", "time", spec.input_size])
+        if spec.embedding is None
+        else _value(INPUT, TensorProto.INT64, ["batch", "time"]),
         _value(LENGTHS, TensorProto.INT32, ["batch"]),
     ]
     outputs = [
@@ -174,7 +177,13 @@ def graph_of(spec: ModelSpec, arch: Architecture) -> onnx.ModelProto:
         spec.head is not None and spec.head.input != "final-states"
     ):
         nodes.append(helper.make_node("Cast", [LENGTHS], ["lengths64_"], to=TensorProto.INT64))
-    nodes.append(helper.make_node("Transpose", [INPUT], ["x_0"], perm=[1, 0, 2]))
+    features = INPUT
+    if spec.embedding is not None:  # token ids [B, T] -> their rows [B, T, width]
+        table = spec.embedding.table.astype(np.float32)
+        inits.append(numpy_helper.from_array(table, "embedding_"))
+        nodes.append(helper.make_node("Gather", ["embedding_", INPUT], ["embedded_"], axis=0))
+        features = "embedded_"
+    nodes.append(helper.make_node("Transpose", [features], ["x_0"], perm=[1, 0, 2]))
     x = "x_0"  # time-major [T, B, features]
     for k, layer in enumerate(spec.layers):
         d = 2 if layer.direction == "bidirectional" else 1

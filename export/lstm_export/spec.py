@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lstm_serving.contract import HeadSpec, LayerSpec
+from lstm_serving.contract import EmbeddingSpec, HeadSpec, LayerSpec
 
 DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")  # ONNX's f (gates), g (cell), h (output)
 # What a head may apply after its Dense/Linear (Keras's names; PyTorch's via --head-activation).
@@ -119,12 +119,26 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """Keras Embedding / nn.Embedding: row `id` of `table` is step `id`'s input."""
+
+    table: np.ndarray  # [vocabulary, width]
+    padding_id: int | None = None
+    mask_zero: bool = False
+
+    def spec(self) -> EmbeddingSpec:
+        vocabulary, width = self.table.shape
+        return EmbeddingSpec(int(vocabulary), int(width), self.padding_id, self.mask_zero)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     layers: list[LstmLayer]
     head: Head | None = None
     mask_value: float | None = None  # Keras Masking: steps equal to it are skipped, anywhere
     source: str = ""  # e.g. "keras 3.15.1 .keras"; "" for our own StackedLSTM
     notes: list[str] = field(default_factory=list)  # what the user should know, printed
+    embedding: Embedding | None = None  # token ids in front of the LSTMs
 
     @property
     def input_size(self) -> int:

@@ -67,6 +67,15 @@ def _feeds(x: np.ndarray, lengths: np.ndarray, states: States) -> dict[str, np.n
     return feeds
 
 
+def _inputs(arch: Architecture, batch: int, time: int, rng: np.random.Generator) -> np.ndarray:
+    """Random features, or random token ids (never a masked id: masking is the server's,
+    tested against the framework itself)."""
+    if arch.embedding is None:
+        return rng.standard_normal((batch, time, arch.input_size)).astype(np.float32)
+    low = 1 if arch.embedding.mask_zero else 0
+    return rng.integers(low, arch.embedding.vocabulary, size=(batch, time), dtype=np.int64)
+
+
 def _random_states(arch: Architecture, batch: int, rng: np.random.Generator) -> States:
     shapes = [(layer.directions, batch, layer.units) for layer in arch.layers]
     return [
@@ -110,7 +119,7 @@ def verify_against(
     report = VerificationReport(tolerance)
     for batch in BATCH_SIZES:
         for time in TIMES:
-            x = rng.standard_normal((batch, time, arch.input_size)).astype(np.float32)
+            x = _inputs(arch, batch, time, rng)
             lengths = rng.integers(1, time + 1, size=batch)
             lengths[0] = time
             lengths[-1] = 1 if batch > 1 else lengths[-1]
@@ -121,7 +130,7 @@ def verify_against(
     if arch.carries_state:
         # Two chunks, chunk 1's final states fed as chunk 2's initial states, equal one run.
         batch, time, split = 5, 23, 9
-        x = rng.standard_normal((batch, time, arch.input_size)).astype(np.float32)
+        x = _inputs(arch, batch, time, rng)
         zeros = [(np.zeros_like(h), np.zeros_like(c)) for h, c in _random_states(arch, batch, rng)]
         whole = reference(x, np.full(batch, time), zeros)
         first = run(x[:, :split], np.full(batch, split), zeros)

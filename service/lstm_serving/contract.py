@@ -19,7 +19,7 @@ from lstm_serving.tables import table_lines
 
 T = TypeVar("T")
 METADATA_KEY = "lstm_serving.architecture"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # Graph inputs: [batch, time, features] float32 and [batch] int32 (each in 1..time).
 INPUT: Final = "input"
@@ -139,6 +139,17 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class EmbeddingSpec:
+    """Token ids in front of the LSTMs: a table of `vocabulary` rows of `width` floats, looked
+    up in the graph; the model's `input` is then int64 ids [batch, time]."""
+
+    vocabulary: int
+    width: int
+    padding_id: int | None = None  # PyTorch padding_idx, Keras mask_zero's 0
+    mask_zero: bool = False  # Keras mask_zero=True: id 0 is a masked step, skipped anywhere
+
+
+@dataclass(frozen=True)
 class Architecture:
     input_size: int
     layers: tuple[LayerSpec, ...]
@@ -151,6 +162,18 @@ class Architecture:
     head: HeadSpec | None = None
     mask_value: float | None = None  # Keras Masking: steps all equal to it are skipped
     source: str = ""  # what the model was exported from (e.g. "keras 3.15.1 .keras")
+    embedding: EmbeddingSpec | None = None  # token ids in: a text model
+
+    @property
+    def takes_tokens(self) -> bool:
+        return self.embedding is not None
+
+    @property
+    def masks(self) -> bool:
+        """Whether some steps of a request are skipped (Keras Masking or mask_zero)."""
+        return self.mask_value is not None or (
+            self.embedding is not None and self.embedding.mask_zero
+        )
 
     @property
     def output_size(self) -> int:
@@ -166,14 +189,19 @@ class Architecture:
         return all(layer.direction == "forward" for layer in self.layers)
 
     @property
-    def parameters(self) -> int:
+    def _outer_parameters(self) -> int:
+        """The head's and the embedding's (stored alike by every framework)."""
         head = self.head.parameters if self.head is not None else 0
-        return sum(layer.parameters for layer in self.layers) + head
+        e = self.embedding
+        return head + (0 if e is None else e.vocabulary * e.width)
+
+    @property
+    def parameters(self) -> int:
+        return sum(layer.parameters for layer in self.layers) + self._outer_parameters
 
     @property
     def keras_parameters(self) -> int:
-        head = self.head.parameters if self.head is not None else 0
-        return sum(layer.keras_parameters for layer in self.layers) + head
+        return sum(layer.keras_parameters for layer in self.layers) + self._outer_parameters
 
     def state_inputs(self) -> tuple[str, ...]:
         return tuple(initial_state(k, s) for k in range(len(self.layers)) for s in STATE_PARTS)
@@ -211,19 +239,21 @@ class Architecture:
 
     def to_json(self) -> str:
         """Format 1 for what format 1 can say (a server that knows only it still reads the
-        file); format 2 adds a head, masking, per-layer activations and the source."""
+        file); format 2 adds masking, per-layer activations and the source; format 3 a head (as
+        it reads and stacks) and token inputs. An older server refuses a newer file by name."""
         record = asdict(self)
         record["output_size"] = self.output_size
-        for key in ("head", "mask_value", "source"):
+        for key in ("head", "mask_value", "source", "embedding"):
             if record[key] in (None, ""):
                 del record[key]
         for layer in record["layers"]:
             if not layer["activations"]:
                 del layer["activations"]
-        extended = any(k in record for k in ("head", "mask_value", "source")) or any(
+        extended = any(k in record for k in ("mask_value", "source")) or any(
             "activations" in layer or layer["direction"] == "reverse" for layer in record["layers"]
         )
-        record["format_version"] = 2 if extended else 1
+        newest = "head" in record or "embedding" in record
+        record["format_version"] = 3 if newest else 2 if extended else 1
         return json.dumps(record, sort_keys=True)
 
     @classmethod
@@ -241,7 +271,10 @@ class Architecture:
                 hidden = tuple(tuple(layer) for layer in head.get("hidden", ()))
                 at_zero = tuple(head.get("at_zero", ()))
                 head = HeadSpec(**{**head, "at_zero": at_zero, "hidden": hidden})
-            arch = cls(layers=layers, head=head, **record)
+            embedding = record.pop("embedding", None)
+            if embedding is not None:
+                embedding = EmbeddingSpec(**embedding)
+            arch = cls(layers=layers, head=head, embedding=embedding, **record)
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ValueError(f"malformed {METADATA_KEY} metadata: {exc}") from exc
         if not arch.layers:
@@ -266,7 +299,21 @@ class Architecture:
             "bidirectional": "Bidirectional",
         }
         rows = [("Layer", "Receives", "Output shape", "Params (stored)", "Params (Keras)")]
-        rows.append(("input", "", f"(None, None, {self.input_size})", "", ""))
+        if self.embedding is None:
+            rows.append(("input", "", f"(None, None, {self.input_size})", "", ""))
+        else:
+            e = self.embedding
+            rows.append(("input: token ids", "", "(None, None)", "", ""))
+            size = f"{e.vocabulary * e.width:,}"
+            rows.append(
+                (
+                    f"embedding({e.vocabulary}, {e.width})",
+                    "(None, None)",
+                    f"(None, None, {e.width})",
+                    size,
+                    size,
+                )
+            )
         for k, layer in enumerate(self.layers):
             rows.append(
                 (
@@ -306,6 +353,8 @@ class Architecture:
             footer.append(
                 f"Masking: steps whose features all equal {self.mask_value:g} are skipped"
             )
+        if self.embedding is not None and self.embedding.mask_zero:
+            footer.append("Masking: steps whose token id is 0 are skipped (mask_zero)")
         if self.source:
             footer.append(f"Exported from: {self.source}")
         return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1], *footer])

@@ -64,7 +64,7 @@ class DataPlane:
         """The bytes `request`'s answer will have; 0 for a request that will be refused."""
         try:
             served = self.registry.resolve(request.model, request.version)
-            batch, steps, _ = request.inputs.shape
+            batch, steps = request.inputs.shape[:2]
             arch = served.model.architecture
             names = validation.check_outputs(validation.output_names(request, arch), arch)
         except (ServingError, ValueError):

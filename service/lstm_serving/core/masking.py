@@ -29,27 +29,36 @@ class Compaction:
     lengths: np.ndarray  # [batch] the caller's lengths (steps past them are padding)
 
 
+def masked_steps(inputs: np.ndarray, arch: Architecture) -> np.ndarray:
+    """[batch, time] True where Keras skips the step: every feature equal to the Masking
+    value, or token id 0 under mask_zero."""
+    if arch.mask_value is not None:
+        return np.asarray((inputs == np.float32(arch.mask_value)).all(axis=2))
+    return np.asarray(inputs == 0)
+
+
 def compact(
-    inputs: np.ndarray, lengths: np.ndarray, mask_value: float
+    inputs: np.ndarray, lengths: np.ndarray, masked: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, Compaction]:
     """The inputs with each row's unmasked steps first, their counts as lengths, and how to
     put the outputs back. A row masked at every step is refused: Keras would answer zeros."""
     steps = np.arange(inputs.shape[1])
     within = steps[None, :] < lengths[:, None]
-    kept = ~(inputs == np.float32(mask_value)).all(axis=2) & within
+    kept = ~masked & within
     counts = kept.sum(axis=1).astype(np.int32)
     if (counts == 0).any():
         row = int(np.flatnonzero(counts == 0)[0])
         raise InvalidArgument(
-            f"input[{row}] is masked at every step (every feature == {mask_value:g}, the "
-            "model's Masking value): nothing to compute"
+            f"input[{row}] is masked at every step (the model's Masking value, or token id 0 "
+            "under mask_zero): nothing to compute"
         )
     compaction = Compaction(kept, lengths)
     if (kept == (steps[None, :] < counts[:, None])).all():  # unmasked steps already first
         return inputs, counts, compaction
     order = np.argsort(~kept, axis=1, kind="stable")  # kept steps first, in their order
-    moved = np.take_along_axis(inputs, order[:, :, None], axis=1)
-    moved[~(steps[None, :] < counts[:, None])] = 0.0
+    index = order if inputs.ndim == 2 else order[:, :, None]
+    moved = np.take_along_axis(inputs, index, axis=1)
+    moved[~(steps[None, :] < counts[:, None])] = 0
     return moved, counts, compaction
 
 

@@ -24,7 +24,7 @@ States = dict[str, np.ndarray]  # contract.initial_state names -> [directions, b
 class Part:
     """One request's share of a batch."""
 
-    inputs: np.ndarray  # [b, t, F]
+    inputs: np.ndarray  # [b, t, F] float32, or token ids [b, t] int64
     lengths: np.ndarray  # [b]
     initial: States | None  # None: zeros
 
@@ -42,8 +42,9 @@ def merge(parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray, States | None]
     time_steps = int(lengths.max())
     initial = _merge_states(parts)
     if len(parts) == 1 and parts[0].inputs.shape[1] == time_steps:
-        return np.ascontiguousarray(parts[0].inputs, dtype=np.float32), lengths, initial
-    inputs = np.zeros((lengths.shape[0], time_steps, parts[0].inputs.shape[2]), dtype=np.float32)
+        return np.ascontiguousarray(parts[0].inputs), lengths, initial
+    rest, dtype = parts[0].inputs.shape[2:], parts[0].inputs.dtype  # features, or none: tokens
+    inputs = np.zeros((lengths.shape[0], time_steps, *rest), dtype=dtype)
     start = 0
     for part in parts:
         rows, steps = part.inputs.shape[0], min(time_steps, part.inputs.shape[1])

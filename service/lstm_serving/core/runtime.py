@@ -118,8 +118,8 @@ class Model:
         outputs: Sequence[str],
         initial: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """inputs [B, T, F] float32, lengths [B] int32 in 1..T, initial states
-        [directions, B, units] by name (None: zeros); returns the named outputs."""
+        """inputs [B, T, F] float32 (token ids [B, T] int64), lengths [B] int32 in 1..T,
+        initial states [directions, B, units] by name (None: zeros); the named outputs."""
         batch = inputs.shape[0]
         feeds = {INPUT: inputs, LENGTHS: lengths}
         if initial is not None:
@@ -137,5 +137,9 @@ class Model:
         features = self.architecture.input_size
         for batch in sorted({1, max_batch_size}):
             for time in (1, 16):
-                x = np.zeros((batch, time, features), dtype=np.float32)
+                x = (
+                    np.zeros((batch, time), dtype=np.int64)
+                    if self.architecture.takes_tokens
+                    else np.zeros((batch, time, features), dtype=np.float32)
+                )
                 self.run(x, np.full(batch, time, dtype=np.int32), self.output_names)

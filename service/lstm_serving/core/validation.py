@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lstm_serving.contract import PREDICTION, STATE_PARTS, Architecture, initial_state
-from lstm_serving.core.masking import Compaction, compact
+from lstm_serving.core.masking import Compaction, compact, masked_steps
 from lstm_serving.core.requests import InferRequest, OutputSet, SequenceStep
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -40,15 +40,15 @@ class Limits:
 
 
 def check_input_shape(shape: Sequence[int], arch: Architecture, limits: Limits) -> int:
-    """[batch, time, features] against the model and the limits; returns its sequence-steps
-    (batch x time: what its compute time and memory grow with)."""
+    """[batch, time, features] (or token ids [batch, time]) against the model and the limits;
+    returns its sequence-steps (batch x time: what its compute time and memory grow with)."""
     max_sequences, max_sequence_length = limits.max_request_sequences, limits.max_sequence_length
     shape = list(shape)
-    if len(shape) != 3:
-        raise InvalidArgument(
-            f"input shape {shape} has rank {len(shape)}; expected [batch, time, {arch.input_size}]"
-        )
-    batch, steps, features = shape
+    rank = 2 if arch.takes_tokens else 3
+    if len(shape) != rank:
+        raise InvalidArgument(f"input shape {shape} has rank {len(shape)}; {_takes(arch)}")
+    batch, steps = shape[:2]
+    features = shape[2] if rank == 3 else arch.input_size
     if batch == 0:
         raise InvalidArgument("input is an empty batch (shape[0] == 0): send >= 1 sequence")
     if batch > max_sequences:
@@ -74,6 +74,34 @@ def check_input_shape(shape: Sequence[int], arch: Architecture, limits: Limits) 
             "fewer sequences per request"
         )
     return batch * steps
+
+
+def _takes(arch: Architecture) -> str:
+    """What the model takes, as a refusal says it."""
+    if arch.embedding is not None:
+        return (
+            f"this model takes token ids [batch, time] (int64 or int32, each in 0.."
+            f"{arch.embedding.vocabulary - 1}), not float features"
+        )
+    return f"this model takes float32 features [batch, time, {arch.input_size}], not token ids"
+
+
+def check_kind(dtype: np.dtype, arch: Architecture) -> None:
+    """Token ids to a text model, float features to any other; refused by what it takes."""
+    if (dtype.kind in "iu") != arch.takes_tokens:
+        raise InvalidArgument(f"input is {dtype.name}: {_takes(arch)}")
+
+
+def check_tokens(ids: np.ndarray, vocabulary: int) -> np.ndarray:
+    """Token ids in 0..vocabulary-1, as int64; the first one outside named by row and step."""
+    outside = (ids < 0) | (ids >= vocabulary)
+    if outside.any():
+        row, step = (int(v) for v in np.argwhere(outside)[0])
+        raise InvalidArgument(
+            f"input[{row}] step {step} is token id {int(ids[row, step])}, outside this model's "
+            f"vocabulary (0..{vocabulary - 1})"
+        )
+    return ids.astype(np.int64, copy=False)
 
 
 def check_finite(array: np.ndarray) -> np.ndarray:
@@ -162,7 +190,8 @@ def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> 
     """The request's shape, size, output names, inputs, lengths and initial states, each
     checked; the contents are decoded only once the shape and the answer's size pass."""
     check_input_shape(request.inputs.shape, arch, limits)
-    batch, steps, _ = request.inputs.shape
+    check_kind(request.inputs.dtype, arch)
+    batch, steps = request.inputs.shape[:2]
     outputs = check_outputs(output_names(request, arch), arch)
     size = answer_bytes(outputs, arch, batch, steps)
     if size > limits.max_message_bytes:
@@ -171,11 +200,14 @@ def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> 
             f"{size} bytes, over the {limits.max_message_bytes} a message may hold "
             "(--max-message-bytes): ask for fewer outputs or send fewer sequences per request"
         )
-    inputs = check_finite(request.inputs.decode())
+    if arch.embedding is not None:
+        inputs = check_tokens(request.inputs.decode(), arch.embedding.vocabulary)
+    else:
+        inputs = check_finite(request.inputs.decode())
     lengths = check_lengths(request.lengths, batch, steps)
     compaction = None
-    if arch.mask_value is not None:
-        inputs, lengths, compaction = compact(inputs, lengths, arch.mask_value)
+    if arch.masks:
+        inputs, lengths, compaction = compact(inputs, lengths, masked_steps(inputs, arch))
     initial = check_initial_states(request.initial_states, arch, batch)
     return Checked(inputs, lengths, outputs, initial, compaction)
 

@@ -25,7 +25,7 @@ def request(
 @pytest.mark.parametrize(
     ("shape", "message"),
     [
-        ([1, 2], "rank 2; expected \\[batch, time, 2\\]"),
+        ([1, 2], "rank 2; this model takes float32 features \\[batch, time, 2\\], not token ids"),
         ([0, 2, 2], "empty batch"),
         ([1, 0, 2], "no time steps"),
         ([1, 2, 3], "3 features; this model takes 2"),

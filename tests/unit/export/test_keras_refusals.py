@@ -35,7 +35,7 @@ def refusal(tmp_path: Path, model: Any) -> str:
     [
         (
             lambda: keras.Sequential([keras.Input((None, 2)), L.Conv1D(4, 3), L.LSTM(3)]),
-            "is a Conv1D, which this exporter does not map; supported: InputLayer, Masking, LSTM",
+            "is a Conv1D, which this exporter does not map; supported: InputLayer, Embedding",
         ),
         (
             lambda: keras.Sequential(

@@ -16,6 +16,8 @@ from lstm_serving.client.client import AsyncLstmClient
 from lstm_serving.server.app import LstmServer
 from tests.helpers import ROOT, export, start_server
 
+pytestmark = pytest.mark.slow  # lstm-export runs as a process (a few seconds each)
+
 
 class PlainLSTM(nn.Module):
     """nn.LSTM(num_layers=2) alone: the answer is the last step's output."""
