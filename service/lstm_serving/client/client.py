@@ -137,7 +137,8 @@ class AsyncLstmClient:
     async def predict(
         self, model: str, inputs: np.ndarray, **options: Unpack[PredictOptions]
     ) -> Prediction:
-        """inputs [batch, time, features]; options: lengths, output, version, return_state."""
+        """inputs [batch, time, features] float32, or token ids [batch, time] (any integer
+        dtype) for a text model; options: lengths, output, version, return_state, ..."""
         request = predict_request(model, inputs, **options)
         metadata = self._metadata + affinity(options.get("sequence_id"))
         response = await self._stub.Predict(request, timeout=self.timeout, metadata=metadata)

@@ -15,6 +15,7 @@ from lstm_serving.protocols.lstm_v1 import (
     OUTPUT_ENUM,
     array_to_tensor,
     tensor_to_array,
+    tokens_to_tensor,
 )
 
 
@@ -49,10 +50,12 @@ def predict_request(
     output, lengths = options.get("output"), options.get(LENGTHS)
     if output is not None and output not in OUTPUT_CHOICES:
         raise ValueError(f"output must be one of {', '.join(OUTPUT_CHOICES)}, got {output!r}")
+    tokens = np.asarray(inputs).dtype.kind in "iu"  # integer ids: a text model's input
     request = pb.PredictRequest(
         model=model,
         version=options.get("version", 0),
-        input=array_to_tensor(inputs),
+        input=None if tokens else array_to_tensor(inputs),
+        tokens=tokens_to_tensor(inputs) if tokens else None,
         lengths=[] if lengths is None else [int(n) for n in lengths],
         output=OUTPUT_ENUM.get(output or "", pb.OUTPUT_UNSPECIFIED),  # type: ignore[arg-type]
         return_state=options.get("return_state", False),

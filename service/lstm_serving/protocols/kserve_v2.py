@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lstm_serving.contract import INPUT, LENGTHS, Architecture, is_initial_state
+from lstm_serving.contract import (
+    INPUT,
+    LENGTHS,
+    STATE_PARTS,
+    Architecture,
+    initial_state,
+    is_initial_state,
+)
 from lstm_serving.core.requests import (
     InferRequest,
     InferResult,
@@ -27,9 +34,14 @@ from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 
 PLATFORM = "onnxruntime_onnx"
-_DTYPES = {"FP32": np.dtype("<f4"), "INT32": np.dtype("<i4")}
-_CONTENTS = {"FP32": "fp32_contents", "INT32": "int_contents"}
-_INPUT_DTYPES = {INPUT: "FP32", LENGTHS: "INT32"}
+_DTYPES: dict[str, np.dtype] = {
+    "FP32": np.dtype("<f4"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+}
+_CONTENTS = {"FP32": "fp32_contents", "INT32": "int_contents", "INT64": "int64_contents"}
+# what each input may be sent as; which of them `input` must be is the model's to say
+_INPUT_DTYPES = {INPUT: ("FP32", "INT64", "INT32"), LENGTHS: ("INT32",)}
 _MAX_VERSION_DIGITS = 18  # fits an int64, as lstm.v1's version field
 
 
@@ -53,9 +65,11 @@ def _check_tensor(tensor: v2.ModelInferRequest.InferInputTensor) -> None:
             f"input {name!r} uses shared memory, which this server does not "
             "support: send raw_input_contents or typed contents"
         )
-    expected = _INPUT_DTYPES.get(name, "FP32")
-    if dtype != expected:
-        raise InvalidArgument(f"input {name!r} has datatype {dtype!r}; expected {expected}")
+    expected = _INPUT_DTYPES.get(name, ("FP32",))
+    if dtype not in expected:
+        raise InvalidArgument(
+            f"input {name!r} has datatype {dtype!r}; expected {' or '.join(expected)}"
+        )
 
 
 def _encoded(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Encoded:
@@ -86,7 +100,8 @@ def decode_infer_request(
         if tensor.name not in _INPUT_DTYPES and not is_initial_state(tensor.name):
             raise InvalidArgument(
                 f"unknown input {tensor.name!r}: this model takes {INPUT!r} (FP32 "
-                f"[batch, time, features]), and optionally {LENGTHS!r} (INT32 [batch]) and "
+                f"[batch, time, features], or INT64/INT32 token ids [batch, time] for a text "
+                f"model), and optionally {LENGTHS!r} (INT32 [batch]) and "
                 "each layer's initial state (FP32 [directions, batch, units], named as the "
                 "final_h_K / final_c_K outputs but initial_)"
             )
@@ -157,8 +172,15 @@ def model_metadata(
         versions=[str(v) for v in versions],
         platform=PLATFORM,
         inputs=[
-            tensor(name=INPUT, datatype="FP32", shape=[-1, -1, arch.input_size]),
-            tensor(name=LENGTHS, datatype="INT32", shape=[-1]),
+            tensor(name=INPUT, datatype="INT64", shape=[-1, -1])
+            if arch.takes_tokens
+            else tensor(name=INPUT, datatype="FP32", shape=[-1, -1, arch.input_size]),
+            tensor(name=LENGTHS, datatype="INT32", shape=[-1]),  # optional, as below
+            *(
+                tensor(name=initial_state(k, part), datatype="FP32", shape=[d, -1, units])
+                for k, (d, units) in enumerate((la.directions, la.units) for la in arch.layers)
+                for part in STATE_PARTS
+            ),
         ],
         outputs=[tensor(name=n, datatype="FP32", shape=s) for n, s in arch.output_shapes.items()],
     )
@@ -183,7 +205,9 @@ def build_infer_request(
     optional `lengths` [batch] and initial states, the outputs asked for (none: all), and
     Triton's sequence parameters for a step of a server-held sequence."""
     request = v2.ModelInferRequest(model_name=model, model_version=version, id=request_id)
-    tensors: dict[str, tuple[str, np.ndarray]] = {INPUT: ("FP32", np.asarray(inputs))}
+    inputs = np.asarray(inputs)
+    kind = "INT64" if inputs.dtype.kind in "iu" else "FP32"  # token ids, or features
+    tensors: dict[str, tuple[str, np.ndarray]] = {INPUT: (kind, inputs)}
     if lengths is not None:
         tensors[LENGTHS] = ("INT32", np.asarray(lengths))
     for name, state in (initial_states or {}).items():

@@ -33,6 +33,8 @@ from lstm_serving.errors import InvalidArgument
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 
 FLOAT32 = np.dtype("<f4")
+INT64 = np.dtype("<i8")
+TOKENS_FIELD: Final = "tokens"  # PredictRequest's token ids
 # The Output enum <-> the contract's output choices (the one table of both directions).
 OUTPUT_ENUM: dict[str, int] = {
     LAST_HIDDEN: pb.LAST_HIDDEN,
@@ -65,6 +67,23 @@ def encoded(tensor: pb.Tensor, field: str) -> Encoded:
     )
 
 
+def tokens_to_tensor(ids: np.ndarray) -> pb.TokenTensor:
+    """Token ids as raw little-endian int64 bytes."""
+    ids = np.ascontiguousarray(ids, dtype=INT64)
+    return pb.TokenTensor(shape=ids.shape, data=ids.tobytes())
+
+
+def encoded_tokens(tokens: pb.TokenTensor) -> Encoded:
+    """Token ids as sent, for the one decoder."""
+    return Encoded(
+        TOKENS_FIELD,
+        tuple(tokens.shape),
+        INT64,
+        data=tokens.data if tokens.data else None,
+        values=tokens.values if len(tokens.values) else None,
+    )
+
+
 def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     """Decodes a Tensor whose data or values match its shape; raises InvalidArgument."""
     return encoded(tensor, field).decode()
@@ -73,8 +92,14 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
 def decode_predict(
     request: pb.PredictRequest, deadline: float | None, owner: str = ""
 ) -> InferRequest:
-    if not request.HasField(INPUT):
-        raise InvalidArgument("input is not set: send a [batch, time, features] Tensor")
+    has_input, has_tokens = request.HasField(INPUT), request.HasField(TOKENS_FIELD)
+    if not has_input and not has_tokens:
+        raise InvalidArgument(
+            "input is not set: send a [batch, time, features] float32 Tensor, or token ids "
+            "[batch, time] in tokens for a text model"
+        )
+    if has_input and has_tokens:
+        raise InvalidArgument("input and tokens are both set: a model takes one or the other")
     if request.output != pb.OUTPUT_UNSPECIFIED and request.output not in _CHOICE_OF_ENUM:
         raise InvalidArgument(f"output {request.output} is not a known Output value")
     outputs: tuple[str, ...] | OutputSet = (
@@ -86,7 +111,7 @@ def decode_predict(
     return InferRequest(
         model=request.model,
         version=request.version,
-        inputs=encoded(request.input, INPUT),
+        inputs=encoded(request.input, INPUT) if has_input else encoded_tokens(request.tokens),
         lengths=np.asarray(lengths, dtype=np.int32) if len(lengths) else None,
         outputs=outputs,
         with_states=request.return_state,
@@ -194,4 +219,12 @@ def describe(
             name=arch.head.name,
         ),
         mask_value=arch.mask_value,
+        embedding=None
+        if arch.embedding is None
+        else pb.EmbeddingDescription(
+            vocabulary=arch.embedding.vocabulary,
+            width=arch.embedding.width,
+            padding_id=arch.embedding.padding_id,
+            mask_zero=arch.embedding.mask_zero,
+        ),
     )

@@ -58,6 +58,10 @@ async def test_model_metadata(stub: v2_grpc.GRPCInferenceServiceAsyncStub) -> No
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
         ("input", "FP32", [-1, -1, 2]),
         ("lengths", "INT32", [-1]),
+        ("initial_h_0", "FP32", [1, -1, 64]),  # every optional input is listed
+        ("initial_c_0", "FP32", [1, -1, 64]),
+        ("initial_h_1", "FP32", [1, -1, 32]),
+        ("initial_c_1", "FP32", [1, -1, 32]),
     ]
     outputs = {t.name: list(t.shape) for t in meta.outputs}
     assert outputs == {

@@ -46,7 +46,15 @@ def test_status_and_metadata(report: dict[str, Any]) -> None:
     assert report["metadata"] == {
         "platform": "onnxruntime_onnx",
         "versions": ["1"],
-        "inputs": [["input", "FP32", [-1, -1, 2]], ["lengths", "INT32", [-1]]],
+        "inputs": [
+            ["input", "FP32", [-1, -1, 2]],
+            ["lengths", "INT32", [-1]],
+            *(
+                [f"initial_{s}_{k}", "FP32", [1, -1, units]]
+                for k, units in ((0, 64), (1, 32))
+                for s in "hc"
+            ),
+        ],
         "outputs": ["last_hidden", "sequence", "final_h_0", "final_c_0", "final_h_1", "final_c_1"],
     }
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12lstm/v1/lstm.proto\x12\x07lstm.v1\"5\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\x84\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1e\n\x05input\x18\x03 \x01(\x0b\x32\x0f.lstm.v1.Tensor\x12\x0f\n\x07lengths\x18\x04 \x03(\x05\x12\x1f\n\x06output\x18\x05 \x01(\x0e\x32\x0f.lstm.v1.Output\x12\x14\n\x0creturn_state\x18\x06 \x01(\x08\x12*\n\rinitial_state\x18\x07 \x03(\x0b\x32\x13.lstm.v1.LayerState\x12#\n\x08sequence\x18\x08 \x01(\x0b\x32\x11.lstm.v1.Sequence\x12\x19\n\x11return_prediction\x18\t \x01(\x08\"N\n\x08Sequence\x12\x10\n\x06number\x18\x01 \x01(\x04H\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\r\n\x05start\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\x42\x04\n\x02id\"S\n\nLayerState\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x1a\n\x01h\x18\x02 \x01(\x0b\x32\x0f.lstm.v1.Tensor\x12\x1a\n\x01\x63\x18\x03 \x01(\x0b\x32\x0f.lstm.v1.Tensor\"\xc3\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x0blast_hidden\x18\x03 \x01(\x0b\x32\x0f.lstm.v1.Tensor\x12!\n\x08sequence\x18\x04 \x01(\x0b\x32\x0f.lstm.v1.Tensor\x12\"\n\x05state\x18\x05 \x03(\x0b\x32\x13.lstm.v1.LayerState\x12#\n\nprediction\x18\x06 \x01(\x0b\x32\x0f.lstm.v1.Tensor\"\x13\n\x11ListModelsRequest\"/\n\rModelVersions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.lstm.v1.ModelVersions\"6\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x9b\x01\n\x10LayerDescription\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05units\x18\x02 \x01(\x05\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x01(\x05\x12\x14\n\x0coutput_shape\x18\x05 \x03(\x03\x12\x12\n\nparameters\x18\x06 \x01(\x03\x12\x18\n\x10keras_parameters\x18\x07 \x01(\x03\"\xb1\x01\n\x0e\x42\x61tchingLimits\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x1a\n\x12max_queue_delay_ms\x18\x02 \x01(\x01\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x04 \x01(\x05\x12\x15\n\rmax_sequences\x18\x05 \x01(\x05\x12\x1f\n\x17sequence_idle_timeout_s\x18\x06 \x01(\x01\"\x80\x03\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0floaded_versions\x18\x03 \x03(\x03\x12\x12\n\ninput_size\x18\x04 \x01(\x05\x12\x13\n\x0boutput_size\x18\x05 \x01(\x05\x12)\n\x06layers\x18\x06 \x03(\x0b\x32\x19.lstm.v1.LayerDescription\x12\x1a\n\x12\x65xecution_provider\x18\x07 \x01(\t\x12)\n\x08\x62\x61tching\x18\x08 \x01(\x0b\x32\x17.lstm.v1.BatchingLimits\x12\x16\n\x0eweights_sha256\x18\t \x01(\t\x12\x10\n\x08\x65xporter\x18\n \x01(\t\x12\x0f\n\x07\x63reated\x18\x0b \x01(\t\x12\x0e\n\x06source\x18\x0c \x01(\t\x12&\n\x04head\x18\r \x01(\x0b\x32\x18.lstm.v1.HeadDescription\x12\x17\n\nmask_value\x18\x0e \x01(\x02H\x00\x88\x01\x01\x42\r\n\x0b_mask_value\"\x9c\x01\n\x0fHeadDescription\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x10\n\x08per_step\x18\x03 \x01(\x08\x12\x12\n\nparameters\x18\x04 \x01(\x03\x12\r\n\x05input\x18\x05 \x01(\t\x12#\n\x06hidden\x18\x06 \x03(\x0b\x32\x13.lstm.v1.DenseLayer\x12\x0c\n\x04name\x18\x07 \x01(\t\"=\n\nDenseLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\x05\x12\x12\n\nactivation\x18\x03 \x01(\t*m\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLAST_HIDDEN\x10\x01\x12\x0c\n\x08SEQUENCE\x10\x02\x12\x1c\n\x18LAST_HIDDEN_AND_SEQUENCE\x10\x03\x12\x0e\n\nPREDICTION\x10\x04\x32\xa5\x02\n\x0bLstmService\x12<\n\x07Predict\x12\x17.lstm.v1.PredictRequest\x1a\x18.lstm.v1.PredictResponse\x12\x46\n\rPredictStream\x12\x17.lstm.v1.PredictRequest\x1a\x18.lstm.v1.PredictResponse(\x01\x30\x01\x12\x45\n\nListModels\x12\x1a.lstm.v1.ListModelsRequest\x1a\x1b.lstm.v1.ListModelsResponse\x12I\n\rDescribeModel\x12\x1d.lstm.v1.DescribeModelRequest\x1a\x19.lstm.v1.ModelDescriptionB6\n\x16io.lstmserving.lstm.v1P\x01Z\x1alstmserving/lstm/v1;lstmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12lstm/v1/lstm.proto\x12\x07lstm.v1\"5\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06values\x18\x03 \x03(\x02\":\n\x0bTokenTensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06values\x18\x03 \x03(\x03\"\xaa\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1e\n\x05input\x18\x03 \x01(\x0b\x32\x0f.lstm.v1.Tensor\x12\x0f\n\x07lengths\x18\x04 \x03(\x05\x12\x1f\n\x06output\x18\x05 \x01(\x0e\x32\x0f.lstm.v1.Output\x12\x14\n\x0creturn_state\x18\x06 \x01(\x08\x12*\n\rinitial_state\x18\x07 \x03(\x0b\x32\x13.lstm.v1.LayerState\x12#\n\x08sequence\x18\x08 \x01(\x0b\x32\x11.lstm.v1.Sequence\x12\x19\n\x11return_prediction\x18\t \x01(\x08\x12$\n\x06tokens\x18\n \x01(\x0b\x32\x14.lstm.v1.TokenTensor\"N\n\x08Sequence\x12\x10\n\x06number\x18\x01 \x01(\x04H\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\r\n\x05start\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\x42\x04\n\x02id\"S\n\nLayerState\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x1a\n\x01h\x18\x02 \x01(\x0b\x32\x0f.lstm.v1.Tensor\x12\x1a\n\x01\x63\x18\x03 \x01(\x0b\x32\x0f.lstm.v1.Tensor\"\xc3\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x0blast_hidden\x18\x03 \x01(\x0b\x32\x0f.lstm.v1.Tensor\x12!\n\x08sequence\x18\x04 \x01(\x0b\x32\x0f.lstm.v1.Tensor\x12\"\n\x05state\x18\x05 \x03(\x0b\x32\x13.lstm.v1.LayerState\x12#\n\nprediction\x18\x06 \x01(\x0b\x32\x0f.lstm.v1.Tensor\"\x13\n\x11ListModelsRequest\"/\n\rModelVersions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.lstm.v1.ModelVersions\"6\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x9b\x01\n\x10LayerDescription\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05units\x18\x02 \x01(\x05\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x01(\x05\x12\x14\n\x0coutput_shape\x18\x05 \x03(\x03\x12\x12\n\nparameters\x18\x06 \x01(\x03\x12\x18\n\x10keras_parameters\x18\x07 \x01(\x03\"\xb1\x01\n\x0e\x42\x61tchingLimits\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x1a\n\x12max_queue_delay_ms\x18\x02 \x01(\x01\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x04 \x01(\x05\x12\x15\n\rmax_sequences\x18\x05 \x01(\x05\x12\x1f\n\x17sequence_idle_timeout_s\x18\x06 \x01(\x01\"\xb2\x03\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0floaded_versions\x18\x03 \x03(\x03\x12\x12\n\ninput_size\x18\x04 \x01(\x05\x12\x13\n\x0boutput_size\x18\x05 \x01(\x05\x12)\n\x06layers\x18\x06 \x03(\x0b\x32\x19.lstm.v1.LayerDescription\x12\x1a\n\x12\x65xecution_provider\x18\x07 \x01(\t\x12)\n\x08\x62\x61tching\x18\x08 \x01(\x0b\x32\x17.lstm.v1.BatchingLimits\x12\x16\n\x0eweights_sha256\x18\t \x01(\t\x12\x10\n\x08\x65xporter\x18\n \x01(\t\x12\x0f\n\x07\x63reated\x18\x0b \x01(\t\x12\x0e\n\x06source\x18\x0c \x01(\t\x12&\n\x04head\x18\r \x01(\x0b\x32\x18.lstm.v1.HeadDescription\x12\x17\n\nmask_value\x18\x0e \x01(\x02H\x00\x88\x01\x01\x12\x30\n\tembedding\x18\x0f \x01(\x0b\x32\x1d.lstm.v1.EmbeddingDescriptionB\r\n\x0b_mask_value\"t\n\x14\x45mbeddingDescription\x12\x12\n\nvocabulary\x18\x01 \x01(\x03\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x17\n\npadding_id\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tmask_zero\x18\x04 \x01(\x08\x42\r\n\x0b_padding_id\"\x9c\x01\n\x0fHeadDescription\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x10\n\x08per_step\x18\x03 \x01(\x08\x12\x12\n\nparameters\x18\x04 \x01(\x03\x12\r\n\x05input\x18\x05 \x01(\t\x12#\n\x06hidden\x18\x06 \x03(\x0b\x32\x13.lstm.v1.DenseLayer\x12\x0c\n\x04name\x18\x07 \x01(\t\"=\n\nDenseLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\x05\x12\x12\n\nactivation\x18\x03 \x01(\t*m\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLAST_HIDDEN\x10\x01\x12\x0c\n\x08SEQUENCE\x10\x02\x12\x1c\n\x18LAST_HIDDEN_AND_SEQUENCE\x10\x03\x12\x0e\n\nPREDICTION\x10\x04\x32\xa5\x02\n\x0bLstmService\x12<\n\x07Predict\x12\x17.lstm.v1.PredictRequest\x1a\x18.lstm.v1.PredictResponse\x12\x46\n\rPredictStream\x12\x17.lstm.v1.PredictRequest\x1a\x18.lstm.v1.PredictResponse(\x01\x30\x01\x12\x45\n\nListModels\x12\x1a.lstm.v1.ListModelsRequest\x1a\x1b.lstm.v1.ListModelsResponse\x12I\n\rDescribeModel\x12\x1d.lstm.v1.DescribeModelRequest\x1a\x19.lstm.v1.ModelDescriptionB6\n\x16io.lstmserving.lstm.v1P\x01Z\x1alstmserving/lstm/v1;lstmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,36 +32,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lstm_serving.proto.v1.lstm_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026io.lstmserving.lstm.v1P\001Z\032lstmserving/lstm/v1;lstmv1'
-  _globals['_OUTPUT']._serialized_start=1847
-  _globals['_OUTPUT']._serialized_end=1956
+  _globals['_OUTPUT']._serialized_start=2113
+  _globals['_OUTPUT']._serialized_end=2222
   _globals['_TENSOR']._serialized_start=31
   _globals['_TENSOR']._serialized_end=84
-  _globals['_PREDICTREQUEST']._serialized_start=87
-  _globals['_PREDICTREQUEST']._serialized_end=347
-  _globals['_SEQUENCE']._serialized_start=349
-  _globals['_SEQUENCE']._serialized_end=427
-  _globals['_LAYERSTATE']._serialized_start=429
-  _globals['_LAYERSTATE']._serialized_end=512
-  _globals['_PREDICTRESPONSE']._serialized_start=515
-  _globals['_PREDICTRESPONSE']._serialized_end=710
-  _globals['_LISTMODELSREQUEST']._serialized_start=712
-  _globals['_LISTMODELSREQUEST']._serialized_end=731
-  _globals['_MODELVERSIONS']._serialized_start=733
-  _globals['_MODELVERSIONS']._serialized_end=780
-  _globals['_LISTMODELSRESPONSE']._serialized_start=782
-  _globals['_LISTMODELSRESPONSE']._serialized_end=842
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=844
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=898
-  _globals['_LAYERDESCRIPTION']._serialized_start=901
-  _globals['_LAYERDESCRIPTION']._serialized_end=1056
-  _globals['_BATCHINGLIMITS']._serialized_start=1059
-  _globals['_BATCHINGLIMITS']._serialized_end=1236
-  _globals['_MODELDESCRIPTION']._serialized_start=1239
-  _globals['_MODELDESCRIPTION']._serialized_end=1623
-  _globals['_HEADDESCRIPTION']._serialized_start=1626
-  _globals['_HEADDESCRIPTION']._serialized_end=1782
-  _globals['_DENSELAYER']._serialized_start=1784
-  _globals['_DENSELAYER']._serialized_end=1845
-  _globals['_LSTMSERVICE']._serialized_start=1959
-  _globals['_LSTMSERVICE']._serialized_end=2252
+  _globals['_TOKENTENSOR']._serialized_start=86
+  _globals['_TOKENTENSOR']._serialized_end=144
+  _globals['_PREDICTREQUEST']._serialized_start=147
+  _globals['_PREDICTREQUEST']._serialized_end=445
+  _globals['_SEQUENCE']._serialized_start=447
+  _globals['_SEQUENCE']._serialized_end=525
+  _globals['_LAYERSTATE']._serialized_start=527
+  _globals['_LAYERSTATE']._serialized_end=610
+  _globals['_PREDICTRESPONSE']._serialized_start=613
+  _globals['_PREDICTRESPONSE']._serialized_end=808
+  _globals['_LISTMODELSREQUEST']._serialized_start=810
+  _globals['_LISTMODELSREQUEST']._serialized_end=829
+  _globals['_MODELVERSIONS']._serialized_start=831
+  _globals['_MODELVERSIONS']._serialized_end=878
+  _globals['_LISTMODELSRESPONSE']._serialized_start=880
+  _globals['_LISTMODELSRESPONSE']._serialized_end=940
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=942
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=996
+  _globals['_LAYERDESCRIPTION']._serialized_start=999
+  _globals['_LAYERDESCRIPTION']._serialized_end=1154
+  _globals['_BATCHINGLIMITS']._serialized_start=1157
+  _globals['_BATCHINGLIMITS']._serialized_end=1334
+  _globals['_MODELDESCRIPTION']._serialized_start=1337
+  _globals['_MODELDESCRIPTION']._serialized_end=1771
+  _globals['_EMBEDDINGDESCRIPTION']._serialized_start=1773
+  _globals['_EMBEDDINGDESCRIPTION']._serialized_end=1889
+  _globals['_HEADDESCRIPTION']._serialized_start=1892
+  _globals['_HEADDESCRIPTION']._serialized_end=2048
+  _globals['_DENSELAYER']._serialized_start=2050
+  _globals['_DENSELAYER']._serialized_end=2111
+  _globals['_LSTMSERVICE']._serialized_start=2225
+  _globals['_LSTMSERVICE']._serialized_end=2518
 # @@protoc_insertion_point(module_scope)

@@ -97,6 +97,37 @@ class Tensor(_message.Message):
 Global___Tensor: _TypeAlias = Tensor  # noqa: Y015
 
 @_typing.final
+class TokenTensor(_message.Message):
+    """Token ids for a text model (one with an Embedding), int64, row-major [batch, time]: exactly
+    one of `data` (little-endian raw int64 bytes) or `values` is set, as for Tensor.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHAPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+        data: _builtins.bytes = ...,
+        values: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "shape", b"shape", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenTensor: _TypeAlias = TokenTensor  # noqa: Y015
+
+@_typing.final
 class PredictRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -109,6 +140,7 @@ class PredictRequest(_message.Message):
     INITIAL_STATE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     RETURN_PREDICTION_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name, as in the repository (`models/<name>/<version>/model.onnx`)."""
     version: _builtins.int
@@ -140,6 +172,12 @@ class PredictRequest(_message.Message):
         layer's (h, c) between its calls.
         """
 
+    @_builtins.property
+    def tokens(self) -> Global___TokenTensor:
+        """Token ids [batch, time], in place of `input`, for a text model (DescribeModel's
+        `embedding`); a model takes one or the other, and says which when sent the wrong one.
+        """
+
     def __init__(
         self,
         *,
@@ -152,10 +190,11 @@ class PredictRequest(_message.Message):
         initial_state: _abc.Iterable[Global___LayerState] | None = ...,
         sequence: Global___Sequence | None = ...,
         return_prediction: _builtins.bool = ...,
+        tokens: Global___TokenTensor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "sequence", b"sequence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "sequence", b"sequence", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input", b"input", "lengths", b"lengths", "model", b"model", "output", b"output", "return_prediction", b"return_prediction", "return_state", b"return_state", "sequence", b"sequence", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input", b"input", "lengths", b"lengths", "model", b"model", "output", b"output", "return_prediction", b"return_prediction", "return_state", b"return_state", "sequence", b"sequence", "tokens", b"tokens", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -447,6 +486,7 @@ class ModelDescription(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
     MASK_VALUE_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     input_size: _builtins.int
@@ -471,6 +511,10 @@ class ModelDescription(_message.Message):
     def head(self) -> Global___HeadDescription:
         """Its Dense/Linear head, when it has one."""
 
+    @_builtins.property
+    def embedding(self) -> Global___EmbeddingDescription:
+        """A text model's Embedding: it takes token ids (PredictRequest.tokens)."""
+
     def __init__(
         self,
         *,
@@ -488,16 +532,49 @@ class ModelDescription(_message.Message):
         source: _builtins.str = ...,
         head: Global___HeadDescription | None = ...,
         mask_value: _builtins.float | None = ...,
+        embedding: Global___EmbeddingDescription | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_mask_value", b"_mask_value", "batching", b"batching", "head", b"head", "mask_value", b"mask_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mask_value", b"_mask_value", "batching", b"batching", "embedding", b"embedding", "head", b"head", "mask_value", b"mask_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mask_value", b"_mask_value", "batching", b"batching", "created", b"created", "execution_provider", b"execution_provider", "exporter", b"exporter", "head", b"head", "input_size", b"input_size", "layers", b"layers", "loaded_versions", b"loaded_versions", "mask_value", b"mask_value", "name", b"name", "output_size", b"output_size", "source", b"source", "version", b"version", "weights_sha256", b"weights_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mask_value", b"_mask_value", "batching", b"batching", "created", b"created", "embedding", b"embedding", "execution_provider", b"execution_provider", "exporter", b"exporter", "head", b"head", "input_size", b"input_size", "layers", b"layers", "loaded_versions", b"loaded_versions", "mask_value", b"mask_value", "name", b"name", "output_size", b"output_size", "source", b"source", "version", b"version", "weights_sha256", b"weights_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__mask_value: _TypeAlias = _typing.Literal["mask_value"]  # noqa: Y015
     _WhichOneofArgType__mask_value: _TypeAlias = _typing.Literal["_mask_value", b"_mask_value"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mask_value) -> _WhichOneofReturnType__mask_value | None: ...
 
 Global___ModelDescription: _TypeAlias = ModelDescription  # noqa: Y015
+
+@_typing.final
+class EmbeddingDescription(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOCABULARY_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    PADDING_ID_FIELD_NUMBER: _builtins.int
+    MASK_ZERO_FIELD_NUMBER: _builtins.int
+    vocabulary: _builtins.int
+    width: _builtins.int
+    padding_id: _builtins.int
+    """The padding id (PyTorch padding_idx, Keras mask_zero's 0), if any."""
+    mask_zero: _builtins.bool
+    """Keras mask_zero=True: steps whose id is 0 are skipped, wherever they are."""
+    def __init__(
+        self,
+        *,
+        vocabulary: _builtins.int = ...,
+        width: _builtins.int = ...,
+        padding_id: _builtins.int | None = ...,
+        mask_zero: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_padding_id", b"_padding_id", "padding_id", b"padding_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_padding_id", b"_padding_id", "mask_zero", b"mask_zero", "padding_id", b"padding_id", "vocabulary", b"vocabulary", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__padding_id: _TypeAlias = _typing.Literal["padding_id"]  # noqa: Y015
+    _WhichOneofArgType__padding_id: _TypeAlias = _typing.Literal["_padding_id", b"_padding_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__padding_id) -> _WhichOneofReturnType__padding_id | None: ...
+
+Global___EmbeddingDescription: _TypeAlias = EmbeddingDescription  # noqa: Y015
 
 @_typing.final
 class HeadDescription(_message.Message):
