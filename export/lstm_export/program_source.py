@@ -1,11 +1,12 @@
 """A PyTorch program saved with `torch.export.save` (.pt2) -> a ModelSpec: the user's forward,
 read from the graph the program holds, never guessed.
 
-Mapped: `nn.LSTM` (`aten.lstm.input`: layers, bidirectional, batch_first; zero initial state),
-several LSTM modules in a row, dropout between them; what the head reads of the last one
-(`out[:, -1]`, `h_n[-1]`, `cat(h_n[-2], h_n[-1])`, `out.mean(1)`, `out.max(1).values`, `out`);
-any stack of Linear layers with ReLU, Tanh, Sigmoid or Softmax after each. Any other op is
-refused, naming it and where it sits in the forward.
+Mapped: `nn.Embedding` in front (token ids in), `nn.LSTM` (`aten.lstm.input`: layers,
+bidirectional, batch_first; zero initial state), several LSTM modules in a row, dropout
+between them; what the head reads of the last one (`out[:, -1]`, `h_n[-1]`,
+`cat(h_n[-2], h_n[-1])`, `out.mean(1)`, `out.max(1).values`, `out`); any stack of Linear
+layers with ReLU, Tanh, Sigmoid or Softmax after each. Any other op is refused, naming it and
+where it sits in the forward.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lstm_export.spec import Dense, Head, LstmLayer, ModelSpec
+from lstm_export.spec import Dense, Embedding, Head, LstmLayer, ModelSpec
 from lstm_export.torch_source import onnx_gates
 
 
@@ -52,6 +53,7 @@ class _Walk:
     values: dict[str, Any] = field(default_factory=dict)
     layers: list[LstmLayer] = field(default_factory=list)
     dense: list[Dense] = field(default_factory=list)
+    embedding: Embedding | None = None
     head_input: str | None = None
     time_major: bool | None = None
     bidirectional: bool = False
@@ -92,7 +94,9 @@ def read_program(path: Path) -> Program:
         head = Head(
             last.kernel, last.bias, last.activation, walk.head_input, tuple(hidden), last.name
         )
-    spec = ModelSpec(walk.layers, head, source=f"torch.export program {path.name}")
+    spec = ModelSpec(
+        walk.layers, head, source=f"torch.export program {path.name}", embedding=walk.embedding
+    )
     shape = tuple(int(d) for d in example.shape) if example is not None else ()
     return Program(spec, program.module(), shape, bool(walk.time_major))
 
@@ -112,6 +116,12 @@ def _call(node: Any, walk: _Walk) -> Any:
         return ("zeros",)
     if target == "aten.lstm.input":
         return _lstm(node, walk, value)
+    if target == "aten.embedding.default" and value[1] == ("argument",) and not walk.layers:
+        weight: Any = value[0]  # ("weight", the table)
+        table = weight[1].detach().cpu().numpy().astype(np.float32)
+        padding = args[2] if len(args) > 2 else -1
+        walk.embedding = Embedding(table, None if padding < 0 else int(padding))
+        return ("embedded",)
     if target == "<built-in function getitem>":
         source, index = value[0], args[1]
         if source and source[0] == "lstm":
@@ -160,7 +170,8 @@ def _lstm(node: Any, walk: _Walk, value: list[Any]) -> tuple[str]:
     has_biases, num_layers, _, train, bidirectional, batch_first = node.args[3:9]
     if walk.dense or walk.head_input is not None:
         raise ProgramError(f"{_where(node)}: an LSTM after the head is not mapped")
-    if source not in (("argument",), ("seq",)) or (source == ("argument",) and walk.layers):
+    first = ("embedded",) if walk.embedding is not None else ("argument",)
+    if source not in (first, ("seq",)) or (source == first and walk.layers):
         raise ProgramError(f"{_where(node)}: an LSTM is mapped on the input or the one before")
     if any(walk.values.get(h.name) != ("zeros",) for h in hx):
         raise ProgramError(f"{_where(node)}: an initial state other than zeros is not mapped")

@@ -144,6 +144,14 @@ def read_layout(
     first = lstm_layers[ordered[0]]["weight_ih"]
     layout = Layout(int(state[first].shape[1]), units, reverse, renamed)
     rest = [key for key in state if key not in renamed]
+    tables = [k for k in rest if "embed" in k.lower() and state[k].ndim == 2]
+    if tables:
+        raise LayoutError(
+            f"{tables[0]} {list(state[tables[0]].shape)} is an nn.Embedding in front of the "
+            "LSTMs (a text model): a state_dict cannot say how ids reach them; save the "
+            "model as a program, torch.export.save(torch.export.export(model.eval(), (ids,)), "
+            "'model.pt2'), and export it with --torch"
+        )
     layout.head, head_keys = _head(state, rest, layout, head_prefix, head_activation, head_input)
     layout.unknown = [key for key in rest if key not in head_keys]
     return layout

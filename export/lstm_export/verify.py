@@ -196,8 +196,12 @@ def verify_program(
     rng = np.random.default_rng(0)
     report = VerificationReport(tolerance)
     for draw in range(draws):
-        given = rng.standard_normal(shape).astype(np.float32)
-        x = given.transpose(1, 0, 2) if time_major else given  # ours is batch-first
+        given: np.ndarray = (
+            rng.standard_normal(shape).astype(np.float32)
+            if arch.embedding is None
+            else rng.integers(0, arch.embedding.vocabulary, size=shape, dtype=np.int64)  # ids
+        )
+        x = np.swapaxes(given, 0, 1) if time_major else given  # ours is batch-first
         batch, time = x.shape[:2]
         zeros = [(np.zeros_like(h), np.zeros_like(c)) for h, c in _random_states(arch, batch, rng)]
         got = np.asarray(session.run([PREDICTION], _feeds(x, np.full(batch, time), zeros))[0])

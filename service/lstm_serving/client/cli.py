@@ -64,7 +64,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     predict = sub.add_parser("predict", help="run a prediction", formatter_class=command)
     predict.add_argument("name")
     source = predict.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=Path, help=".npy file of shape [batch, time, features]")
+    source.add_argument(
+        "--input",
+        type=Path,
+        help=".npy file: [batch, time, features] floats, or integer token ids [batch, time]",
+    )
+    source.add_argument(
+        "--tokens", metavar="ID,ID,...", help="one sequence of token ids, for a text model"
+    )
     source.add_argument("--random", metavar="B,T", help="random normal input of B sequences of T")
     predict.add_argument("--lengths", type=int, nargs="+", help="one length per sequence")
     predict.add_argument(
@@ -193,9 +200,20 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
         return 0
     if args.input is not None:
         try:
-            inputs = np.load(args.input, allow_pickle=False).astype(np.float32)
+            inputs = np.load(args.input, allow_pickle=False)
         except (OSError, ValueError) as exc:
             print(f"lstm-client: cannot read {args.input} as a .npy array: {exc}", file=sys.stderr)
+            return 2
+        is_ids = inputs.dtype.kind in "iu"  # integer ids go as tokens
+        inputs = inputs.astype(np.int64 if is_ids else np.float32)
+    elif args.tokens is not None:
+        try:
+            inputs = np.array([[int(v) for v in args.tokens.split(",")]], np.int64)
+        except ValueError:
+            print(
+                f"lstm-client: --tokens takes ids like 12,7,99, got {args.tokens!r}",
+                file=sys.stderr,
+            )
             return 2
     else:
         try:

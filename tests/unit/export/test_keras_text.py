@@ -4,7 +4,9 @@ lstm.v1 and KServe v2 with token ids, and compared with Keras's own `model.predi
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +20,7 @@ from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.protocols.kserve_v2 import build_infer_request, decode_infer_response
 from lstm_serving.server.app import LstmServer
 from tests.helpers import SEED_REPOSITORY, start_server
+from tests.helpers import client as client_process
 
 L = keras.layers
 TOLERANCE = 1e-5
@@ -169,3 +172,23 @@ async def test_tokens_to_a_float_model_are_refused() -> None:
         assert "this model takes float32 features [batch, time, 2]" in str(err.value.details())
     finally:
         await served.stop(grace=1)
+
+
+async def test_the_cli_sends_token_ids(
+    keras_models: dict[str, Any], server: LstmServer, tmp_path: Path
+) -> None:
+    """`lstm-client predict --tokens` and an integer .npy, as a user types them."""
+    ids = token_ids()
+    np.save(tmp_path / "ids.npy", ids)
+    expected = np.asarray(keras_models["tagger"].predict(ids, verbose=0))
+    for source in (
+        ["--tokens", ",".join(map(str, ids[2]))],
+        ["--input", str(tmp_path / "ids.npy")],
+    ):
+        run = await asyncio.to_thread(
+            client_process, server.port, "--json", "predict", "tagger-keras", *source
+        )
+        assert run.returncode == 0, run.stderr
+        got = np.array(json.loads(run.stdout)["prediction"])
+        rows = expected[2:3] if source[0] == "--tokens" else expected
+        assert np.abs(got - rows).max() <= TOLERANCE

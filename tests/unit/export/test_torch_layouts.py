@@ -173,3 +173,10 @@ def test_recurrent_layers_that_are_not_lstms_are_named(
     run = export_state(tmp_path, module.state_dict())
     assert run.returncode == 1 and message in run.stderr, run.stderr
     assert "--layers" not in run.stderr  # nothing blamed on flags the user never gave
+
+
+def test_an_embedding_in_a_state_dict_is_named_not_taken_for_a_head(tmp_path: Path) -> None:
+    state = {**nn.Embedding(20, 3).state_dict(prefix="embedding."), **nn.LSTM(3, 3).state_dict()}
+    run = export_state(tmp_path, state)
+    assert run.returncode == 1 and "embedding.weight [20, 3] is an nn.Embedding" in run.stderr
+    assert "--torch" in run.stderr and "head" not in run.stderr

@@ -140,3 +140,32 @@ def test_what_cannot_be_mapped_is_refused_naming_the_op(
     err = capsys.readouterr().err
     assert message in err and "Verification passed" not in err
     assert not (tmp_path / "r").exists()
+
+
+class TextClassifier(nn.Module):
+    """nn.Embedding(padding_idx=0) -> bidirectional LSTM -> fc(out[:, -1]): a PyTorch text model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(30, 5, padding_idx=0)
+        self.lstm = nn.LSTM(5, 4, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.lstm(self.embedding(ids))[0]
+        y: torch.Tensor = self.fc(out[:, -1])
+        return y
+
+
+def test_an_embedding_program_takes_token_ids(tmp_path: Path) -> None:
+    torch.manual_seed(9)
+    module = TextClassifier().eval()
+    assert _export(tmp_path, module, torch.zeros(2, 7, dtype=torch.int64)) == 0
+    served = Model(tmp_path / "r/m/1/model.onnx", "m", 1)
+    embedding = served.architecture.embedding
+    assert embedding is not None and (embedding.vocabulary, embedding.padding_id) == (30, 0)
+    ids = np.random.default_rng(10).integers(0, 30, size=(3, 11)).astype(np.int64)
+    got = served.run(ids, np.full(3, 11, np.int32), ["prediction"])["prediction"]
+    with torch.no_grad():
+        expected = module(torch.from_numpy(ids)).numpy()
+    assert np.abs(got - expected).max() <= 1e-5
