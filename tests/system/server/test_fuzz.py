@@ -6,6 +6,7 @@ NOT_FOUND, ...): never INTERNAL or UNKNOWN, never a crash.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lstm_serving.contract import EmbeddingSpec
 from lstm_serving.core.validation import Limits, check_request
 from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
@@ -142,6 +144,66 @@ def test_decoding_v2_requests_never_fails_unexpectedly(request: v2.ModelInferReq
         return
     assert inputs.shape[2] == 2 and np.isfinite(inputs).all()
     assert len(lengths) == inputs.shape[0]
+
+
+TEXT = dataclasses.replace(architecture(8, [4, 3]), embedding=EmbeddingSpec(20, 8, 0, True))
+ids = st.integers(-(2**63), 2**63 - 1) | st.integers(-2, 22)
+
+
+@st.composite
+def token_requests(draw: st.DrawFn) -> pb.PredictRequest:
+    """Token ids for a text model: any shape, raw bytes or values or both, any id, and
+    sometimes a float input beside or instead of them."""
+    request = pb.PredictRequest(
+        model="text", lengths=draw(st.lists(st.integers(-3, 12), max_size=5))
+    )
+    shape = draw(shapes)
+    request.tokens.shape.extend(shape)
+    kind = draw(st.sampled_from(["data", "values", "both", "exact", "float input"]))
+    if kind in ("data", "both"):
+        request.tokens.data = draw(st.binary(max_size=96))
+    if kind in ("values", "both"):
+        request.tokens.values.extend(draw(st.lists(ids, max_size=24)))
+    count = int(np.prod([max(d, 0) for d in shape])) if shape and max(shape) < 50 else 1
+    if kind == "exact" and count < 200:
+        request.tokens.values.extend(draw(st.lists(ids, min_size=count, max_size=count)))
+    if kind == "float input":
+        request.input.CopyFrom(draw(tensors()))
+    return request
+
+
+@settings(max_examples=2000, deadline=None)
+@given(token_requests())
+def test_decoding_token_requests_never_fails_unexpectedly(request: pb.PredictRequest) -> None:
+    try:
+        checked = check_request(codec.decode_predict(request, None), TEXT, Limits(10, 5))
+    except InvalidArgument:
+        return
+    inputs, lengths = checked.inputs, checked.lengths
+    assert inputs.ndim == 2 and inputs.dtype == np.int64 and inputs.shape[0] <= 5
+    assert ((inputs >= 0) & (inputs < 20)).all()
+    assert lengths.min() >= 1 and lengths.max() <= inputs.shape[1]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from(["INT64", "INT32", "FP32", "BOOL"]),
+    shapes,
+    st.binary(max_size=96),
+)
+def test_decoding_v2_token_requests_never_fails_unexpectedly(
+    datatype: str, shape: list[int], raw: bytes
+) -> None:
+    request = v2.ModelInferRequest(model_name="text")
+    request.inputs.add(name="input", datatype=datatype, shape=shape)
+    request.raw_input_contents.append(raw)
+    try:
+        checked = check_request(
+            kserve_codec.decode_infer_request(request, None), TEXT, Limits(10, 5)
+        )
+    except (InvalidArgument, NotFound):
+        return
+    assert checked.inputs.ndim == 2 and ((checked.inputs >= 0) & (checked.inputs < 20)).all()
 
 
 @pytest.fixture(scope="module")
