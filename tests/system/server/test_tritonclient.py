@@ -6,6 +6,7 @@ The client runs in its own process (tritonclient_driver.py): see that file for w
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,16 +14,46 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from lstm_export.cli import main as export_main
 from tests.helpers import ROOT, free_port, start, stop, wait_serving
 
 DRIVER = Path(__file__).with_name("tritonclient_driver.py")
 
 
+class TextModel(torch.nn.Module):
+    """Token ids -> Embedding -> LSTM -> Linear: the text model tritonclient sends INT64 and
+    INT32 ids to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(30, 4)
+        self.lstm = torch.nn.LSTM(4, 5, batch_first=True)
+        self.fc = torch.nn.Linear(5, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.fc(self.lstm(self.embedding(ids))[0][:, -1])
+        return y
+
+
 @pytest.fixture(scope="module")
-def report(seed_repository: Path) -> Iterator[dict[str, Any]]:
+def report(
+    seed_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    repository = tmp_path_factory.mktemp("models")
+    shutil.copytree(seed_repository / "seed", repository / "seed")
+    program = tmp_path_factory.mktemp("program") / "text.pt2"
+    torch.export.save(
+        torch.export.export(TextModel().eval(), (torch.zeros(2, 6, dtype=torch.int64),)),
+        str(program),
+    )
+    assert (
+        export_main(["--torch", str(program), "--name", "text", "--repository", str(repository)])
+        == 0
+    )
     port = free_port()
-    server = start(seed_repository, port, "--max-queue-delay-ms", "2")
+    server = start(repository, port, "--max-queue-delay-ms", "2")
     try:
         wait_serving(server, port)
         run = subprocess.run(
@@ -94,3 +125,10 @@ def test_sequences_with_tritonclient_unary_and_streamed(report: dict[str, Any]) 
     assert sequences["errors"] == []
     assert sequences["unary_steps"] > 100 and sequences["stream_steps"] > 100
     assert sequences["max_abs_diff"] <= 1e-6
+
+
+def test_token_ids_from_tritonclient_as_int64_and_int32(report: dict[str, Any]) -> None:
+    assert report["tokens"] == {
+        "equal_v1": {"INT64": True, "INT32": True},
+        "input": ["input", "INT64", [-1, -1]],
+    }

@@ -179,9 +179,26 @@ def main(target: str) -> dict[str, Any]:
         "wrong": sum(t != a["last_hidden"] for t, a in zip(together, alone, strict=True)),
     }
     report["sequences"] = sequences(v1, v2, rng)
+    report["tokens"] = tokens(v1, v2, rng)
     v1.close()
     v2.close()
     return report
+
+
+def tokens(v1: LstmClient, v2: triton.InferenceServerClient, rng: np.random.Generator) -> Any:
+    """The text model ("text", token ids): INT64 and INT32 inputs, each equal to lstm.v1's
+    answer for the same ids, bit for bit; and its metadata's input."""
+    ids = rng.integers(0, 30, size=(3, 8))
+    reference = v1.predict("text", ids).prediction
+    assert reference is not None
+    equal = {}
+    for datatype, dtype in (("INT64", np.int64), ("INT32", np.int32)):
+        inputs = [triton.InferInput("input", list(ids.shape), datatype)]
+        inputs[0].set_data_from_numpy(ids.astype(dtype))
+        result = v2.infer("text", inputs, outputs=[triton.InferRequestedOutput("prediction")])
+        equal[datatype] = result.as_numpy("prediction").tobytes() == reference.tobytes()
+    meta = v2.get_model_metadata("text").inputs[0]
+    return {"equal_v1": equal, "input": [meta.name, meta.datatype, list(meta.shape)]}
 
 
 def sequences(v1: LstmClient, v2: triton.InferenceServerClient, rng: np.random.Generator) -> Any:
