@@ -191,7 +191,11 @@ def run(args: argparse.Namespace, client: LstmClient) -> int:
             print(format_table(rows))
         return 0
     if args.command == "load":
-        return run_load(args, args.features or client.describe(args.name).input_size)
+        if args.features:  # the model is not asked: a load test of the refusals is possible
+            return run_load(args, args.features)
+        described = client.describe(args.name)
+        vocabulary = described.embedding.vocabulary if described.HasField("embedding") else 0
+        return run_load(args, described.input_size, vocabulary)
     if args.command == SEQUENCE_COMMAND:
         return run_sequence(args, client)
     if args.command == "describe":

@@ -192,3 +192,25 @@ async def test_the_cli_sends_token_ids(
         got = np.array(json.loads(run.stdout)["prediction"])
         rows = expected[2:3] if source[0] == "--tokens" else expected
         assert np.abs(got - rows).max() <= TOLERANCE
+
+
+async def test_the_load_generator_sends_token_ids_to_a_text_model(server: LstmServer) -> None:
+    """`lstm-client load` asks the model, sees its embedding and sends random ids: no errors."""
+    run = await asyncio.to_thread(
+        client_process,
+        server.port,
+        "--json",
+        "load",
+        "imdb-keras",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--protocol",
+        "v2",
+    )
+    assert run.returncode == 0, run.stderr
+    (level,) = json.loads(run.stdout)["levels"]
+    assert level["requests"] > 0 and level["errors"] == {}

@@ -70,7 +70,8 @@ def add_load_arguments(load: argparse.ArgumentParser) -> None:
     load.add_argument("--json-file", type=Path, help="also write the results as JSON here")
 
 
-def run_load(args: argparse.Namespace, features: int) -> int:
+def run_load(args: argparse.Namespace, features: int, vocabulary: int = 0) -> int:
+    """`lstm-client load`; `vocabulary` > 0 for a text model (random token ids are sent)."""
     try:
         levels = (
             [(0, float(r)) for r in args.rate.split(",")]
@@ -101,6 +102,7 @@ def run_load(args: argparse.Namespace, features: int) -> int:
         time_steps=args.time,
         lengths=args.lengths,
         features=features,
+        vocabulary=vocabulary,
         output=args.output,
         duration=args.duration,
         warmup=args.warmup,

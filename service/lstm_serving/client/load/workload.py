@@ -36,6 +36,7 @@ class LoadSpec:
     time_steps: int = 10
     lengths: str = "full"  # full, uniform:LO:HI or list:A,B,...
     features: int = 2
+    vocabulary: int = 0  # > 0: a text model's, random token ids in 1..vocabulary-1 are sent
     output: str = LAST_HIDDEN  # a contract.OUTPUT_CHOICES key
     duration: float = 10.0
     warmup: float = 2.0
@@ -69,7 +70,7 @@ def parse_lengths(spec: str, time_steps: int, batch: int, rng: np.random.Generat
 
 @dataclass(frozen=True)
 class Case:
-    inputs: np.ndarray  # [batch, time, features]; time = the longest length
+    inputs: np.ndarray  # [batch, time, features], or ids [batch, time]; time = the longest length
     lengths: np.ndarray  # [batch] int32
 
 
@@ -84,8 +85,14 @@ class Workload:
         self.cases = []
         for _ in range(spec.variants):
             lens = parse_lengths(spec.lengths, spec.time_steps, spec.batch_size, rng)
-            shape = (spec.batch_size, int(lens.max()), spec.features)
-            self.cases.append(Case(rng.standard_normal(shape).astype(np.float32), lens))
+            steps = int(lens.max())
+            if spec.vocabulary:  # token ids; never 0, the id a mask_zero model skips
+                shape: tuple[int, ...] = (spec.batch_size, steps)
+                inputs = rng.integers(1, spec.vocabulary, size=shape, dtype=np.int64)
+            else:
+                shape = (spec.batch_size, steps, spec.features)
+                inputs = rng.standard_normal(shape).astype(np.float32)
+            self.cases.append(Case(inputs, lens))
         if spec.protocol == "lstm":
             self.requests: list[Any] = [
                 predict_request(spec.model, c.inputs, lengths=c.lengths, output=spec.output)
