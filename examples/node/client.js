@@ -1,8 +1,9 @@
 // Calls lstm-serve's lstm.v1 API from Node.js: ListModels, DescribeModel, Predict with raw
-// little-endian float32 bytes and with `values`, and a server-held sequence over one
-// PredictStream. The .proto files are read at run time from this repository's proto/ folder.
+// little-endian float32 bytes and with `values`, a server-held sequence over one
+// PredictStream, and, given a text model, one request of token ids. The .proto files are read
+// at run time from this repository's proto/ folder.
 //
-//   npm ci && node client.js [HOST:PORT] [MODEL]     (default localhost:50051 seed)
+//   npm ci && node client.js [HOST:PORT] [MODEL] [TEXT_MODEL]   (default localhost:50051 seed)
 //
 // Prints one JSON object with what each call returned (the test suite compares it with the
 // Python client's answers).
@@ -66,6 +67,7 @@ function sequence(client, model, id, chunks) {
 async function main() {
   const target = process.argv[2] || 'localhost:50051';
   const model = process.argv[3] || 'seed';
+  const textModel = process.argv[4];
   const client = new lstm.LstmService(target, grpc.credentials.createInsecure());
   const x = Array.from({length: 2 * 3 * 2}, (_, i) => (i % 7) / 7); // [2, 3, 2]
   const listed = await call(client, 'ListModels', {});
@@ -79,6 +81,11 @@ async function main() {
   } catch (err) {
     refused = {code: grpc.status[err.code], details: err.details};
   }
+  let tokens = null;
+  if (textModel) { // token ids for a text model: `tokens` in place of `input`
+    const ids = {shape: [1, 4], values: [3, 7, 1, 12]};
+    tokens = fromTensor((await call(client, 'Predict', {model: textModel, tokens: ids})).prediction);
+  }
   client.close();
   console.log(JSON.stringify({
     models: listed.models.map((m) => ({name: m.name, versions: m.versions})),
@@ -87,6 +94,7 @@ async function main() {
     values: fromTensor(values.last_hidden),
     sequence: steps,
     refused,
+    tokens,
   }));
 }
 

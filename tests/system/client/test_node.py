@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from lstm_export.cli import main as export_main
 from lstm_serving.client.client import AsyncLstmClient
 from tests.helpers import ROOT, start_server
 
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_example(port: int) -> Any:
+def run_example(port: int, *models: str) -> Any:
     """npm ci (the pinned lock file), then the example as a user runs it."""
     subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
@@ -33,7 +35,7 @@ def run_example(port: int) -> Any:
         timeout=300,
     )
     done = subprocess.run(
-        ["node", "client.js", f"127.0.0.1:{port}", "seed"],
+        ["node", "client.js", f"127.0.0.1:{port}", *models],
         cwd=EXAMPLE,
         capture_output=True,
         text=True,
@@ -47,18 +49,42 @@ def _array(tensor: Any) -> np.ndarray:
     return np.asarray(tensor["values"], np.float32).reshape(tensor["shape"])
 
 
-async def test_the_node_example_gets_the_python_clients_answers(seed_repository: Path) -> None:
-    server = await start_server(repository=seed_repository)
+class TextModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(20, 3)
+        self.lstm = torch.nn.LSTM(3, 4, batch_first=True)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.fc(self.lstm(self.embedding(ids))[0][:, -1])
+        return y
+
+
+async def test_the_node_example_gets_the_python_clients_answers(
+    seed_repository: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(seed_repository / "seed", tmp_path / "models/seed")
+    example = (torch.zeros(1, 4, dtype=torch.int64),)
+    torch.export.save(torch.export.export(TextModel().eval(), example), str(tmp_path / "t.pt2"))
+    exported = ["--torch", str(tmp_path / "t.pt2"), "--name", "text"]
+    assert export_main([*exported, "--repository", str(tmp_path / "models")]) == 0
+    server = await start_server(repository=tmp_path / "models")
     try:
-        result = await asyncio.to_thread(run_example, server.port)
+        result = await asyncio.to_thread(run_example, server.port, "seed", "text")
         x = (np.arange(12) % 7 / 7).astype(np.float32).reshape(2, 3, 2)  # as client.js makes it
         async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
             expected = (await client.predict("seed", x, lengths=[3, 2])).last_hidden
             prefix = (await client.predict("seed", x[:1, :2])).last_hidden
+            text = (await client.predict("text", np.array([[3, 7, 1, 12]]))).prediction
     finally:
         await server.stop(grace=1)
+    assert text is not None and np.array_equal(_array(result["tokens"]), text)
     assert expected is not None and prefix is not None
-    assert result["models"] == [{"name": "seed", "versions": [1]}]
+    assert result["models"] == [
+        {"name": "seed", "versions": [1]},
+        {"name": "text", "versions": [1]},
+    ]
     assert result["layers"] == [64, 32]
     assert np.array_equal(_array(result["raw"]), expected)  # raw bytes, bit for bit
     assert np.array_equal(_array(result["values"]), expected)  # `values`, the same
