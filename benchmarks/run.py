@@ -33,6 +33,7 @@ from benchmarks.servers import (
     echo,
     ensure_mlserver_venv,
     export_large,
+    export_text,
     lstm_serve,
     mlserver,
     mlserver_folder,
@@ -95,6 +96,20 @@ SCENARIOS = (
         (4,),
         ("lstm-serve", "mlserver"),
     ),
+    Scenario(  # token ids: the text case (IMDB-shaped model, T=200)
+        "text B=1",
+        "text",
+        ("--batch-size", "1", "--time", "200"),
+        (16,),
+        ("lstm-serve", "lstm-serve (v2)"),
+    ),
+    Scenario(
+        "text B=32",
+        "text",
+        ("--batch-size", "32", "--time", "200"),
+        (4,),
+        ("lstm-serve",),
+    ),
     Scenario(
         "mixed lengths B=4",
         "seed",
@@ -104,6 +119,10 @@ SCENARIOS = (
         verify=True,
     ),
 )
+
+
+# Told to the load generator, as the echo server and MLServer cannot be asked (DescribeModel)
+FEATURES = {"seed": ("--features", "2"), "large": ("--features", "64")}
 
 
 def load(
@@ -137,8 +156,7 @@ def load(
         "1",
         "--channels",
         str(server.channels),
-        "--features",
-        "64" if scenario.model == "large" else "2",
+        *FEATURES.get(scenario.model, ()),  # the text model's embedding: asked of the server
         *args,
     ]
     if metrics_url and server.name.startswith("lstm-serve"):
@@ -194,7 +212,9 @@ def main() -> int:
     shutil.copytree(ROOT / "models", repository)
     print("exporting the large model (3 x 256, 64 features) ...", file=sys.stderr)
     large = export_large(repository)
-    files = {"seed": SEED, "large": large}
+    print("exporting the text model (IMDB-shaped, token ids) ...", file=sys.stderr)
+    text = export_text(repository)
+    files = {"seed": SEED, "large": large, "text": text}
     servers = [
         Server("echo", echo, metrics=False),
         Server("lstm-serve", lstm_serve(repository)),
@@ -202,11 +222,12 @@ def main() -> int:
         Server("lstm-serve, batching off", lstm_serve(repository, "--max-batch-size", "1")),
         Server("lstm-serve, 2 workers", lstm_serve(repository, "--workers", "2"), channels=2),
     ]
+    float_models = {name: path for name, path in files.items() if name != "text"}  # its runtime
     if not args.no_mlserver and ensure_mlserver_venv():
         servers.append(
             Server(
                 "mlserver",
-                mlserver(mlserver_folder(files, work / "mlserver")),
+                mlserver(mlserver_folder(float_models, work / "mlserver")),
                 protocol="v2",
                 metrics=False,
             )
@@ -242,6 +263,8 @@ def main() -> int:
         for t in (1, 2)
     }
     limits["large B=16, 2 threads"] = raw_ort(large, 16, 100, 2, args.duration)
+    for batch in (1, 32):
+        limits[f"text B={batch}, 2 threads"] = raw_ort(text, batch, 200, 2, args.duration)
     results = {
         "machine": {
             "cpus": os.cpu_count(),

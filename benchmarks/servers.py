@@ -228,6 +228,37 @@ def export_large(repository: Path) -> Path:
     return repository / "large/1/model.onnx"
 
 
+TEXT_PROGRAM = """
+import sys, torch
+from torch import nn
+class Text(nn.Module):  # IMDB-shaped: ids -> Embedding -> 2 x BiLSTM(64) -> sigmoid(fc(out[:, -1]))
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(5000, 64)
+        self.lstm = nn.LSTM(64, 64, num_layers=2, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(128, 1)
+    def forward(self, ids):
+        return torch.sigmoid(self.fc(self.lstm(self.embedding(ids))[0][:, -1]))
+torch.manual_seed(0)
+program = torch.export.export(Text().eval(), (torch.zeros(2, 200, dtype=torch.int64),))
+torch.export.save(program, sys.argv[1])
+"""
+
+
+def export_text(repository: Path) -> Path:
+    """A text model (token ids, vocabulary 5,000, 2 bidirectional LSTM(64) layers, a sigmoid
+    head) saved as a torch.export program and exported with --torch into `repository`."""
+    program = repository.parent / "text.pt2"
+    subprocess.run([sys.executable, "-c", TEXT_PROGRAM, str(program)], check=True, cwd=ROOT)
+    exported = ["--torch", str(program), "--name", "text", "--version", "1"]
+    subprocess.run(
+        [str(BIN / "lstm-export"), *exported, "--repository", str(repository)],
+        check=True,
+        capture_output=True,
+    )
+    return repository / "text/1/model.onnx"
+
+
 def raw_ort(model_file: Path, batch: int, steps: int, threads: int, seconds: float) -> float:
     """Sequences/s of Model.run in process: the most any server can give."""
     code = f"""
@@ -235,8 +266,10 @@ import time, numpy as np
 from pathlib import Path
 from lstm_serving.core.runtime import Model
 m = Model(Path({str(model_file)!r}), "m", 1, "cpu", {threads})
-x = np.random.default_rng(0).standard_normal(({batch}, {steps}, m.architecture.input_size))
-x = x.astype(np.float32); n = np.full({batch}, {steps}, np.int32)
+rng, e, f = np.random.default_rng(0), m.architecture.embedding, m.architecture.input_size
+if e is None: x = rng.standard_normal(({batch}, {steps}, f)).astype(np.float32)
+else: x = rng.integers(1, e.vocabulary, size=({batch}, {steps}))  # token ids
+n = np.full({batch}, {steps}, np.int32)
 for _ in range(3): m.run(x, n, ["last_hidden"])
 count, began = 0, time.perf_counter()
 while time.perf_counter() - began < {seconds}:
