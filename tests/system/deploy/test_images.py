@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from lstm_serving.client.client import LstmClient
-from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.protocols.kserve_v2 import build_infer_request, decode_infer_response
 from tests.helpers import BIN, ROOT, free_port, start, stop, wait_serving
 
 pytestmark = pytest.mark.skipif(
@@ -139,13 +139,12 @@ def calls(port: int) -> dict[str, np.ndarray]:
     """A Predict and a ModelInfer of the same input."""
     with LstmClient(f"127.0.0.1:{port}") as client:
         predicted = client.predict("seed", X).last_hidden
-    request = v2.ModelInferRequest(model_name="seed")
-    request.inputs.add(name="input", datatype="FP32", shape=list(X.shape))
-    request.raw_input_contents.append(X.tobytes())
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        answer = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+        answer = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            build_infer_request("seed", X), timeout=10
+        )
     assert predicted is not None
-    return {"predict": predicted, "v2": np.frombuffer(answer.raw_output_contents[0], "<f4")}
+    return {"predict": predicted, "v2": decode_infer_response(answer)["last_hidden"].ravel()}
 
 
 def unused_port() -> int:

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from lstm_serving.client.client import LstmClient
-from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.protocols.kserve_v2 import build_infer_request
 from tests.helpers import BIN, ROOT, free_port, stop
 
 KUBERNETES = ROOT / "deploy/kubernetes"
@@ -287,9 +287,7 @@ def test_the_server_starts_as_the_kserve_runtime_says(
     )
     process = started_as(container, args, port)
     try:
-        request = v2.ModelInferRequest(model_name=name)
-        request.inputs.add(name="input", datatype="FP32", shape=[1, 3, 2])
-        request.raw_input_contents.append(np.ones((1, 3, 2), np.float32).tobytes())
+        request = build_infer_request(name, np.ones((1, 3, 2), np.float32))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             answer = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
         assert answer.model_name == name and answer.model_version == "1"

@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
+from lstm_serving.protocols.kserve_v2 import build_infer_request
 from tests.helpers import free_port, start, start_server, stop, wait_serving
 
 UNDECODABLE = b"\xff\xff\xff"  # a field tag with no end: no protobuf message parses it
@@ -213,10 +215,8 @@ def test_a_stream_that_never_reads_holds_about_a_megabyte(seed_repository: Path)
     process = start(seed_repository, port)
     try:
         wait_serving(process, port)
-        request = v2.ModelInferRequest(model_name="seed")
-        request.outputs.add(name="sequence")
-        request.inputs.add(name="input", datatype="FP32", shape=[1, 2000, 2])
-        request.raw_input_contents.append(bytes(2000 * 2 * 4))  # answer: 2000 x 32 floats
+        zeros = np.zeros((1, 2000, 2), np.float32)  # answer: 2000 x 32 floats
+        request = build_infer_request("seed", zeros, outputs=["sequence"])
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stream = v2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
             for _ in range(3):  # warm: the first answers' memory is not what is measured

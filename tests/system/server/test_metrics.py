@@ -14,9 +14,9 @@ from prometheus_client import generate_latest
 
 from lstm_serving.client.client import AsyncLstmClient, LstmClient
 from lstm_serving.client.messages import predict_request
-from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
+from lstm_serving.protocols.kserve_v2 import build_infer_request
 from tests.helpers import (
     free_port,
     parse,
@@ -47,10 +47,7 @@ async def test_counts_labels_and_sums_after_known_requests(seed_repository: Path
             await client.predict("no-such-model", np.ones((1, 1, 2), np.float32))
         stub = v2_grpc.GRPCInferenceServiceStub(client.channel)
         for _ in range(3):
-            request = v2.ModelInferRequest(model_name="seed")
-            request.inputs.add(name="input", datatype="FP32", shape=[1, 6, 2])
-            request.raw_input_contents.append(np.zeros(12, "<f4").tobytes())
-            await stub.ModelInfer(request)
+            await stub.ModelInfer(build_infer_request("seed", np.zeros((1, 6, 2), np.float32)))
             lengths_sent.append(6)
         await client.list_models()
     samples = parse(generate_latest(server.metrics.registry).decode())

@@ -19,8 +19,9 @@ import torch
 
 from lstm_export import StackedLSTM, build_model
 from lstm_serving.client.client import AsyncLstmClient, Prediction
-from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+from lstm_serving.core.requests import SequenceStep
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.protocols.kserve_v2 import build_infer_request, decode_infer_response
 from lstm_serving.server.app import LstmServer
 from tests.helpers import start_server
 
@@ -121,19 +122,10 @@ async def test_client_held_state_over_kserve_v2(
     expected = await whole(client, "stack3", x)
     states: dict[str, np.ndarray] = {}
     for a, b in chunking(rng, 30):
-        request = v2.ModelInferRequest(model_name="stack3")
-        tensors = {"input": x[:, a:b], **states}
-        for name, array in tensors.items():
-            request.inputs.add(name=name, datatype="FP32", shape=array.shape)
-            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
         names = ["sequence"] + [f"final_{s}_{k}" for k in range(3) for s in "hc"]
-        for name in names:
-            request.outputs.add(name=name)
+        request = build_infer_request("stack3", x[:, a:b], outputs=names, initial_states=states)
         response = await stub.ModelInfer(request)
-        out = {
-            o.name: np.frombuffer(raw, np.float32).reshape(o.shape)
-            for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
-        }
+        out = decode_infer_response(response)
         assert expected.sequence is not None
         assert np.abs(out["sequence"] - expected.sequence[:, a:b]).max() <= 1e-6
         states = {f"initial_{s}_{k}": out[f"final_{s}_{k}"] for k in range(3) for s in "hc"}
@@ -183,21 +175,18 @@ async def test_steps_pipelined_on_one_v2_stream_run_in_order(client: AsyncLstmCl
     requests = []
     for n in range(12):  # 2-step chunks, the two sequences alternating
         for sid, x in xs.items():
-            request = v2.ModelInferRequest(model_name="uni", id=f"{sid}:{n}")
-            request.inputs.add(name="input", datatype="FP32", shape=[1, 2, 3])
-            request.raw_input_contents.append(x[:, 2 * n : 2 * n + 2].tobytes())
-            request.outputs.add(name="sequence")
-            request.parameters["sequence_id"].int64_param = sid
-            request.parameters["sequence_start"].bool_param = n == 0
-            request.parameters["sequence_end"].bool_param = n == 11
+            step = SequenceStep(sid, start=n == 0, end=n == 11)
+            chunk = x[:, 2 * n : 2 * n + 2]
+            request = build_infer_request(
+                "uni", chunk, outputs=["sequence"], request_id=f"{sid}:{n}", sequence=step
+            )
             requests.append(request)
     answers = [message async for message in stub.ModelStreamInfer(iter(requests))]
     assert [a.infer_response.id for a in answers] == [r.id for r in requests]
     for answer in answers:
         assert not answer.error_message, answer.error_message
         sid, n = (int(v) for v in answer.infer_response.id.split(":"))
-        raw = answer.infer_response.raw_output_contents[0]
-        got = np.frombuffer(raw, np.float32).reshape(1, 2, 3)
+        got = decode_infer_response(answer.infer_response)["sequence"]
         want = expected[sid].sequence
         assert want is not None and np.abs(got - want[:, 2 * n : 2 * n + 2]).max() <= 1e-6
 

@@ -20,9 +20,9 @@ from opentelemetry.trace import SpanKind
 
 from lstm_serving.client.client import predict_request
 from lstm_serving.core.settings import Settings
-from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
+from lstm_serving.protocols.kserve_v2 import build_infer_request
 from lstm_serving.server.app import LstmServer
 from tests.helpers import free_port, start, stop, wait_serving
 
@@ -45,9 +45,7 @@ async def test_a_call_continues_the_callers_trace(seed_repository: Path) -> None
             )
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Predict(predict_request("seed", np.ones((1, 4, 5), np.float32)))
-            infer = v2.ModelInferRequest(model_name="seed")
-            infer.inputs.add(name="input", datatype="FP32", shape=[1, 4, 2])
-            infer.raw_input_contents.append(X.tobytes())
+            infer = build_infer_request("seed", X)
             await v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer)
     finally:
         await server.stop(grace=1)  # flushes the spans
