@@ -31,5 +31,6 @@ async def server(seed_repository: Path) -> AsyncIterator[LstmServer]:
 
 @pytest.fixture(scope="module")
 async def client(server: LstmServer) -> AsyncIterator[AsyncLstmClient]:
+    """A client of the module's `server` (this one, or a module's own of that name)."""
     async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
         yield client

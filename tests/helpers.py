@@ -205,3 +205,31 @@ async def batches_run(server: LstmServer, model: str = "seed") -> float:
 def scrape(port: int) -> Samples:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return parse(response.read().decode())
+
+
+def export_text_model(repository: Path, name: str = "text", vocabulary: int = 30) -> Path:
+    """A small PyTorch text model (ids -> Embedding -> LSTM -> fc(out[:, -1])), saved as a
+    torch.export program and exported with lstm-export --torch into `repository`."""
+    import torch  # the export stage's, loaded only by the tests that make a text model
+
+    from lstm_export.cli import main as export_main
+
+    class TextModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(vocabulary, 4)
+            self.lstm = torch.nn.LSTM(4, 5, batch_first=True)
+            self.fc = torch.nn.Linear(5, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            y: torch.Tensor = self.fc(self.lstm(self.embedding(ids))[0][:, -1])
+            return y
+
+    torch.manual_seed(0)
+    program = repository.parent / f"{name}.pt2"
+    example = (torch.zeros(2, 6, dtype=torch.int64),)
+    torch.export.save(torch.export.export(TextModel().eval(), example), str(program))
+    exported = ["--torch", str(program), "--name", name, "--version", "1"]
+    if export_main([*exported, "--repository", str(repository)]) != 0:
+        raise AssertionError(f"lstm-export --torch {program} failed")
+    return repository / name / "1" / "model.onnx"

@@ -12,11 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from lstm_export.cli import main as export_main
 from lstm_serving.client.client import AsyncLstmClient
-from tests.helpers import ROOT, start_server
+from tests.helpers import ROOT, export_text_model, start_server
 
 EXAMPLE = ROOT / "examples/node"
 pytestmark = pytest.mark.skipif(
@@ -49,26 +47,11 @@ def _array(tensor: Any) -> np.ndarray:
     return np.asarray(tensor["values"], np.float32).reshape(tensor["shape"])
 
 
-class TextModel(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embedding = torch.nn.Embedding(20, 3)
-        self.lstm = torch.nn.LSTM(3, 4, batch_first=True)
-        self.fc = torch.nn.Linear(4, 2)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.fc(self.lstm(self.embedding(ids))[0][:, -1])
-        return y
-
-
 async def test_the_node_example_gets_the_python_clients_answers(
     seed_repository: Path, tmp_path: Path
 ) -> None:
     shutil.copytree(seed_repository / "seed", tmp_path / "models/seed")
-    example = (torch.zeros(1, 4, dtype=torch.int64),)
-    torch.export.save(torch.export.export(TextModel().eval(), example), str(tmp_path / "t.pt2"))
-    exported = ["--torch", str(tmp_path / "t.pt2"), "--name", "text"]
-    assert export_main([*exported, "--repository", str(tmp_path / "models")]) == 0
+    export_text_model(tmp_path / "models")
     server = await start_server(repository=tmp_path / "models")
     try:
         result = await asyncio.to_thread(run_example, server.port, "seed", "text")

@@ -42,18 +42,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-async def served(repository: Path) -> AsyncIterator[LstmServer]:
-    server = await start_server(
+async def server(repository: Path) -> AsyncIterator[LstmServer]:
+    """This module's server (conftest's `client` calls it)."""
+    served = await start_server(
         repository=repository, max_queue_delay_ms=2.0, max_sequences=100, sequence_idle_timeout=30
     )
-    yield server
-    await server.stop(grace=1)
-
-
-@pytest.fixture(scope="module")
-async def client(served: LstmServer) -> AsyncIterator[AsyncLstmClient]:
-    async with AsyncLstmClient(f"127.0.0.1:{served.port}") as client:
-        yield client
+    yield served
+    await served.stop(grace=1)
 
 
 def chunking(rng: np.random.Generator, steps: int) -> list[tuple[int, int]]:
@@ -109,12 +104,12 @@ async def test_client_held_chunks_equal_the_whole_sequence(
 
     worst = await asyncio.gather(*(one(i) for i in range(16)))
     assert max(worst) <= CONTINUATION_TOLERANCE
-    # README: "Continuation is bit-exact on the CPU provider"; this is what says so
+    # docs/sequences.md: "Continuation is bit-exact on the CPU provider"; this says so
     assert max(worst) == 0.0
 
 
 async def test_client_held_state_over_kserve_v2(
-    served: LstmServer, client: AsyncLstmClient
+    server: LstmServer, client: AsyncLstmClient
 ) -> None:
     stub = v2_grpc.GRPCInferenceServiceStub(client.channel)
     rng = np.random.default_rng(3)

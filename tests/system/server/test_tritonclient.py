@@ -14,44 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from lstm_export.cli import main as export_main
-from tests.helpers import ROOT, free_port, start, stop, wait_serving
+from tests.helpers import ROOT, export_text_model, free_port, start, stop, wait_serving
 
 DRIVER = Path(__file__).with_name("tritonclient_driver.py")
-
-
-class TextModel(torch.nn.Module):
-    """Token ids -> Embedding -> LSTM -> Linear: the text model tritonclient sends INT64 and
-    INT32 ids to."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embedding = torch.nn.Embedding(30, 4)
-        self.lstm = torch.nn.LSTM(4, 5, batch_first=True)
-        self.fc = torch.nn.Linear(5, 2)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.fc(self.lstm(self.embedding(ids))[0][:, -1])
-        return y
 
 
 @pytest.fixture(scope="module")
 def report(
     seed_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    repository = tmp_path_factory.mktemp("models")
+    repository = tmp_path_factory.mktemp("work") / "models"
     shutil.copytree(seed_repository / "seed", repository / "seed")
-    program = tmp_path_factory.mktemp("program") / "text.pt2"
-    torch.export.save(
-        torch.export.export(TextModel().eval(), (torch.zeros(2, 6, dtype=torch.int64),)),
-        str(program),
-    )
-    assert (
-        export_main(["--torch", str(program), "--name", "text", "--repository", str(repository)])
-        == 0
-    )
+    export_text_model(repository)  # what tritonclient sends INT64 and INT32 ids to
     port = free_port()
     server = start(repository, port, "--max-queue-delay-ms", "2")
     try:

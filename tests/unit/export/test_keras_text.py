@@ -82,12 +82,6 @@ async def server(
     await served.stop(grace=1)
 
 
-@pytest.fixture(scope="module")
-async def client(server: LstmServer) -> AsyncIterator[AsyncLstmClient]:
-    async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
-        yield client
-
-
 @pytest.mark.parametrize("suffix", ["keras", "h5"])
 @pytest.mark.parametrize("name", list(MODELS))
 async def test_token_ids_answer_as_model_predict_over_both_protocols(
