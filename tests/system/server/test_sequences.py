@@ -104,7 +104,7 @@ async def test_client_held_chunks_equal_the_whole_sequence(
 
     worst = await asyncio.gather(*(one(i) for i in range(16)))
     assert max(worst) <= CONTINUATION_TOLERANCE
-    # docs/sequences.md: "Continuation is bit-exact on the CPU provider"; this says so
+    # docs/sequences.md: chunks equal the whole run "bit for bit" on the CPU; this says so
     assert max(worst) == 0.0
 
 
