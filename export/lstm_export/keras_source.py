@@ -7,6 +7,8 @@ inference) anywhere. Anything else is refused with a message naming the layer, t
 what is supported.
 Keras stores gates i, f, c, o and one bias; ONNX wants i, o, f, c with W = kernel.T,
 R = recurrent_kernel.T and B = [bias, zeros].
+Over 250 lines: every Keras layer kind's mapping beside the others, so what is read and what
+is refused reads as one list.
 """
 
 from __future__ import annotations
