@@ -1,10 +1,9 @@
 """A Keras stacked LSTM (Sequential, or a Functional chain) -> a ModelSpec, and the NumPy
 reference it is verified by.
 
-Layers: InputLayer, Embedding (first; mask_zero), Masking, LSTM, Bidirectional(LSTM) (merge_mode
-concat), then pooling over
-time and any number of Dense or TimeDistributed(Dense) layers; Dropout-like layers (identity at
-inference) anywhere. Anything else is refused with a message naming the layer, the option and
+Layers: InputLayer, Embedding (first; mask_zero), Masking, LSTM, Bidirectional(LSTM)
+(merge_mode concat), then pooling over time and any number of Dense or TimeDistributed(Dense)
+layers; Dropout-like layers (identity at inference) anywhere. Anything else is refused with a message naming the layer, the option and
 what is supported.
 Keras stores gates i, f, c, o and one bias; ONNX wants i, o, f, c with W = kernel.T,
 R = recurrent_kernel.T and B = [bias, zeros].
