@@ -3,8 +3,8 @@ reference it is verified by.
 
 Layers: InputLayer, Embedding (first; mask_zero), Masking, LSTM, Bidirectional(LSTM)
 (merge_mode concat), then pooling over time and any number of Dense or TimeDistributed(Dense)
-layers; Dropout-like layers (identity at inference) anywhere. Anything else is refused with a message naming the layer, the option and
-what is supported.
+layers; Dropout-like layers (identity at inference) anywhere. Anything else is refused with a
+message naming the layer, the option and what is supported.
 Keras stores gates i, f, c, o and one bias; ONNX wants i, o, f, c with W = kernel.T,
 R = recurrent_kernel.T and B = [bias, zeros].
 Over 250 lines: every Keras layer kind's mapping beside the others, so what is read and what
