@@ -48,7 +48,9 @@ class StackedLSTM(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         head: HeadConfig | None = None,
+        vocabulary: int = 0,
     ) -> None:
+        """`vocabulary` > 0: an nn.Embedding of `input_size` wide rows in front, taking ids."""
         super().__init__()
         if input_size < 1 or not layers or min(layers) < 1:
             raise ValueError("input_size and every layer width must be positive, with >= 1 layer")
@@ -66,6 +68,7 @@ class StackedLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head_config = head
         self.head = None if head is None else nn.Linear(width, head.units, bias=head.bias)
+        self.embedding = nn.Embedding(vocabulary, input_size) if vocabulary else None
 
     @property
     def output_size(self) -> int:
@@ -85,6 +88,8 @@ class StackedLSTM(nn.Module):
         initial_states: list[State] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[State]]:
         """Like forward, also taking and returning each layer's (h, c) state."""
+        if self.embedding is not None:  # token ids [B, T] -> their rows [B, T, input_size]
+            x = self.embedding(x)
         batch, time, _ = x.shape
         if lengths is None:
             lengths = torch.full((batch,), time, dtype=torch.int64)

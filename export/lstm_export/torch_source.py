@@ -18,7 +18,7 @@ import torch
 
 from lstm_export.model import HeadConfig, StackedLSTM
 from lstm_export.onnx_graph import architecture_of, graph_of
-from lstm_export.spec import Head, LstmLayer, ModelSpec
+from lstm_export.spec import Embedding, Head, LstmLayer, ModelSpec
 
 # PyTorch stores gate blocks as i, f, g, o; ONNX wants i, o, f, c (c is PyTorch's g).
 _TORCH_TO_ONNX_GATES = (0, 3, 1, 2)
@@ -65,7 +65,10 @@ def spec_of(module: StackedLSTM) -> ModelSpec:
             input=module.head_config.input,
         )
     layers = [layer_of(lstm) for lstm in module.layers if isinstance(lstm, torch.nn.LSTM)]
-    return ModelSpec(layers, head)
+    embedding = None
+    if module.embedding is not None:
+        embedding = Embedding(module.embedding.weight.detach().numpy().astype(np.float32))
+    return ModelSpec(layers, head, embedding=embedding)
 
 
 def weights_sha256(module: StackedLSTM) -> str:
@@ -97,6 +100,7 @@ class Layout:
     renamed: dict[str, str] = field(default_factory=dict)  # file key -> StackedLSTM key
     head: HeadConfig | None = None
     head_prefix: str = ""  # the head's key prefix in the file (e.g. "fc.")
+    vocabulary: int = 0  # > 0: an nn.Embedding in front (token ids in)
     unknown: list[str] = field(default_factory=list)  # keys that are neither LSTM nor head
 
 
@@ -145,13 +149,18 @@ def read_layout(
     layout = Layout(int(state[first].shape[1]), units, reverse, renamed)
     rest = [key for key in state if key not in renamed]
     tables = [k for k in rest if "embed" in k.lower() and state[k].ndim == 2]
-    if tables:
+    if len(tables) > 1 or (tables and state[tables[0]].shape[1] != layout.input_size):
+        shown = ", ".join(f"{k} {list(state[k].shape)}" for k in tables)
         raise LayoutError(
-            f"{tables[0]} {list(state[tables[0]].shape)} is an nn.Embedding in front of the "
-            "LSTMs (a text model): a state_dict cannot say how ids reach them; save the "
-            "model as a program, torch.export.save(torch.export.export(model.eval(), (ids,)), "
-            "'model.pt2'), and export it with --torch"
+            f"{shown}: one nn.Embedding of rows as wide as the first LSTM's input "
+            f"({layout.input_size}) is read in front of the LSTMs; export another forward as "
+            "a program, torch.export.save(torch.export.export(model.eval(), (ids,)), "
+            "'model.pt2'), with --torch"
         )
+    if tables:  # ids -> embedding -> LSTMs: the one way a table in front can be read
+        layout.vocabulary = int(state[tables[0]].shape[0])
+        layout.renamed[tables[0]] = "embedding.weight"
+        rest.remove(tables[0])
     layout.head, head_keys = _head(state, rest, layout, head_prefix, head_activation, head_input)
     layout.unknown = [key for key in rest if key not in head_keys]
     return layout

@@ -57,7 +57,9 @@ def module_from_weights(args: argparse.Namespace) -> StackedLSTM:
     input_size = args.input_size or layout.input_size
     bidirectional = args.bidirectional or layout.bidirectional
     try:
-        module = StackedLSTM(input_size, units, bidirectional, args.dropout, layout.head)
+        module = StackedLSTM(
+            input_size, units, bidirectional, args.dropout, layout.head, layout.vocabulary
+        )
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
     renamed = {layout.renamed.get(k, k): v for k, v in state.items()}

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lstm_serving.client.client import AsyncLstmClient
+from lstm_serving.core.runtime import Model
 from lstm_serving.server.app import LstmServer
 from tests.helpers import ROOT, export, start_server
 
@@ -175,8 +176,35 @@ def test_recurrent_layers_that_are_not_lstms_are_named(
     assert "--layers" not in run.stderr  # nothing blamed on flags the user never gave
 
 
-def test_an_embedding_in_a_state_dict_is_named_not_taken_for_a_head(tmp_path: Path) -> None:
-    state = {**nn.Embedding(20, 3).state_dict(prefix="embedding."), **nn.LSTM(3, 3).state_dict()}
-    run = export_state(tmp_path, state)
-    assert run.returncode == 1 and "embedding.weight [20, 3] is an nn.Embedding" in run.stderr
-    assert "--torch" in run.stderr and "head" not in run.stderr
+class TextClassifier(nn.Module):
+    """ids -> nn.Embedding -> LSTM -> fc(out[:, -1]): a text model's state_dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 3)
+        self.lstm = nn.LSTM(3, 4, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.fc(self.lstm(self.embedding(ids))[0][:, -1])
+        return y
+
+
+def test_an_embedding_in_a_state_dict_is_read_in_front_not_taken_for_a_head(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(2)
+    module = TextClassifier().eval()
+    stated = ("--head-input", "last-step", "--head-activation", "linear")
+    run = export_state(tmp_path, module.state_dict(), *stated)
+    assert run.returncode == 0, run.stderr
+    assert "embedding(20, 3)" in run.stdout
+    served = Model(tmp_path / "r/m/1/model.onnx", "m", 1)
+    ids = np.random.default_rng(3).integers(0, 20, size=(3, 6)).astype(np.int64)
+    got = served.run(ids, np.full(3, 6, np.int32), ["prediction"])["prediction"]
+    with torch.no_grad():
+        expected = module(torch.from_numpy(ids)).numpy()
+    assert np.abs(got - expected).max() <= 1e-5
+    narrow = {**nn.Embedding(20, 5).state_dict(prefix="embed."), **nn.LSTM(3, 3).state_dict()}
+    refused = export_state(tmp_path, narrow)
+    assert refused.returncode == 1 and "embed.weight [20, 5]: one nn.Embedding" in refused.stderr
