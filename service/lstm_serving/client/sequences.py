@@ -60,15 +60,18 @@ class AsyncSequence:
         output: str | None = None,
         return_state: bool = False,
     ) -> Prediction:
-        """The next chunk, [time, features] or [1, time, features]; answered in order."""
+        """The next chunk, [time, features] or [1, time, features] (for a text model, integer
+        token ids [time] or [1, time]); answered in order."""
         if self.ended:
             raise SequenceEnded(f"sequence {self.id!r} was ended")
         if self._call is None:
             self._call = self._open_stream()
-        x = np.asarray(inputs, dtype=np.float32)
+        x = np.asarray(inputs)
+        tokens = x.dtype.kind in "iu"  # ids for a text model; anything else is features
+        x = x if tokens else x.astype(np.float32)
         request = predict_request(
             self.model,
-            x[None] if x.ndim == 2 else x,
+            x[None] if x.ndim == (1 if tokens else 2) else x,
             output=output,
             version=self.version,
             return_state=return_state,

@@ -203,8 +203,21 @@ async def test_the_load_generator_sends_token_ids_to_a_text_model(server: LstmSe
         "--warmup",
         "0.2",
         "--protocol",
-        "v2",
+        "v2-stream",  # ModelStreamInfer, requests pipelined: token ids on the v2 stream
     )
     assert run.returncode == 0, run.stderr
     (level,) = json.loads(run.stdout)["levels"]
     assert level["requests"] > 0 and level["errors"] == {}
+
+
+async def test_token_chunks_on_a_predict_stream_equal_the_whole_run(
+    client: AsyncLstmClient,
+) -> None:
+    """The sequence handle (one PredictStream) takes token chunks as it takes features."""
+    ids = np.random.default_rng(5).integers(1, VOCABULARY, size=12).astype(np.int64)
+    whole = await client.predict("tagger-keras", ids[None], output="both")
+    async with client.sequence("tagger-keras", "stream-1") as sequence:
+        await sequence.step(ids[:7], output="both")
+        last = await sequence.step(ids[7:], output="both", end=True)
+    assert last.last_hidden is not None and whole.last_hidden is not None
+    assert np.abs(last.last_hidden - whole.last_hidden).max() <= 1e-6
