@@ -179,6 +179,13 @@ def _head(dense: list[tuple[Dense, RefDense]], head_input: str) -> tuple[Head, R
 
 
 POOLING = {"GlobalAveragePooling1D": "mean", "GlobalMaxPooling1D": "max"}
+OTHER_RECURRENT = {  # recurrent layers that are not an LSTM, named as what they are
+    "GRU": "a gated recurrent unit, not an LSTM",
+    "SimpleRNN": "a plain RNN, not an LSTM",
+    "ConvLSTM1D": "a convolutional LSTM, whose gates are convolutions",
+    "ConvLSTM2D": "a convolutional LSTM, whose gates are convolutions",
+    "RNN": "a generic RNN wrapping a custom cell",
+}
 
 
 def _map(model: KerasModel) -> tuple[ModelSpec, KerasForward]:
@@ -240,6 +247,11 @@ def _map(model: KerasModel) -> tuple[ModelSpec, KerasForward]:
                     "return_sequences=True, no pooling)"
                 )
             dense.append(_dense(layer))
+        elif kind in OTHER_RECURRENT:
+            raise KerasError(
+                f"layer {layer.name!r} is a {kind} ({OTHER_RECURRENT[kind]}): lstm-serving "
+                "serves LSTMs only (retrain with keras.layers.LSTM to serve it here)"
+            )
         else:
             raise KerasError(
                 f"layer {layer.name!r} is a {kind}, which this exporter does not map; "

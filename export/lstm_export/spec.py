@@ -58,6 +58,7 @@ class LstmLayer:
             parameters=int(self.W.size + self.R.size + self.B.size),
             keras_parameters=int(self.W.size + self.R.size + keras_bias),
             activations=() if activations == ("Sigmoid", "Tanh") else activations,
+            bias=self.bias,
         )
 
 

@@ -80,6 +80,16 @@ class LayerSpec:
     parameters: int
     keras_parameters: int
     activations: tuple[str, ...] = ()  # ONNX (gates, cell) activations; () = Sigmoid, Tanh
+    bias: bool = True  # False: Keras use_bias=False
+
+    @property
+    def options(self) -> list[str]:
+        """Its options that differ from an LSTM's defaults, as the layer table shows them."""
+        shown = []
+        if self.activations:
+            gates, cell = self.activations
+            shown += [f"gates={gates}"] * (gates != "Sigmoid") + [f"cell={cell}"] * (cell != "Tanh")
+        return shown + ([] if self.bias else ["use_bias=False"])
 
     @property
     def directions(self) -> int:
@@ -249,10 +259,13 @@ class Architecture:
         for layer in record["layers"]:
             if not layer["activations"]:
                 del layer["activations"]
+            if layer["bias"]:
+                del layer["bias"]
         extended = any(k in record for k in ("mask_value", "source")) or any(
             "activations" in layer or layer["direction"] == "reverse" for layer in record["layers"]
         )
         newest = "head" in record or "embedding" in record
+        newest |= any("bias" in layer for layer in record["layers"])
         record["format_version"] = 3 if newest else 2 if extended else 1
         return json.dumps(record, sort_keys=True)
 
@@ -315,9 +328,10 @@ class Architecture:
                 )
             )
         for k, layer in enumerate(self.layers):
+            shown = ", ".join([str(layer.units), *layer.options])
             rows.append(
                 (
-                    f"lstm_{k}: {kinds[layer.direction]}({layer.units})",
+                    f"lstm_{k}: {kinds[layer.direction]}({shown})",
                     f"(None, None, {layer.input_size})",
                     f"(None, None, {layer.output_size})",
                     f"{layer.parameters:,}",

@@ -68,6 +68,17 @@ def test_a_text_model_takes_tokens_masks_and_counts_its_table() -> None:
     assert "embedding(50, 2)" in text.summary() and "token id is 0" in text.summary()
 
 
+def test_a_layers_non_default_options_show_and_round_trip() -> None:
+    arch = architecture(2, [4])
+    odd = dataclasses.replace(arch.layers[0], activations=("HardSigmoid", "Tanh"), bias=False)
+    assert odd.options == ["gates=HardSigmoid", "use_bias=False"]
+    changed = dataclasses.replace(arch, layers=(odd,))
+    assert "LSTM(4, gates=HardSigmoid, use_bias=False)" in changed.summary()
+    text = changed.to_json()
+    assert json.loads(text)["format_version"] == 3  # an older server is told to upgrade
+    assert Architecture.from_json(text).layers == (odd,)
+
+
 def test_names_and_axes() -> None:
     assert (initial_state(1, "h"), final_state(0, "c")) == ("initial_h_1", "final_c_0")
     assert is_initial_state("initial_c_3") and not is_initial_state("final_c_3")

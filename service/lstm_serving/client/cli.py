@@ -115,7 +115,15 @@ def _describe_text(d: pb.ModelDescription) -> str:
     arch = Architecture(
         input_size=d.input_size,
         layers=tuple(
-            LayerSpec(la.units, la.direction, la.input_size, la.parameters, la.keras_parameters)
+            LayerSpec(
+                la.units,
+                la.direction,
+                la.input_size,
+                la.parameters,
+                la.keras_parameters,
+                tuple(la.activations),
+                not la.no_bias,
+            )
             for la in d.layers
         ),
         opset=0,

@@ -198,6 +198,8 @@ def describe(
                 output_shape=[-1, -1, layer.output_size],
                 parameters=layer.parameters,
                 keras_parameters=layer.keras_parameters,
+                activations=layer.activations,
+                no_bias=not layer.bias,
             )
             for k, layer in enumerate(arch.layers)
         ],

@@ -216,6 +216,10 @@ async def test_describe_shows_the_keras_layer_table(client: AsyncLstmClient) -> 
     assert [layer.keras_parameters for layer in seed_table.layers] == [17152, 12416]
     masked = await client.describe("masked-keras")
     assert masked.HasField("mask_value") and masked.mask_value == 0.0
+    hard = await client.describe("hard_sigmoid-keras")
+    assert (
+        list(hard.layers[0].activations) == ["HardSigmoid", "Tanh"] and not hard.layers[0].no_bias
+    )
     stack = await client.describe("dense_stack-keras")
     assert [(d.units, d.activation) for d in stack.head.hidden] == [(25, "relu")]
     assert (stack.head.units, stack.head.input) == (1, "final-states")

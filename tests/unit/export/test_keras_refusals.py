@@ -94,6 +94,14 @@ def refusal(tmp_path: Path, model: Any) -> str:
             "GlobalMaxPooling1D ignores the mask",
         ),
         (
+            lambda: keras.Sequential([keras.Input((None, 2)), L.GRU(3)]),
+            "is a GRU (a gated recurrent unit, not an LSTM): lstm-serving serves LSTMs only",
+        ),
+        (
+            lambda: keras.Sequential([keras.Input((None, 2)), L.SimpleRNN(3)]),
+            "is a SimpleRNN (a plain RNN, not an LSTM): lstm-serving serves LSTMs only",
+        ),
+        (
             lambda: keras.Sequential([keras.Input((None, 2)), L.Bidirectional(L.GRU(3))]),
             "Bidirectional(GRU); only Bidirectional(LSTM) is supported",
         ),

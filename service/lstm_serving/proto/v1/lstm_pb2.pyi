@@ -395,6 +395,8 @@ class LayerDescription(_message.Message):
     OUTPUT_SHAPE_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     KERAS_PARAMETERS_FIELD_NUMBER: _builtins.int
+    ACTIVATIONS_FIELD_NUMBER: _builtins.int
+    NO_BIAS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     units: _builtins.int
     direction: _builtins.str
@@ -405,9 +407,17 @@ class LayerDescription(_message.Message):
     """Parameters as stored (PyTorch and ONNX keep two bias vectors)."""
     keras_parameters: _builtins.int
     """Keras's count (one bias vector), for recognising Keras summaries."""
+    no_bias: _builtins.bool
+    """Keras use_bias=False."""
     @_builtins.property
     def output_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Output shape with -1 for batch and time: [-1, -1, directions * units]."""
+
+    @_builtins.property
+    def activations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ONNX activations (gates, cell) when not Sigmoid, Tanh (Keras recurrent_activation,
+        activation); the layer table shows them.
+        """
 
     def __init__(
         self,
@@ -419,10 +429,12 @@ class LayerDescription(_message.Message):
         output_shape: _abc.Iterable[_builtins.int] | None = ...,
         parameters: _builtins.int = ...,
         keras_parameters: _builtins.int = ...,
+        activations: _abc.Iterable[_builtins.str] | None = ...,
+        no_bias: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "index", b"index", "input_size", b"input_size", "keras_parameters", b"keras_parameters", "output_shape", b"output_shape", "parameters", b"parameters", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "direction", b"direction", "index", b"index", "input_size", b"input_size", "keras_parameters", b"keras_parameters", "no_bias", b"no_bias", "output_shape", b"output_shape", "parameters", b"parameters", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
