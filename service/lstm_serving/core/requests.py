@@ -9,8 +9,10 @@ import numpy as np
 
 from lstm_serving.contract import Architecture
 from lstm_serving.core.tensors import Encoded
+from lstm_serving.errors import InvalidArgument
 
 SequenceId = int | str
+MAX_SEQUENCE_ID_BYTES = 256
 
 
 class OutputSet(enum.Enum):
@@ -28,8 +30,17 @@ class SequenceStep:
     start: bool = False
     end: bool = False
 
+    def __post_init__(self) -> None:
+        size = len(self.id.encode()) if isinstance(self.id, str) else 0
+        if size > MAX_SEQUENCE_ID_BYTES:
+            raise InvalidArgument(
+                f"sequence id is {size} bytes; at most {MAX_SEQUENCE_ID_BYTES} (the server "
+                "keeps ids, so they are bounded)"
+            )
+
     def describe(self) -> str:
-        return f"sequence {self.id!r}"
+        shown = repr(self.id)
+        return f"sequence {shown if len(shown) <= 40 else shown[:37] + '...'}"
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,27 @@ from lstm_serving.contract import INPUT
 from lstm_serving.errors import InvalidArgument
 
 MAX_DIMENSION = 2**31 - 1
+MAX_RANK = 8  # more dimensions than any tensor here has; checked before a shape is read
+
+
+def check_rank(rank: int, field: str) -> None:
+    """Refuses a shape of over MAX_RANK dimensions before anything iterates over it."""
+    if rank > MAX_RANK:
+        raise InvalidArgument(f"{field} shape has {rank} dimensions; at most {MAX_RANK}")
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A shape as a message shows it: whole, or its start where it is long."""
+    dims = list(shape[: MAX_RANK + 1])
+    return str(dims) if len(shape) <= MAX_RANK else f"{str(dims[:MAX_RANK])[:-1]}, ...]"
 
 
 def check_dimensions(shape: Sequence[int], field: str) -> None:
     """Each dimension in 0..2^31-1: numpy cannot even describe larger arrays."""
     if any(d < 0 for d in shape):
-        raise InvalidArgument(f"{field} shape {list(shape)} has a negative dimension")
+        raise InvalidArgument(f"{field} shape {shape_text(shape)} has a negative dimension")
     if any(d > MAX_DIMENSION for d in shape):
-        raise InvalidArgument(f"{field} shape {list(shape)} has a dimension over 2^31 - 1")
+        raise InvalidArgument(f"{field} shape {shape_text(shape)} has a dimension over 2^31 - 1")
 
 
 @dataclass(frozen=True)

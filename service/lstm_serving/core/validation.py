@@ -15,6 +15,7 @@ from lstm_serving.contract import PREDICTION, STATE_PARTS, Architecture, initial
 from lstm_serving.core.masking import Compaction, compact, masked_steps
 from lstm_serving.core.requests import InferRequest, OutputSet, SequenceStep
 from lstm_serving.core.settings import Settings
+from lstm_serving.core.tensors import shape_text
 from lstm_serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 FLOAT_BYTES = 4
@@ -43,10 +44,12 @@ def check_input_shape(shape: Sequence[int], arch: Architecture, limits: Limits) 
     """[batch, time, features] (or token ids [batch, time]) against the model and the limits;
     returns its sequence-steps (batch x time: what its compute time and memory grow with)."""
     max_sequences, max_sequence_length = limits.max_request_sequences, limits.max_sequence_length
-    shape = list(shape)
     rank = 2 if arch.takes_tokens else 3
     if len(shape) != rank:
-        raise InvalidArgument(f"input shape {shape} has rank {len(shape)}; {_takes(arch)}")
+        raise InvalidArgument(
+            f"input shape {shape_text(shape)} has rank {len(shape)}; {_takes(arch)}"
+        )
+    shape = list(shape)
     batch, steps = shape[:2]
     features = shape[2] if rank == 3 else arch.input_size
     if batch == 0:

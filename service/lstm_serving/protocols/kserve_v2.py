@@ -29,7 +29,7 @@ from lstm_serving.core.requests import (
     OutputSet,
     SequenceStep,
 )
-from lstm_serving.core.tensors import Encoded
+from lstm_serving.core.tensors import Encoded, check_rank
 from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 
@@ -74,6 +74,7 @@ def _check_tensor(tensor: v2.ModelInferRequest.InferInputTensor) -> None:
 
 def _encoded(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Encoded:
     """An input as sent (raw contents, or typed ones), for the one decoder."""
+    check_rank(len(tensor.shape), f"input {tensor.name[:40]!r}")
     dtype = tensor.datatype
     return Encoded(
         f"input {tensor.name!r}",

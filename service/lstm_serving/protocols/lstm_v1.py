@@ -28,7 +28,7 @@ from lstm_serving.core.requests import (
     OutputSet,
     SequenceStep,
 )
-from lstm_serving.core.tensors import Encoded
+from lstm_serving.core.tensors import Encoded, check_rank
 from lstm_serving.errors import InvalidArgument
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 
@@ -58,6 +58,7 @@ def array_to_tensor(array: np.ndarray) -> pb.Tensor:
 
 def encoded(tensor: pb.Tensor, field: str) -> Encoded:
     """A Tensor as sent, for the one decoder (`Encoded.decode`), which checks it fits its shape."""
+    check_rank(len(tensor.shape), field)
     return Encoded(
         field,
         tuple(tensor.shape),
@@ -75,6 +76,7 @@ def tokens_to_tensor(ids: np.ndarray) -> pb.TokenTensor:
 
 def encoded_tokens(tokens: pb.TokenTensor) -> Encoded:
     """Token ids as sent, for the one decoder."""
+    check_rank(len(tokens.shape), TOKENS_FIELD)
     return Encoded(
         TOKENS_FIELD,
         tuple(tokens.shape),

@@ -76,7 +76,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         log.info("re-read %d bearer tokens from %s", len(tokens), self._path)
 
     def _authorized(self, metadata: Any) -> bool:
-        header = dict(metadata or ()).get("authorization", "")
+        headers = [value for key, value in metadata or () if key == "authorization"]
+        if len(headers) != 1:  # none, or several: which would name the caller is ambiguous
+            return False
+        header = headers[0]
         if not isinstance(header, str) or not header.startswith("Bearer "):
             return False
         given = header[len("Bearer ") :].encode()
@@ -97,7 +100,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         async def deny(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "missing or unknown bearer token: send metadata 'authorization: Bearer <token>'",
+                "missing or unknown bearer token: send one metadata entry "
+                "'authorization: Bearer <token>'",
             )
 
         kind = next(

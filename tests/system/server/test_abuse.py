@@ -13,6 +13,8 @@ import grpc
 import numpy as np
 import pytest
 
+from lstm_serving.client.client import AsyncLstmClient
+from lstm_serving.client.messages import predict_request
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.proto.v1 import lstm_pb2 as pb
@@ -231,3 +233,36 @@ def test_a_stream_that_never_reads_holds_about_a_megabyte(seed_repository: Path)
     assert code == 0, err
     assert "Traceback" not in err, err  # the stream cancelled with answers pending: no trace
     assert grown < 40, grown
+
+
+async def test_what_a_caller_controls_is_capped_and_never_echoed_whole(
+    seed_repository: Path,
+) -> None:
+    """A huge sequence id is refused and not kept; a shape of a million dimensions is refused
+    before anything reads it; neither comes back in a long message."""
+    server = await start_server(repository=seed_repository)
+    try:
+        async with AsyncLstmClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+            stub = pb_grpc.LstmServiceStub(client.channel)
+            x = np.ones((1, 2, 2), np.float32)
+            for sequence_id in ("x" * 300, "\x00" * 4_000_000):  # as sent, with no header
+                step = predict_request("seed", x, sequence_id=sequence_id, sequence_start=True)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Predict(step)
+                details = str(err.value.details())
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "sequence id is" in details and len(details) < 200, details[:300]
+            bomb = pb.PredictRequest(model="seed", input=pb.Tensor(shape=[1] * 1_000_000))
+            began = time.perf_counter()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Predict(bomb)
+            took = time.perf_counter() - began
+            details = str(err.value.details())
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "1000000 dimensions; at most 8" in details and len(details) < 200, details[:300]
+            assert (
+                await client.predict("seed", np.ones((1, 2, 2), np.float32))
+            ).last_hidden is not None
+            print(f"a rank-1,000,000 shape refused in {took * 1e3:.0f} ms")
+    finally:
+        await server.stop(grace=1)

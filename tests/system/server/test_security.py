@@ -29,8 +29,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from lstm_serving.client.client import AsyncLstmClient, Security
+from lstm_serving.client.messages import predict_request
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.server.app import LstmServer
 from lstm_serving.server.metrics_endpoint import MetricsEndpoint
 from tests.helpers import ROOT, client, free_port, start, start_server, stop
@@ -168,6 +170,12 @@ async def test_bearer_tokens(pki: Path, seed_repository: Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _ in stub.ModelStreamInfer(iter([v2.ModelInferRequest()])):
                     pass
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with AsyncLstmClient(target, timeout=5) as doubled:
+            two = (("authorization", "Bearer nope"), ("authorization", "Bearer first-token"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # which one names the caller?
+                stub_v1 = pb_grpc.LstmServiceStub(doubled.channel)
+                await stub_v1.Predict(predict_request("seed", X), metadata=two)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert not await _works(target, Security(token="first-token-but-longer"))
         assert not await _works(target, Security(token="first"))
