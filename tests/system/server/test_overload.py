@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -113,14 +114,44 @@ async def test_three_times_capacity(slow_server: tuple[str, int]) -> None:
     twice what measuring capacity did, so some goodput goes to the client, not the server:
     measured here 0.76-0.9x on a quiet machine and 0.68-0.81x with another CPU-bound process
     running (docs/operations.md), and 0.55x in a full-suite run beside other work. Capacity is
-    measured on both sides of an overload and the lower one counts; a round below the margin
-    gets one more, since a collapse (the worker thread waiting on a busy event loop, as before
-    batches were pipelined: 0.53x) stays below it every time, and a slow spell does not.
+    measured on both sides of an overload and the lower one counts. What timing decides
+    (goodput, the accepted calls' p99, a probe's wait) gets one more round when a round misses:
+    a collapse (the worker thread waiting on a busy event loop, as before batches were
+    pipelined: 0.53x) misses every time, a slow spell of a shared machine does not. What is
+    not timing (only RESOURCE_EXHAUSTED refusals, recovery without errors) holds every round.
     """
     target, _ = slow_server
+    rounds = [await overload_round(target)]
+    if not rounds[0].held:
+        rounds.append(await overload_round(target))
+    assert any(r.held for r in rounds), rounds
+
+
+@dataclass(frozen=True)
+class Round:
+    goodput: float  # accepted work under overload / the lower capacity measured around it
+    refused: float  # calls refused RESOURCE_EXHAUSTED per call answered, under the overload
+    p99_ms: float  # the accepted calls' p99: the queue (16) bounds their wait
+    probe_s: float  # one call made in the middle of the overload, answered or refused
+    after_p99_ms: float  # right after: recovered at once
+
+    @property
+    def held(self) -> bool:
+        return (
+            self.goodput > GOODPUT_MARGIN
+            and self.refused > 0.5
+            and self.p99_ms < 1000
+            and self.probe_s < 1.0
+            and self.after_p99_ms < 100
+        )
+
+
+GOODPUT_MARGIN = 0.55
+
+
+async def overload_round(target: str) -> Round:
     capacity = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
     assert capacity.errors == {}
-    offered = 3 * capacity.requests_per_second
 
     async def probe() -> float:
         """Time for one call made in the middle of the overload to get its answer."""
@@ -134,33 +165,20 @@ async def test_three_times_capacity(slow_server: tuple[str, int]) -> None:
             return time.perf_counter() - started
 
     overload, probe_seconds = await asyncio.gather(
-        generator.run_level(spec(target, 2.5), rate=offered, progress=False), probe()
+        generator.run_level(
+            spec(target, 2.5), rate=3 * capacity.requests_per_second, progress=False
+        ),
+        probe(),
     )
-    refused = overload.errors.get("RESOURCE_EXHAUSTED", 0)
     assert set(overload.errors) <= {"RESOURCE_EXHAUSTED"}, overload.errors
-    assert refused > overload.requests * 0.5  # most of the excess was refused...
-    assert overload.latency_ms["p99"] < 1000  # the queue (16) bounds the accepted's wait
-    assert probe_seconds < 1.0
-
     after = await generator.run_level(spec(target, 1.0), concurrency=1, progress=False)
-    assert after.errors == {}  # recovered at once
-    assert after.latency_ms["p99"] < 100
-    ratios = [await goodput_ratio(target, capacity, overload)]
-    if ratios[0] <= GOODPUT_MARGIN:
-        again = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
-        overload = await generator.run_level(
-            spec(target, 2.5), rate=3 * again.requests_per_second, progress=False
-        )
-        ratios.append(await goodput_ratio(target, again, overload))
-    assert max(ratios) > GOODPUT_MARGIN, f"goodput / capacity under 3x overload: {ratios}"
-
-
-GOODPUT_MARGIN = 0.55  # ...not work
-
-
-async def goodput_ratio(
-    target: str, before: generator.LevelResult, overload: generator.LevelResult
-) -> float:
-    """Goodput under overload over the lower of capacity before it and just after it."""
-    after = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
-    return overload.requests_per_second / min(before.requests_per_second, after.requests_per_second)
+    assert after.errors == {}
+    again = await generator.run_level(spec(target, 1.5), concurrency=8, progress=False)
+    lower = min(capacity.requests_per_second, again.requests_per_second)
+    return Round(
+        goodput=overload.requests_per_second / lower,
+        refused=overload.errors.get("RESOURCE_EXHAUSTED", 0) / max(overload.requests, 1),
+        p99_ms=overload.latency_ms["p99"],
+        probe_s=probe_seconds,
+        after_p99_ms=after.latency_ms["p99"],
+    )
