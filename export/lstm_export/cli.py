@@ -23,9 +23,10 @@ from lstm_export.keras_source import KerasError, read_keras, weights_of
 from lstm_export.model import StackedLSTM
 from lstm_export.onnx_graph import architecture_of, graph_of, recorded_architecture
 from lstm_export.program_source import ProgramError, read_program
-from lstm_export.sniff import wrong_flag
+from lstm_export.sniff import kind_of, wrong_flag
 from lstm_export.spec import HEAD_ACTIVATIONS, sha256_of
 from lstm_export.torch_source import build_model
+from lstm_export.torchscript_source import read_torchscript
 from lstm_export.verify import (
     TOLERANCE,
     VerificationReport,
@@ -51,8 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument(
         "--torch",
         type=Path,
-        help="a PyTorch program saved with torch.export.save (.pt2): its forward is read from "
-        "the program, nothing assumed",
+        help="a PyTorch program saved with torch.export.save (.pt2), or a traced TorchScript "
+        "archive (torch.jit.save): its forward is read from the file, nothing assumed",
     )
     source.add_argument(
         "--weights",
@@ -138,18 +139,18 @@ Verification = Callable[[], VerificationReport]
 def source_model(args: argparse.Namespace) -> tuple[onnx.ModelProto, Architecture, Verification]:
     """The graph of the model the flags name, and how to verify it against that source."""
     if args.torch is not None:
-        misrouted = wrong_flag(args.torch, "--torch", ("pt2",))
+        misrouted = wrong_flag(args.torch, "--torch", ("pt2", "torchscript"))
         if misrouted is not None:
             raise ExportError(misrouted)
+        reader = read_torchscript if kind_of(args.torch) == "torchscript" else read_program
         try:
-            program = read_program(args.torch)
+            program = reader(args.torch)
         except ProgramError as exc:
             raise ExportError(f"{args.torch}: {exc}") from exc
         spec = program.spec
         arch = architecture_of(spec, sha256_of(weights_of(spec)), torch.__version__)
         model = graph_of(spec, arch)
-        shape, time_major = program.example_shape, program.time_major
-        return model, arch, lambda: verify_program(model, program.module, shape, time_major)
+        return model, arch, lambda: verify_program(model, program)
     if args.keras is not None:
         misrouted = wrong_flag(args.keras, "--keras", ("keras", "keras-h5"))
         if misrouted is not None:

@@ -47,7 +47,7 @@ class Program:
 
 
 @dataclass
-class _Walk:
+class Walk:
     """The forward as read so far: each node's meaning, the LSTM layers, the head's layers."""
 
     values: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +71,7 @@ def read_program(path: Path) -> Program:
         **signature.inputs_to_buffers,
         **getattr(signature, "inputs_to_lifted_tensor_constants", {}),
     }
-    walk = _Walk()
+    walk = Walk()
     inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name not in parameters]
     if len(inputs) != 1:
         names = ", ".join(n.name for n in inputs)
@@ -82,9 +82,16 @@ def read_program(path: Path) -> Program:
             name = parameters.get(node.name)
             walk.values[node.name] = ("argument",) if name is None else ("weight", weights[name])
         elif node.op == "call_function":
-            walk.values[node.name] = _call(node, walk)
+            walk.values[node.name] = call_meaning(node, walk)
         elif node.op == "output":
-            _output(node, walk)
+            check_output(node, walk)
+    spec = spec_of_walk(walk, f"torch.export program {path.name}")
+    shape = tuple(int(d) for d in example.shape) if example is not None else ()
+    return Program(spec, program.module(), shape, bool(walk.time_major))
+
+
+def spec_of_walk(walk: Walk, source: str) -> ModelSpec:
+    """The model spec of a forward read to its end."""
     if not walk.layers:
         raise ProgramError("the forward has no nn.LSTM")
     head = None
@@ -94,11 +101,7 @@ def read_program(path: Path) -> Program:
         head = Head(
             last.kernel, last.bias, last.activation, walk.head_input, tuple(hidden), last.name
         )
-    spec = ModelSpec(
-        walk.layers, head, source=f"torch.export program {path.name}", embedding=walk.embedding
-    )
-    shape = tuple(int(d) for d in example.shape) if example is not None else ()
-    return Program(spec, program.module(), shape, bool(walk.time_major))
+    return ModelSpec(walk.layers, head, source=source, embedding=walk.embedding)
 
 
 def _where(node: Any) -> str:
@@ -108,7 +111,7 @@ def _where(node: Any) -> str:
     return f"{node.target} ({node.name}" + (f": {line[0]}" if line else "") + ")"
 
 
-def _call(node: Any, walk: _Walk) -> Any:
+def call_meaning(node: Any, walk: Walk) -> Any:
     """What one call in the forward means, or a refusal naming it."""
     target, args = str(node.target), node.args
     value = [walk.values.get(a.name) if hasattr(a, "name") else a for a in args]
@@ -152,7 +155,8 @@ def _call(node: Any, walk: _Walk) -> Any:
     if target in ACTIVATIONS and value[0] == ("dense",) and walk.dense:
         if walk.dense[-1].activation != "linear":
             raise ProgramError(f"{_where(node)}: one activation after each Linear is mapped")
-        rank = len(node.meta["val"].shape)
+        val = node.meta.get("val")  # what torch.export traced; TorchScript has no such record
+        rank = len(val.shape) if val is not None else 0
         if ACTIVATIONS[target] == "softmax" and args[1] not in (-1, rank - 1):
             raise ProgramError(f"{_where(node)}: softmax over the last dimension is mapped")
         last = walk.dense[-1]
@@ -165,7 +169,7 @@ def _call(node: Any, walk: _Walk) -> Any:
     )
 
 
-def _lstm(node: Any, walk: _Walk, value: list[Any]) -> tuple[str]:
+def _lstm(node: Any, walk: Walk, value: list[Any]) -> tuple[str]:
     source, hx, params = value[0], value[1], node.args[2]
     has_biases, num_layers, _, train, bidirectional, batch_first = node.args[3:9]
     if walk.dense or walk.head_input is not None:
@@ -210,7 +214,7 @@ def _select(node: Any, value: list[Any], args: tuple[Any, ...], time: int) -> tu
     raise ProgramError(f"{_where(node)}: {last}, h_n[-1] and h_n[-2] are the selections mapped")
 
 
-def _linear(node: Any, walk: _Walk, value: list[Any], args: tuple[Any, ...]) -> tuple[str]:
+def _linear(node: Any, walk: Walk, value: list[Any], args: tuple[Any, ...]) -> tuple[str]:
     source: tuple[Any, ...] = value[0] or ()
     if not walk.dense:
         if source == ("seq",):
@@ -234,7 +238,7 @@ def _linear(node: Any, walk: _Walk, value: list[Any], args: tuple[Any, ...]) -> 
     return ("dense",)
 
 
-def _output(node: Any, walk: _Walk) -> None:
+def check_output(node: Any, walk: Walk) -> None:
     results = node.args[0]
     if len(results) != 1:
         raise ProgramError(f"the forward returns {len(results)} values: one is mapped")

@@ -25,9 +25,7 @@ ROUTES = {
     "keras": "export it with --keras",
     "keras-h5": "export it with --keras",
     "torch": "export a state_dict with --weights",
-    "torchscript": "lstm-export does not read TorchScript yet: save the module as a program, "
-    "torch.export.save(torch.export.export(model.eval(), (x,)), 'model.pt2'), and export that "
-    "with --torch",
+    "torchscript": "export it with --torch",
     "pt2": "export it with --torch",
     "onnx": "lstm-export does not adopt ONNX files yet, and lstm-serve serves only models "
     "lstm-export wrote: export from the source model, with --keras or --weights",

@@ -18,6 +18,7 @@ import torch
 
 from lstm_export.model import StackedLSTM
 from lstm_export.onnx_graph import recorded_architecture
+from lstm_export.program_source import Program
 from lstm_serving.contract import (
     INPUT,
     LAST_HIDDEN,
@@ -180,35 +181,40 @@ def verify(
 
 
 def verify_program(
-    model: onnx.ModelProto,
-    program: torch.nn.Module,
-    shape: tuple[int, ...],
-    time_major: bool,
-    tolerance: float = TOLERANCE,
-    draws: int = 5,
+    model: onnx.ModelProto, program: Program, tolerance: float = TOLERANCE, draws: int = 3
 ) -> VerificationReport:
-    """Checks `model` against the torch.export program itself: the program runs at the shape
-    it was traced at (torch.export specializes it), so on `draws` random inputs of that shape,
-    full length, zero initial state, the graph's `prediction` against the program's output."""
+    """Checks `model` against the user's program itself, full length, zero initial state: a
+    torch.export program at the shape it was traced at (torch.export specializes it), a
+    TorchScript module at a few shapes; `draws` random inputs each, the graph's `prediction`
+    against the program's output."""
     onnx.checker.check_model(model, full_check=True)
     arch = recorded_architecture(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     report = VerificationReport(tolerance)
-    for draw in range(draws):
-        given: np.ndarray = (
-            rng.standard_normal(shape).astype(np.float32)
-            if arch.embedding is None
-            else rng.integers(0, arch.embedding.vocabulary, size=shape, dtype=np.int64)  # ids
-        )
-        x = np.swapaxes(given, 0, 1) if time_major else given  # ours is batch-first
-        batch, time = x.shape[:2]
-        zeros = [(np.zeros_like(h), np.zeros_like(c)) for h, c in _random_states(arch, batch, rng)]
-        got = np.asarray(session.run([PREDICTION], _feeds(x, np.full(batch, time), zeros))[0])
-        with torch.no_grad():
-            expected = program(torch.from_numpy(given)).numpy()
-        if time_major and expected.ndim == 3:  # a per-step answer, [time, batch, units]
-            expected = expected.transpose(1, 0, 2)
-        diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else np.inf
-        report.cases.append(Case(f"the program, traced shape {list(shape)}, draw {draw}", diff))
+    features = () if arch.embedding is not None else (arch.input_size,)
+    shapes = [program.example_shape] if program.example_shape else [(3, 7), (1, 12), (5, 1)]
+    for shape in shapes:
+        shape = (*shape[:2], *features)
+        if program.time_major and not program.example_shape:
+            shape = (shape[1], shape[0], *shape[2:])
+        for draw in range(draws):
+            given: np.ndarray = (
+                rng.standard_normal(shape).astype(np.float32)
+                if arch.embedding is None
+                else rng.integers(0, arch.embedding.vocabulary, size=shape, dtype=np.int64)
+            )
+            x = np.swapaxes(given, 0, 1) if program.time_major else given  # ours: batch-first
+            batch, time = x.shape[:2]
+            zeros = [
+                (np.zeros_like(h), np.zeros_like(c)) for h, c in _random_states(arch, batch, rng)
+            ]
+            feeds = _feeds(x, np.full(batch, time), zeros)
+            got = np.asarray(session.run([PREDICTION], feeds)[0])
+            with torch.no_grad():
+                expected = program.module(torch.from_numpy(given)).numpy()
+            if program.time_major and expected.ndim == 3:  # per step, [time, batch, units]
+                expected = expected.transpose(1, 0, 2)
+            diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else np.inf
+            report.cases.append(Case(f"the program, shape {list(shape)}, draw {draw}", diff))
     return report
