@@ -42,7 +42,7 @@ OPS = {
     "aten::dropout": "aten.dropout.default",
     "aten::contiguous": "aten.contiguous.default",
 }
-SKIPPED = {"prim::Constant", "prim::GetAttr", "prim::ListConstruct", "aten::size"}
+IGNORED = {"aten::size"}  # the batch size read to build the zero initial state
 
 
 @dataclass
@@ -102,12 +102,11 @@ def read_torchscript(path: Path) -> Program:
             attribute = getattr(owner, node.s("name"))
             if isinstance(attribute, torch.Tensor):
                 walk.values[outputs[0]] = ("weight", attribute)
-                constants.pop(outputs[0], None)
             else:
                 objects[outputs[0]] = attribute
         elif kind == "prim::ListConstruct":
             lists[outputs[0]] = [arg(v) for v in node.inputs()]
-        elif kind in SKIPPED:
+        elif kind in IGNORED:
             continue
         elif kind == "aten::slice":  # x[:, ...]: a full slice is the value itself
             sliced = [arg(v) for v in node.inputs()]
