@@ -288,7 +288,7 @@ class Architecture:
             if embedding is not None:
                 embedding = EmbeddingSpec(**embedding)
             arch = cls(layers=layers, head=head, embedding=embedding, **record)
-        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        except (TypeError, KeyError, AttributeError, ValueError, RecursionError) as exc:
             raise ValueError(f"malformed {METADATA_KEY} metadata: {exc}") from exc
         if not arch.layers:
             raise ValueError(f"malformed {METADATA_KEY} metadata: no layers")

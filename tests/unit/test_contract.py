@@ -51,6 +51,8 @@ def test_a_newer_format_is_refused_by_name_and_a_broken_one_as_malformed() -> No
         Architecture.from_json(json.dumps(record))
     with pytest.raises(ValueError, match="malformed"):
         Architecture.from_json(json.dumps({"layers": []}))
+    with pytest.raises(ValueError, match="malformed"):  # a RecursionError would kill reload
+        Architecture.from_json("[" * 100_000 + "]" * 100_000)
 
 
 def test_the_head_reads_as_the_pytorch_forward_it_stands_for() -> None:
