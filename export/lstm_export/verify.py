@@ -192,20 +192,15 @@ def verify_program(
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     report = VerificationReport(tolerance)
-    features = () if arch.embedding is not None else (arch.input_size,)
-    shapes = [program.example_shape] if program.example_shape else [(3, 7), (1, 12), (5, 1)]
-    for shape in shapes:
-        shape = (*shape[:2], *features)
-        if program.time_major and not program.example_shape:
-            shape = (shape[1], shape[0], *shape[2:])
+    if program.example_shape:  # [batch, time, ...], or [time, batch, ...] when time-major
+        first, second = program.example_shape[:2]
+        sizes = [(second, first) if program.time_major else (first, second)]
+    else:
+        sizes = [(3, 7), (1, 12), (5, 1)]
+    for batch, time in sizes:
         for draw in range(draws):
-            given: np.ndarray = (
-                rng.standard_normal(shape).astype(np.float32)
-                if arch.embedding is None
-                else rng.integers(0, arch.embedding.vocabulary, size=shape, dtype=np.int64)
-            )
-            x = np.swapaxes(given, 0, 1) if program.time_major else given  # ours: batch-first
-            batch, time = x.shape[:2]
+            x = _inputs(arch, batch, time, rng)  # ours: batch-first
+            given = np.ascontiguousarray(np.swapaxes(x, 0, 1)) if program.time_major else x
             zeros = [
                 (np.zeros_like(h), np.zeros_like(c)) for h, c in _random_states(arch, batch, rng)
             ]
@@ -216,5 +211,6 @@ def verify_program(
             if program.time_major and expected.ndim == 3:  # per step, [time, batch, units]
                 expected = expected.transpose(1, 0, 2)
             diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else np.inf
-            report.cases.append(Case(f"the program, shape {list(shape)}, draw {draw}", diff))
+            shape = list(given.shape)
+            report.cases.append(Case(f"the program, shape {shape}, draw {draw}", diff))
     return report
