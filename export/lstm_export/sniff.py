@@ -27,9 +27,9 @@ ROUTES = {
     "torch": "export a state_dict with --weights",
     "torchscript": "export it with --torch",
     "pt2": "export it with --torch",
-    "onnx": "lstm-export does not adopt ONNX files yet, and lstm-serve serves only models "
-    "lstm-export wrote: export from the source model, with --keras or --weights",
-    "unknown": "pass a Keras file to --keras or a PyTorch state_dict to --weights",
+    "onnx": "adopt it with --onnx",
+    "unknown": "pass a Keras file to --keras, a PyTorch state_dict to --weights, a program to "
+    "--torch, an ONNX file to --onnx",
 }
 
 

@@ -18,6 +18,7 @@ import torch
 
 from lstm_export.model import StackedLSTM
 from lstm_export.onnx_graph import recorded_architecture
+from lstm_export.onnx_source import Adopted, AdoptionError, arrange
 from lstm_export.program_source import Program
 from lstm_serving.contract import (
     INPUT,
@@ -213,4 +214,65 @@ def verify_program(
             diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else np.inf
             shape = list(given.shape)
             report.cases.append(Case(f"the program, shape {shape}, draw {draw}", diff))
+    return report
+
+
+ADOPTED_BATCHES = (1, 3, 8)
+ADOPTED_TIMES = (1, 6, 19)
+
+
+def verify_adopted(
+    model: onnx.ModelProto, adopted: Adopted, tolerance: float = TOLERANCE, draws: int = 2
+) -> VerificationReport:
+    """Checks `model` against the user's own ONNX file, both run by ONNX Runtime on the same
+    random full-length batches (every batch size and time length the file allows), each of
+    its outputs against ours laid out as its."""
+    onnx.checker.check_model(model, full_check=True)
+    arch = recorded_architecture(model)
+    ours = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        theirs = ort.InferenceSession(
+            adopted.original.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises its own types for files it cannot load
+        raise AdoptionError(f"ONNX Runtime cannot load it: {exc}") from exc
+    fixed_batch, fixed_time = adopted.fixed
+    batches = (fixed_batch,) if fixed_batch else ADOPTED_BATCHES
+    times = (fixed_time,) if fixed_time else ADOPTED_TIMES
+    rng = np.random.default_rng(0)
+    report = VerificationReport(tolerance)
+    names = [o.name for o in ours.get_outputs()]
+    wanted = [o.theirs for o in adopted.outputs]
+    for batch in batches:
+        for time in times:
+            for draw in range(draws):
+                x = _inputs(arch, batch, time, rng)
+                zeros = [
+                    (np.zeros((s.directions, batch, s.units), np.float32),) * 2 for s in arch.layers
+                ]
+                got = ours.run(names, _feeds(x, np.full(batch, time), zeros))
+                mine = dict(zip(names, got, strict=True))
+                given = np.swapaxes(x, 0, 1) if adopted.time_major else x
+                feeds = {adopted.input: np.ascontiguousarray(given).astype(adopted.input_type)}
+                if adopted.lengths is not None:
+                    feeds[adopted.lengths] = np.full(batch, time, adopted.lengths_type)
+                try:
+                    theirs_got = theirs.run(wanted, feeds)
+                except Exception as exc:  # ORT's own error types
+                    shape = list(given.shape)
+                    raise AdoptionError(
+                        f"ONNX Runtime fails on it at input shape {shape}: {exc}"
+                    ) from exc
+                for output, expected in zip(adopted.outputs, theirs_got, strict=True):
+                    arranged = arrange(
+                        np.asarray(mine[output.ours]),
+                        output.our_axes,
+                        output.their_axes,
+                        output.directions,
+                    )
+                    expected = np.asarray(expected)
+                    same = arranged.shape == expected.shape
+                    diff = float(np.abs(arranged - expected).max()) if same else np.inf
+                    name = f"{output.theirs} as {output.ours}, batch {batch}, time {time}"
+                    report.cases.append(Case(f"{name}, draw {draw}", diff))
     return report

@@ -93,7 +93,10 @@ class Model:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in metadata:
             raise ModelLoadError(
-                f"{self.path}: no {METADATA_KEY} metadata; export models with lstm-export"
+                f"{self.path}: no {METADATA_KEY} metadata: an ONNX file lstm-export did not "
+                "write. Adopt it (an ONNX LSTM graph, e.g. from a Triton repository) with "
+                "lstm-export --onnx FILE --name NAME --repository DIR, or export the source "
+                "model with lstm-export --torch / --keras / --weights"
             )
         try:
             arch = Architecture.from_json(metadata[METADATA_KEY])

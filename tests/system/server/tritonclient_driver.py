@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import tritonclient.grpc as triton  # type: ignore[import-untyped]
-from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
 from lstm_serving.client.client import LstmClient, Prediction
 

@@ -115,7 +115,9 @@ def test_model_without_architecture_metadata_is_refused(
     path = tmp_path / "m/1/model.onnx"
     path.parent.mkdir(parents=True)
     onnx.save(model, str(path))
-    with pytest.raises(ModelLoadError, match=r"no lstm_serving\.architecture metadata"):
+    with pytest.raises(
+        ModelLoadError, match=r"no lstm_serving\.architecture metadata.*lstm-export --onnx FILE"
+    ):
         Model(path, "m", 1)
 
 
