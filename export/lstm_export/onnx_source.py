@@ -34,7 +34,7 @@ class AdoptionError(Exception):
 INSTEAD = "export the source model instead (lstm-export --torch, --keras or --weights)"
 ACTIVATIONS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softmax": "softmax"}
 LSTM_ACTIVATIONS = ("Sigmoid", "Tanh", "Relu")  # those without alpha/beta
-PASS_THROUGH = {"Identity", "Dropout"}
+RECURRENT = ("Loop", "Scan", "GRU", "RNN")
 # ops that keep zeros zeros, whatever their other (constant or shape) inputs
 ZERO_KEEPING = {
     "Slice", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Cast", "Identity", "Concat",
@@ -52,7 +52,7 @@ INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 class Value:
     """What one tensor of the graph is."""
 
-    kind: str  # const shape zeros features tokens lengths seq h c hstack hpick dense other
+    kind: str  # const shape zeros features tokens seqlens seq h c hstack hpick dense other
     axes: tuple[str, ...] = ()
     layer: int = -1  # seq, h, c, hpick: the LSTM's index; dense: the Dense layer's index
     array: np.ndarray | None = None  # const
@@ -107,6 +107,8 @@ def read_onnx(path: Path) -> Adopted:
     except Exception as exc:  # protobuf and onnx raise several types for files they cannot read
         raise AdoptionError(f"cannot load it as an ONNX model: {exc}") from exc
     graph = model.graph
+    if not any(node.op_type == "LSTM" for node in graph.node):
+        raise AdoptionError(f"the graph has no LSTM node: {_recurrence_hint(graph)}")
     walk = Walk(opset=_opset(model), ranks=_ranks(model))
     for tensor in graph.initializer:
         walk.values[tensor.name] = Value("const", array=numpy_helper.to_array(tensor))
@@ -115,8 +117,6 @@ def read_onnx(path: Path) -> Adopted:
         for name, value in zip(node.output, _meaning(node, walk), strict=False):
             if name:
                 walk.values[name] = value
-    if not walk.layers:
-        raise AdoptionError(f"the graph has no LSTM node: {_recurrence_hint(graph)}")
     outputs = [_output(o.name, walk) for o in graph.output]
     head = None
     if walk.dense:
@@ -190,7 +190,7 @@ def _inputs(
             walk.values[info.name] = Value("tokens", ("X0", "X1"))
         elif tensor.elem_type in INT_TYPES and rank == 1:
             lengths.append(info)
-            walk.values[info.name] = Value("lengths", ("B",))
+            walk.values[info.name] = Value("seqlens", ("B",))
         else:
             kind = helper.tensor_dtype_to_string(tensor.elem_type)
             raise AdoptionError(
@@ -209,11 +209,9 @@ def _inputs(
 
 
 def _recurrence_hint(graph: onnx.GraphProto) -> str:
-    ops = {n.op_type for n in graph.node}
-    for op in ("Loop", "Scan", "GRU", "RNN"):
-        if op in ops:
-            node = next(n for n in graph.node if n.op_type == op)
-            return f"its recurrence is a {op} node ({_name(node)}), which is not mapped; {INSTEAD}"
+    for node in graph.node:
+        if node.op_type in RECURRENT:
+            return f"its recurrence is a {_where(node)}, which is not mapped; {INSTEAD}"
     return f"lstm-export adopts graphs built of ONNX LSTM nodes; {INSTEAD}"
 
 
@@ -264,11 +262,13 @@ def _meaning(node: onnx.NodeProto, walk: Walk) -> list[Value]:
         return [_embedding(node, walk, given)]
     if data is not given[0] and node.op_type not in ("Add", "Concat"):
         raise AdoptionError(f"{_where(node)} is not mapped with a {data.kind} value second")
-    if data.kind == "lengths":
+    if data.kind == "seqlens":
         if node.op_type in ("Cast", "Identity"):
             return [data]
         raise AdoptionError(f"{_where(node)}: the lengths input may only feed sequence_lens")
     handler = HANDLERS.get(node.op_type)
+    if node.op_type in RECURRENT:
+        raise AdoptionError(f"{_where(node)}: a {node.op_type} recurrence is not mapped; {INSTEAD}")
     if handler is None:
         raise AdoptionError(
             f"{_where(node)} is not mapped: around the LSTM nodes a graph may hold an "
@@ -472,8 +472,11 @@ def _reduce(
 def _lstm(node: onnx.NodeProto, walk: Walk, given: list[Value | None]) -> list[Value]:
     x = given[0]
     given = given + [None] * (8 - len(given))
-    layout = int(_attribute(node, "layout", 0))
-    time, batch = (0, 1) if layout == 0 else (1, 0)
+    if int(_attribute(node, "layout", 0)) != 0:
+        raise AdoptionError(
+            f"{_where(node)}: layout 1 (batch first) is not mapped: ONNX Runtime does not run "
+            "it, so it could not be verified"
+        )
     k = len(walk.layers)
     if walk.dense:
         raise AdoptionError(f"{_where(node)}: an LSTM after the head is not mapped")
@@ -486,21 +489,18 @@ def _lstm(node: onnx.NodeProto, walk: Walk, given: list[Value | None]) -> list[V
             f"the sequence of the LSTM before; this one reads a {x.kind} value"
         )
     expected = {"X0", "X1"} if first else {"T", "B"}
-    steps = (x.axes[time], x.axes[batch])
-    if set(steps) != expected or steps[0] == "B" or x.axes[2] not in ("F", "DH"):
-        raise AdoptionError(
-            f"{_where(node)}: its input's axes ({x.axes}) do not fit its layout {layout}"
-        )
+    if set(x.axes[:2]) != expected or x.axes[0] == "B" or x.axes[2] not in ("F", "DH"):
+        raise AdoptionError(f"{_where(node)}: its input's axes {x.axes} are not [time, batch, _]")
     if first:
-        walk.time_axis = steps[0]
-    for i, part in ((5, "initial_h"), (6, "initial_c")):
+        walk.time_axis = x.axes[0]
+    for i, part in ((5, "initial h"), (6, "initial c")):
         if given[i] is not None and not _is_zero(given[i]):
             raise AdoptionError(
                 f"{_where(node)}: its {part} is not zeros (a state input is not mapped: "
                 "lstm-serve carries state itself)"
             )
     lengths = given[4]
-    if lengths is not None and lengths.kind not in ("lengths", "shape"):
+    if lengths is not None and lengths.kind not in ("seqlens", "shape"):
         raise AdoptionError(f"{_where(node)}: its sequence_lens is a {lengths.kind} value")
     if given[7] is not None and (given[7].kind != "const" or np.any(given[7].array)):
         raise AdoptionError(f"{_where(node)}: peephole weights (input P) are not mapped")
@@ -509,9 +509,8 @@ def _lstm(node: onnx.NodeProto, walk: Walk, given: list[Value | None]) -> list[V
         raise AdoptionError(f"{_where(node)}: hidden_size disagrees with its weights")
     if k > 0 and walk.layers[k].input_size != walk.layers[k - 1].units * walk.directions(k - 1):
         raise AdoptionError(f"{_where(node)}: its weights do not fit the LSTM before")
-    sequence = ("T", "D", "B", "H") if layout == 0 else ("B", "T", "D", "H")
-    state = ("D", "B", "H") if layout == 0 else ("B", "D", "H")
-    return [Value("seq", sequence, k), Value("h", state, k), Value("c", state, k)]
+    state = ("D", "B", "H")
+    return [Value("seq", ("T", "D", "B", "H"), k), Value("h", state, k), Value("c", state, k)]
 
 
 def _layer(node: onnx.NodeProto, given: list[Value | None]) -> LstmLayer:

@@ -6,12 +6,29 @@ config has no counterpart named. The config is parsed with Triton's own ModelCon
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
-from tritonclient.grpc import model_config_pb2
+
+
+def _model_config_code() -> ModuleType:
+    """tritonclient's generated code for Triton's model_config.proto, loaded alone: the package
+    it sits in (tritonclient.grpc) imports grpc, which the export stage does not load."""
+    package = importlib.util.find_spec("tritonclient")
+    if package is None or package.origin is None:
+        raise TritonConfigError("reading a Triton folder needs tritonclient (the export extra)")
+    path = Path(package.origin).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("lstm_export._triton_model_config_pb2", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 ONNX_PLATFORMS = ("", "onnxruntime_onnx")
 ONNX_BACKENDS = ("", "onnxruntime")
@@ -21,7 +38,7 @@ UNDERSTOOD = {
     "platform": "",
     "backend": "",
     "default_model_filename": "",
-    "input": "read from the model file",
+    "input": "read from the model file",  # not a tensor name
     "output": "read from the model file",
 }
 
@@ -42,7 +59,8 @@ class TritonFolder:
 
 
 def read_triton_folder(folder: Path) -> TritonFolder:
-    config = model_config_pb2.ModelConfig()
+    code = _model_config_code()
+    config = code.ModelConfig()
     config_path = folder / "config.pbtxt"
     if config_path.is_file():
         try:
@@ -63,11 +81,11 @@ def read_triton_folder(folder: Path) -> TritonFolder:
     if not versions:
         raise TritonConfigError(f"{folder}: no <version>/{filename} in it")
     adopted = TritonFolder(config.name or folder.name, versions)
-    _map(config, adopted)
+    _map(config, adopted, code.ModelInstanceGroup.Kind)
     return adopted
 
 
-def _map(config: model_config_pb2.ModelConfig, folder: TritonFolder) -> None:
+def _map(config: Any, folder: TritonFolder, kinds: Any) -> None:
     """The flags for what maps, a line for each other field the config sets."""
     for descriptor, value in config.ListFields():
         name = descriptor.name
@@ -76,11 +94,11 @@ def _map(config: model_config_pb2.ModelConfig, folder: TritonFolder) -> None:
         if name == "max_batch_size":
             folder.serve_flags.append(f"--max-batch-size {value}")
         elif name == "dynamic_batching":
-            _dynamic_batching(value, folder)
+            _dynamic_batching(value, folder, name)
         elif name == "sequence_batching":
             _sequence_batching(value, folder)
         elif name == "instance_group":
-            _instances(value, folder)
+            _instances(value, folder, kinds)
         elif name == "version_policy":
             folder.ignored.append("version_policy: lstm-serve serves every version it finds")
         else:
@@ -91,12 +109,13 @@ def _map(config: model_config_pb2.ModelConfig, folder: TritonFolder) -> None:
         )
 
 
-def _dynamic_batching(batching: Message, folder: TritonFolder) -> None:
+def _dynamic_batching(batching: Message, folder: TritonFolder, prefix: str) -> None:
+    """dynamic_batching, or sequence_batching's oldest / direct strategy."""
     for descriptor, value in batching.ListFields():
         if descriptor.name == "max_queue_delay_microseconds":
             folder.serve_flags.append(f"--max-queue-delay-ms {value / 1000:g}")
         else:
-            folder.ignored.append(f"dynamic_batching.{descriptor.name}: no lstm-serve counterpart")
+            folder.ignored.append(f"{prefix}.{descriptor.name}: no lstm-serve counterpart")
 
 
 def _sequence_batching(batching: Message, folder: TritonFolder) -> None:
@@ -112,15 +131,14 @@ def _sequence_batching(batching: Message, folder: TritonFolder) -> None:
             folder.ignored.append(
                 "sequence_batching.state: lstm-serve holds each sequence's LSTM state itself"
             )
+        elif descriptor.name in ("oldest", "direct"):
+            _dynamic_batching(value, folder, f"sequence_batching.{descriptor.name}")
         else:
-            folder.ignored.append(
-                f"sequence_batching.{descriptor.name}: lstm-serve batches sequence steps "
-                "as it batches other requests"
-            )
+            folder.ignored.append(f"sequence_batching.{descriptor.name}: no lstm-serve counterpart")
 
 
-def _instances(groups: list[model_config_pb2.ModelInstanceGroup], folder: TritonFolder) -> None:
-    kinds = {model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in groups}
+def _instances(groups: list[Any], folder: TritonFolder, kind_names: Any) -> None:
+    kinds = {kind_names.Name(g.kind) for g in groups}
     count = sum(g.count or 1 for g in groups)
     folder.serve_flags.append(f"--workers {count}")
     if kinds == {"KIND_GPU"}:

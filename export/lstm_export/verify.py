@@ -247,9 +247,8 @@ def verify_adopted(
         for time in times:
             for draw in range(draws):
                 x = _inputs(arch, batch, time, rng)
-                zeros = [
-                    (np.zeros((s.directions, batch, s.units), np.float32),) * 2 for s in arch.layers
-                ]
+                shapes = [(s.directions, batch, s.units) for s in arch.layers]
+                zeros: States = [(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
                 got = ours.run(names, _feeds(x, np.full(batch, time), zeros))
                 mine = dict(zip(names, got, strict=True))
                 given = np.swapaxes(x, 0, 1) if adopted.time_major else x

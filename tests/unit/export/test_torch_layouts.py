@@ -147,7 +147,7 @@ def test_files_passed_to_the_wrong_flag_are_named_for_what_they_are(tmp_path: Pa
     (tmp_path / "notes.txt").write_text("hello")
     cases = {
         ("--weights", "scripted.pt"): "a TorchScript archive (torch.jit.save)",
-        ("--weights", "model.onnx"): "an ONNX model; lstm-export does not adopt ONNX files yet",
+        ("--weights", "model.onnx"): "an ONNX model; adopt it with --onnx",
         ("--weights", "notes.txt"): "not a model file this tool knows",
         ("--keras", "scripted.pt"): "a TorchScript archive",
     }
