@@ -13,7 +13,8 @@ ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS base
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
-RUN useradd --system --uid 10001 --user-group --no-create-home lstm \
+RUN groupadd --system --gid 10001 lstm \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home lstm \
  && mkdir -p /models && chown 10001:10001 /models
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./

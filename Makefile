@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test test-fast lint system-deps image-test proto docs seed bench clean
+.PHONY: serve test test-fast lint system-deps image-test images push proto docs seed bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,25 @@ system-deps:
 # runs them: tests/system/deploy/test_images.py, which `make test` also runs.
 image-test: $(VENV)/.dev system-deps
 	$(BIN)/pytest -v -s tests/system/deploy/test_images.py
+
+# The images an operator deploys, tagged with the package version (the tag the Kubernetes
+# overlays use), built with podman or docker, whichever is present; `REGISTRY=host/path make
+# push` tags and pushes them there (docs/deployment.md).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' service/lstm_serving/version.py)
+ENGINE := $(shell command -v podman || command -v docker)
+IMAGES := server server-gpu export
+images:
+	@test -n "$(ENGINE)" || { echo "neither podman nor docker is installed"; exit 1; }
+	for target in $(IMAGES); do \
+		$(ENGINE) build --target $$target -t lstm-serving/$$target:$(VERSION) . || exit 1; \
+	done
+
+push: images
+	@test -n "$(REGISTRY)" || { echo "set REGISTRY, e.g. REGISTRY=registry.example.com/team make push"; exit 1; }
+	for target in $(IMAGES); do \
+		$(ENGINE) tag lstm-serving/$$target:$(VERSION) $(REGISTRY)/lstm-serving/$$target:$(VERSION) \
+		&& $(ENGINE) push $(REGISTRY)/lstm-serving/$$target:$(VERSION) || exit 1; \
+	done
 
 test: lint system-deps
 	$(BIN)/pytest

@@ -43,6 +43,11 @@ RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LENGTH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
+# The calls that are load (autoscaling's request rate counts them; metadata, ListModels and
+# health polls are not): lstm.v1's and KServe v2's inference RPCs.
+INFERENCE_RPCS = ("Predict", "PredictStream", "ModelInfer", "ModelStreamInfer")
+
+
 def multiprocess_mode() -> bool:
     return MULTIPROC_ENV in os.environ
 
@@ -142,6 +147,13 @@ class Metrics:
             ["model", "result"],
             registry=r,
         )
+
+    def model_served(self, model: str, version: int, provider: str) -> None:
+        """A model version is served: its info, and its inference counters at zero from now
+        on, so a rate over them (the autoscaler's metric) exists before its first call."""
+        self.model_info.labels(model, str(version), provider).set(1)
+        for rpc in INFERENCE_RPCS:
+            self.requests.labels(model, str(version), rpc, "OK")
 
     def batch_observer(self, model: str, provider: str) -> BatchMetrics:
         return BatchMetrics(self, model, provider)

@@ -138,7 +138,7 @@ def serve_models(
             settings.sequence_idle_timeout,
             metrics.sequence_observer(model.name),
         )
-        metrics.model_info.labels(model.name, str(model.version), model.provider).set(1)
+        metrics.model_served(model.name, model.version, model.provider)
         batcher.start()
         sequences.start()
         registry.add(ServedModel(model, batcher, sequences))

@@ -187,6 +187,7 @@ def test_the_server_container_serves_what_the_host_serves(volume: str, tmp_path:
         )
         podman("healthcheck", "run", name)  # the image's HEALTHCHECK command, exit 0
         assert podman("exec", name, "id", "-u") == "10001"
+        assert podman("exec", name, "id", "-g") == "10001"  # the group the manifests run as
         read_only = subprocess.run(["podman", "exec", name, "touch", "/app/x"], check=False)
         assert read_only.returncode != 0
         began = time.monotonic()

@@ -1,9 +1,10 @@
 """The Kubernetes and KServe files, checked by real tools without a cluster.
 
 Every kustomize overlay rendered by `kubectl kustomize` and each object validated by
-kubernetes-validate against Kubernetes 1.32's schemas (strict: an unknown field fails); the
-KServe objects against KServe's published CRD schemas (vendored by
-scripts/vendor_kserve_crds.py, source in the file); then lstm-serve started exactly as the
+kubernetes-validate against the oldest and newest Kubernetes schemas we support (strict: an
+unknown field fails); images, replicas and Pod Security "restricted" read from the rendered
+specs; the KServe objects and the PodMonitor against their published CRD schemas (vendored by
+scripts/vendor_crds.py, source in the file); then lstm-serve started exactly as the
 Deployment and the KServe runtime say, probed as the kubelet would.
 Over 250 lines: the rendering, both validations and both starts share their helpers here.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,15 +29,26 @@ import pytest
 import yaml
 
 from lstm_serving.client.client import LstmClient
+from lstm_serving.core.metrics import INFERENCE_RPCS
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.protocols.kserve_v2 import build_infer_request
+from lstm_serving.version import __version__
 from tests.helpers import BIN, ROOT, free_port, stop
 
 KUBERNETES = ROOT / "deploy/kubernetes"
-KUBERNETES_VERSION = "1.32"  # the schemas validated against (kubernetes-validate's copy)
+# The Kubernetes versions supported (docs/deployment.md): preStop `sleep` is on by default from
+# 1.30 (1.29's schema has it, behind an alpha feature gate, so only the docs can say so); the
+# newest is kubernetes-validate's newest copy of the schemas.
+KUBERNETES_VERSIONS = ("1.30", "1.37")
+KUBERNETES_VERSION = KUBERNETES_VERSIONS[-1]
 OVERLAYS = ("cpu", "gpu")
 KSERVE_SCHEMAS = json.loads(
     gzip.decompress((Path(__file__).parent / "kserve/crd_schemas.json.gz").read_bytes())
+)
+MONITORING_SCHEMAS = json.loads(
+    gzip.decompress(
+        (Path(__file__).parent / "prometheus-operator/crd_schemas.json.gz").read_bytes()
+    )
 )
 needs_kubectl = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl is not installed (it renders kustomize)"
@@ -81,8 +94,9 @@ def test_every_object_is_valid_kubernetes(overlay: str) -> None:
         "HorizontalPodAutoscaler",
         "NetworkPolicy",
     }
-    for obj in objects:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    for version in KUBERNETES_VERSIONS:
+        for obj in objects:
+            kubernetes_validate.validate(obj, version, strict=True)
 
 
 @needs_kubectl
@@ -125,7 +139,7 @@ def test_the_deployment_is_locked_down_probed_and_drains_in_time(overlay: str) -
     assert pod["metadata"]["labels"].items() >= selector.items()
     if overlay == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-        assert flag(args, "--device") == "cuda" and container["image"].endswith("server-gpu:latest")
+        assert flag(args, "--device") == "cuda" and "/server-gpu:" in container["image"]
 
 
 @needs_kubectl
@@ -141,6 +155,134 @@ def test_metrics_stay_internal_and_autoscaling_finds_its_metric() -> None:
     (rule,) = adapter["rules"]["custom"]
     assert rule["name"]["as"] == pods_metric["pods"]["metric"]["name"]
     assert re.match(r"lstm_requests_total\{", rule["seriesQuery"])  # what the server exports
+    inference = f'rpc=~"{"|".join(INFERENCE_RPCS)}"'  # load only, at zero from start-up
+    assert inference in rule["seriesQuery"] and inference in rule["metricsQuery"]
+    assert "[2m]" in rule["metricsQuery"]  # two samples at a 1-minute scrape interval
+    assert adapter["prometheus"]["url"] == "http://prometheus-server.monitoring.svc"
+    operator = yaml.safe_load(
+        (KUBERNETES / "prometheus-adapter/kube-prometheus-stack.yaml").read_text()
+    )
+    assert operator["prometheus"] == {
+        "url": "http://kube-prometheus-stack-prometheus.monitoring.svc",
+        "port": 9090,
+    }
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_come_from_the_overlays_images_block_with_immutable_tags(overlay: str) -> None:
+    block = yaml.safe_load((KUBERNETES / "overlays" / overlay / "kustomization.yaml").read_text())
+    named = {f"{i['newName']}:{i['newTag']}" for i in block["images"]}
+    pod = by_kind(render(overlay))["Deployment"][0]["spec"]["template"]["spec"]
+    containers = [*pod["initContainers"], *pod["containers"]]
+    assert {c["image"] for c in containers} == named
+    for container in containers:
+        assert container["image"].endswith(f":{__version__}")  # the tag `make images` builds
+        assert container["imagePullPolicy"] == "IfNotPresent"
+    (runtime,) = kserve_objects()["clusterservingruntime"]["spec"]["containers"]
+    assert runtime["image"] == f"lstm-serving/server:{__version__}"
+    assert runtime["imagePullPolicy"] == "IfNotPresent"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_autoscaled_deployment_sets_no_replicas(overlay: str) -> None:
+    """An apply would otherwise reset a scaled-out Deployment to the file's count."""
+    kinds = by_kind(render(overlay))
+    (hpa,) = kinds["HorizontalPodAutoscaler"]
+    (deployment,) = kinds["Deployment"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"]
+
+
+@needs_kubectl
+def test_the_podmonitor_component_is_valid_and_selects_the_pods(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = KUBERNETES / "overlays/cpu"
+    component = KUBERNETES / "components/podmonitor"
+    (overlay / "kustomization.yaml").write_text(  # kustomize takes relative paths only
+        f"resources: [{os.path.relpath(base, overlay)}]\n"
+        f"components: [{os.path.relpath(component, overlay)}]\n"
+    )
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    kinds = by_kind(list(yaml.safe_load_all(rendered.stdout)))
+    (monitor,) = kinds["PodMonitor"]
+    crd_validate(MONITORING_SCHEMAS, monitor)
+    broken = copy.deepcopy(monitor)
+    broken["spec"]["podMetricsEndpoints"][0]["scrapeInterval"] = "30s"  # the field is interval
+    with pytest.raises(jsonschema.ValidationError):
+        crd_validate(MONITORING_SCHEMAS, broken)
+    pod = kinds["Deployment"][0]["spec"]["template"]
+    assert pod["metadata"]["labels"].items() >= monitor["spec"]["selector"]["matchLabels"].items()
+    ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+
+
+# Pod Security Standards, "restricted" profile (kubernetes.io/docs/concepts/security/
+# pod-security-standards): the rules that apply to what a pod spec and its containers set.
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What in a pod spec (or a KServe runtime's spec) the restricted profile forbids."""
+    found = []
+    pod_security = pod.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            found.append(field)
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        security = container.get("securityContext", {})
+        name = container["name"]
+        merged = {**pod_security, **security}
+        if security.get("privileged"):
+            found.append(f"{name}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation is not false")
+        if merged.get("runAsNonRoot") is not True or merged.get("runAsUser") == 0:
+            found.append(f"{name}: may run as root")
+        if merged.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: no seccompProfile RuntimeDefault")
+        capabilities = security.get("capabilities", {})
+        if capabilities.get("drop") != ["ALL"]:
+            found.append(f"{name}: capabilities not dropped")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added")
+        if any(p.get("hostPort") for p in container.get("ports", [])):
+            found.append(f"{name}: hostPort")
+    return found
+
+
+@needs_kubectl
+def test_the_pods_pass_pod_security_restricted() -> None:
+    pod = by_kind(render("cpu"))["Deployment"][0]["spec"]["template"]["spec"]
+    runtime = kserve_objects()["clusterservingruntime"]["spec"]
+    assert restricted_violations(pod) == []
+    assert restricted_violations(runtime) == []
+    (container,) = runtime["containers"]
+    assert container["securityContext"]["runAsGroup"] == container["securityContext"]["runAsUser"]
+    loose = copy.deepcopy(runtime)
+    del loose["containers"][0]["securityContext"]["seccompProfile"]
+    assert restricted_violations(loose) == ["kserve-container: no seccompProfile RuntimeDefault"]
 
 
 def strict(schema: Any) -> Any:
@@ -155,9 +297,13 @@ def strict(schema: Any) -> Any:
     return schema
 
 
-def kserve_validate(obj: dict[str, Any]) -> None:
-    schema = KSERVE_SCHEMAS[f"{obj['apiVersion']}/{obj['kind']}"]
+def crd_validate(schemas: dict[str, Any], obj: dict[str, Any]) -> None:
+    schema = schemas[f"{obj['apiVersion']}/{obj['kind']}"]
     jsonschema.Draft7Validator(strict(schema)).validate(obj)
+
+
+def kserve_validate(obj: dict[str, Any]) -> None:
+    crd_validate(KSERVE_SCHEMAS, obj)
 
 
 def kserve_objects() -> dict[str, dict[str, Any]]:
@@ -287,6 +433,7 @@ def test_the_server_starts_as_the_kserve_runtime_says(
     )
     process = started_as(container, args, port)
     try:
+        assert probe(port, container["readinessProbe"]["grpc"]["service"]) == "SERVING"
         request = build_infer_request(name, np.ones((1, 3, 2), np.float32))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             answer = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)

@@ -7,7 +7,9 @@ import numpy as np
 from prometheus_client import generate_latest
 
 from lstm_serving.core.batching import BatchReport
-from lstm_serving.core.metrics import Metrics
+from lstm_serving.core.metrics import INFERENCE_RPCS, Metrics
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2_pb2
+from lstm_serving.proto.v1 import lstm_pb2
 from tests.helpers import parse, value
 
 
@@ -38,3 +40,24 @@ def test_sequences_record_opens_steps_and_why_they_closed() -> None:
     assert value(samples, "lstm_sequences_open", model="seed") == 2
     assert value(samples, "lstm_sequence_step_length_sum", model="seed") == 7
     assert value(samples, "lstm_sequences_closed_total", model="seed", reason="expired") == 1
+
+
+def test_a_served_model_exports_its_inference_counters_at_zero() -> None:
+    """The autoscaler's request rate exists for a pod before its first call."""
+    metrics = Metrics()
+    metrics.model_served("seed", 2, "CPUExecutionProvider")
+    samples = parse(generate_latest(metrics.registry).decode())
+    for rpc in INFERENCE_RPCS:
+        labels = {"model": "seed", "version": "2", "rpc": rpc, "code": "OK"}
+        assert samples[("lstm_requests_total", frozenset(labels.items()))] == 0  # present
+    info = {"model": "seed", "version": "2", "provider": "CPUExecutionProvider"}
+    assert value(samples, "lstm_model_info", **info) == 1
+
+
+def test_the_inference_rpcs_are_the_services_inference_methods() -> None:
+    methods = {
+        *lstm_pb2.DESCRIPTOR.services_by_name["LstmService"].methods_by_name,
+        *v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name,
+    }
+    assert set(INFERENCE_RPCS) <= methods
+    assert {m for m in methods if "Infer" in m or "Predict" in m} == set(INFERENCE_RPCS)
