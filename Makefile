@@ -29,17 +29,18 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy
 	$(BIN)/pyright
 
-# nginx and promtool, for the load-balancer and Prometheus-config tests; podman, runc and
-# debootstrap, for the image tests (they skip, saying why, where these cannot be installed:
-# not root, or no apt-get).
-SYSTEM_TOOLS := nginx promtool podman runc debootstrap
+# nginx and prometheus/promtool, for the load-balancer, Prometheus-config and autoscaling-metric
+# tests; podman, runc, catatonit (the pods' pause process) and debootstrap, for the image and
+# `podman kube play` tests (they skip, saying why, where these cannot be installed: not root,
+# or no apt-get).
+SYSTEM_TOOLS := nginx promtool prometheus podman runc catatonit debootstrap
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "Installing nginx, prometheus (promtool), podman, runc, debootstrap from Debian ..."; \
+		echo "Installing nginx, prometheus, podman, runc, catatonit, debootstrap from Debian ..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends nginx prometheus podman runc debootstrap >/dev/null; \
+			--no-install-recommends nginx prometheus podman runc catatonit debootstrap >/dev/null; \
 	else echo "note:$$missing missing and not installable here; the tests needing them skip"; fi
 
 # The real images (server and export targets) built with podman and run as docker-compose

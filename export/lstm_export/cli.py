@@ -170,6 +170,8 @@ def adopted_model(path: Path) -> tuple[onnx.ModelProto, Architecture, Verificati
         adopted = read_onnx(path)
     except AdoptionError as exc:
         raise ExportError(f"{path}: {exc}") from exc
+    for note in adopted.spec.notes:
+        print(f"note: {note}")
     arch = architecture_of(adopted.spec, sha256_of(weights_of(adopted.spec)))
     model = graph_of(adopted.spec, arch)
 

@@ -130,10 +130,16 @@ def read_onnx(path: Path) -> Adopted:
     mapping = ", ".join(f"{o.theirs} -> {o.ours}" for o in outputs)
     producer = f" ({model.producer_name})" if model.producer_name else ""
     source = f"ONNX {path.name}{producer}; its outputs: {mapping}"
-    spec = ModelSpec(walk.layers, head, source=source, embedding=walk.embedding)
     dims = list(data.type.tensor_type.shape.dim)
     time_major = walk.time_axis == "X0"
     batch_dim, time_dim = (dims[1], dims[0]) if time_major else (dims[0], dims[1])
+    notes = [
+        f"the file fixes the {axis} size at {_fixed(dim)}: verified at that size (the adopted "
+        "model takes any)"
+        for axis, dim in (("batch", batch_dim), ("time", time_dim))
+        if _fixed(dim)
+    ]
+    spec = ModelSpec(walk.layers, head, source=source, notes=notes, embedding=walk.embedding)
     return Adopted(
         spec,
         model,

@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -210,3 +211,186 @@ def test_image_sizes_and_the_server_image_has_no_torch(built: dict[str, float]) 
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
     podman("run", "--rm", *RUNTIME, *LIMITS, "--entrypoint", "python", SERVER, "-c", probe)
     assert sizes[SERVER] - sizes[BASE] < 300 < sizes[EXPORT] - sizes[BASE]
+
+
+# --- the Kubernetes manifests, played by podman ---------------------------------------------
+
+KUBERNETES = ROOT / "deploy/kubernetes"
+OVERLAY_IMAGES = {"lstm-serving/server": SERVER, "lstm-serving/export": EXPORT}
+needs_kube_play = pytest.mark.skipif(
+    shutil.which("kubectl") is None or shutil.which("catatonit") is None,
+    reason="kubectl (renders kustomize) or catatonit (podman's pod pause process) is missing",
+)
+
+
+def podman_conf(tmp_path: Path) -> dict[str, str]:
+    """`podman kube play` takes no --ulimit or --runtime: the same limits and runtime as the
+    other containers here, through a containers.conf."""
+    conf = tmp_path / "containers.conf"
+    conf.write_text(
+        '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+        '[engine]\nruntime = "runc"\n'
+    )
+    return {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+
+def as_played_pod(overlay: str, name: str, ports: dict[str, int]) -> dict[str, object]:
+    """The overlay's Deployment as the Pod its ReplicaSet makes, for podman 4.3: the images
+    this module built under the overlay's names, hostPorts so podman publishes each port (its
+    default collides), and restartPolicy OnFailure: podman 4.3 gives init containers the pod's
+    policy, and under Always it restarts the finished export before it removes it."""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES / "overlays" / overlay)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    (deployment,) = [o for o in yaml.safe_load_all(rendered.stdout) if o["kind"] == "Deployment"]
+    template = deployment["spec"]["template"]
+    spec = template["spec"]
+    for container in [*spec["initContainers"], *spec["containers"]]:
+        image, tag = container["image"].rsplit(":", 1)
+        assert tag != "latest" and container["imagePullPolicy"] == "IfNotPresent"
+        container["image"] = OVERLAY_IMAGES[image]
+        for port in container.get("ports", []):
+            port["hostPort"] = ports[port["name"]]
+    spec["restartPolicy"] = "OnFailure"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            **{k: template["metadata"][k] for k in ("labels", "annotations")},
+        },
+        "spec": spec,
+    }
+
+
+def probed(port: int, service: str, deadline: float) -> None:
+    """A gRPC health Check as the kubelet's grpc probe sends it, until SERVING."""
+    while True:
+        with (
+            LstmClient(f"127.0.0.1:{port}", timeout=2) as client,
+            contextlib.suppress(grpc.RpcError),
+        ):
+            if client.health(service) == "SERVING":
+                return
+        assert time.monotonic() < deadline, f"{service or 'server'} never SERVING"
+        time.sleep(0.5)
+
+
+@needs_kube_play
+def test_the_rendered_deployment_runs_in_podman_kube_play(
+    built: dict[str, float], tmp_path: Path
+) -> None:
+    """The init container exports into the emptyDir, the server runs as the pod spec says,
+    answers its probes, Predict and /metrics, and drains within the grace period under load."""
+    ports = {"grpc": unused_port(), "metrics": unused_port()}
+    name = f"lstm-kube-play-{time.monotonic_ns()}"
+    pod = as_played_pod("cpu", name, ports)
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    env = podman_conf(tmp_path)
+    played = subprocess.run(["podman", "kube", "play", str(tmp_path / "pod.yaml")],
+                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    server = f"{name}-lstm-serve"
+    try:
+        assert played.returncode == 0, played.stderr
+        (container,) = pod["spec"]["containers"]  # type: ignore[index]
+        deadline = time.monotonic() + 120
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probed(ports["grpc"], container[probe]["grpc"]["service"], deadline)
+        with LstmClient(f"127.0.0.1:{ports['grpc']}") as client:
+            answer = client.predict("seed", X)
+        assert answer.last_hidden is not None and answer.last_hidden.shape == (2, 32)
+        metrics = f"http://127.0.0.1:{ports['metrics']}/metrics"
+        with urllib.request.urlopen(metrics, timeout=10) as page:
+            assert 'rpc="Predict",version="1"} 1.0' in page.read().decode()
+        assert podman("exec", server, "id", "-u") == "10001"
+
+        calls_made: list[tuple[float, float, str]] = []  # (started, ended, code)
+        long_input = np.ones((8, 1000, 2), np.float32)  # tens of ms a call: some in flight
+        stop_load = threading.Event()
+
+        def load() -> None:
+            with LstmClient(f"127.0.0.1:{ports['grpc']}", timeout=10) as client:
+                while not stop_load.is_set():
+                    started, code = time.monotonic(), "OK"
+                    try:
+                        client.predict("seed", long_input)
+                    except grpc.RpcError as exc:
+                        code = exc.code().name
+                        time.sleep(0.05)
+                    calls_made.append((started, time.monotonic(), code))
+
+        callers = [threading.Thread(target=load) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        time.sleep(1)
+        grace_period = pod["spec"]["terminationGracePeriodSeconds"]  # type: ignore[index]
+        began = time.monotonic()
+        podman("pod", "stop", "-t", str(grace_period), name)
+        stopped_after = time.monotonic() - began
+        stop_load.set()
+        for caller in callers:
+            caller.join(timeout=30)
+        assert podman("inspect", server, "--format", "{{.State.ExitCode}}") == "0"
+        grace = float(container["args"][container["args"].index("--grace-period") + 1])
+        assert stopped_after < grace + 2, stopped_after
+        # every call that was sent before the stop was answered: in-flight ones finished in the
+        # drain (calls sent after it may meet podman's port forwarder with no server behind)
+        before = [code for started, _, code in calls_made if started < began]
+        spanning = [1 for started, ended, _ in calls_made if started < began < ended]
+        assert before and set(before) == {"OK"} and spanning, (set(before), len(spanning))
+    finally:
+        podman("pod", "rm", "-f", name, check=False)
+
+
+TRITONCLIENT_CALL = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as triton
+client = triton.InferenceServerClient(sys.argv[1])
+x = np.linspace(-1, 1, 2 * 7 * 2, dtype=np.float32).reshape(2, 7, 2)
+given = triton.InferInput("input", list(x.shape), "FP32")
+given.set_data_from_numpy(x)
+result = client.infer(sys.argv[2], [given], outputs=[triton.InferRequestedOutput("last_hidden")])
+print(json.dumps({"ready": client.is_model_ready(sys.argv[2]),
+                  "last_hidden": result.as_numpy("last_hidden").tolist()}))
+"""
+
+
+def test_the_kserve_runtime_container_answers_tritonclient(volume: str, tmp_path: Path) -> None:
+    """The ClusterServingRuntime's container, started with its args, env and security
+    context, on the storageUri's contents at /mnt/models, asked by the stock tritonclient (in
+    its own process: its protobuf module and ours define the same symbols)."""
+    runtime = yaml.safe_load((KUBERNETES / "kserve/clusterservingruntime.yaml").read_text())
+    service = yaml.safe_load((KUBERNETES / "kserve/inferenceservice.yaml").read_text())
+    (container,) = runtime["spec"]["containers"]
+    model = service["metadata"]["name"]
+    args = [a.replace("{{.Name}}", model) for a in container["args"]]
+    security = container["securityContext"]
+    env = [f"--env={e['name']}={e['value']}" for e in container["env"]]
+    port = unused_port()
+    name = f"lstm-kserve-runtime-{time.monotonic_ns()}"
+    podman("run", "-d", *RUNTIME, *LIMITS, "--name", name, "--read-only", "--cap-drop", "ALL",
+           "--security-opt", "no-new-privileges", "--tmpfs", "/tmp",
+           "--user", f"{security['runAsUser']}:{security['runAsGroup']}", *env,
+           "-v", f"{volume}:/mnt/models-volume:ro", "-p", f"127.0.0.1:{port}:9000", SERVER,
+           *relocated_to(args, "/mnt/models", f"/mnt/models-volume/{model}"))  # fmt: skip
+    try:
+        probed(port, container["readinessProbe"]["grpc"]["service"], time.monotonic() + 60)
+        asked = subprocess.run(
+            [str(BIN / "python"), "-c", TRITONCLIENT_CALL, f"127.0.0.1:{port}", model],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert asked.returncode == 0, asked.stderr
+        answer = json.loads(asked.stdout)
+        with LstmClient(f"127.0.0.1:{port}") as client:
+            expected = client.predict(model, X).last_hidden
+        assert answer["ready"] and expected is not None
+        assert np.array_equal(np.array(answer["last_hidden"], np.float32), expected)
+    finally:
+        podman("rm", "-f", name, check=False)
+
+
+def relocated_to(args: list[str], path: str, actual: str) -> list[str]:
+    """The runtime's args with KServe's model path where this test mounts the model."""
+    return [actual if a == path else a for a in args]

@@ -5,6 +5,8 @@ and returned with how to run it (its input's layout, its lengths input)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from lstm_export.torch_source import onnx_gates
+from tests.helpers import ROOT
 
 
 @dataclass(frozen=True)
@@ -87,25 +90,38 @@ class TimeMajorText(nn.Module):
 
 def torch_legacy(path: Path) -> Original:
     """torch.onnx.export(dynamo=False): the TorchScript-based exporter."""
-    torch.manual_seed(0)
-    module = LastStepHead().eval()
-    _export(module, torch.zeros(2, 7, 5), path, dynamo=False)
+    _in_own_process("legacy", path)
     return Original(path, "y", features=5)
 
 
 def torch_dynamo(path: Path) -> Original:
     """torch.onnx.export's default exporter (torch.export, then onnxscript)."""
-    torch.manual_seed(1)
-    module = FinalStateHead().eval()
-    _export(module, torch.zeros(2, 7, 5), path, dynamo=True)
+    _in_own_process("dynamo", path)
     return Original(path, "y", features=5)
 
 
 def torch_legacy_text(path: Path) -> Original:
-    torch.manual_seed(2)
-    module = TimeMajorText().eval()
-    _export(module, torch.zeros(7, 2, dtype=torch.int64), path, dynamo=False, time_major=True)
+    _in_own_process("legacy-text", path)
     return Original(path, "y", tokens=20, time_major=True, carries_state=False)
+
+
+def _in_own_process(kind: str, path: Path) -> None:
+    """Exported as a user's script does, in a fresh interpreter: in the test process, state
+    other tests' torch.export calls leave makes the dynamo exporter fix the time axis."""
+    script = [sys.executable, "-m", "tests.unit.export.onnx_graphs", kind, str(path)]
+    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _export_in_this_process(kind: str, path: Path) -> None:
+    torch.manual_seed(0)
+    if kind == "legacy":
+        _export(LastStepHead().eval(), torch.zeros(2, 7, 5), path, dynamo=False)
+    elif kind == "dynamo":
+        _export(FinalStateHead().eval(), torch.zeros(2, 7, 5), path, dynamo=True)
+    else:
+        ids = torch.zeros(7, 2, dtype=torch.int64)
+        _export(TimeMajorText().eval(), ids, path, dynamo=False, time_major=True)
 
 
 def _export(
@@ -264,3 +280,7 @@ GRAPHS = {
     "triton": triton_graph,
     "tf2onnx": tf2onnx_graph,
 }
+
+
+if __name__ == "__main__":
+    _export_in_this_process(sys.argv[1], Path(sys.argv[2]))
