@@ -137,6 +137,7 @@ def serve_models(
             settings.max_sequences,
             settings.sequence_idle_timeout,
             metrics.sequence_observer(model.name),
+            max_waiting=settings.max_queue_size,
         )
         metrics.model_served(model.name, model.version, model.provider)
         batcher.start()

@@ -6,6 +6,8 @@ The only module of the server that imports onnxruntime.
 from __future__ import annotations
 
 import logging
+import stat
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,12 +51,40 @@ def choose_providers(device: str) -> list[str]:
 
 
 FileSignature = tuple[int, int, int]  # mtime (ns), size, inode
+MODEL_READ_TIMEOUT_S = 30.0  # a model file read that takes longer is abandoned and refused
+
+
+def read_model_file(path: Path, timeout: float = MODEL_READ_TIMEOUT_S) -> bytes:
+    """The file's bytes, read on a daemon thread: a read that never ends (a hung network
+    mount) is abandoned after `timeout` and the file refused, so it can wedge neither a reload
+    nor shutdown. Anything but a regular file (a FIFO, a device) is refused unread."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ModelLoadError(f"{path}: not a regular file (a FIFO or a device?): refused")
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read it: {exc.strerror}") from exc
+    result: list[bytes | OSError] = []
+
+    def read() -> None:
+        try:
+            result.append(path.read_bytes())
+        except OSError as exc:
+            result.append(exc)
+
+    reader = threading.Thread(target=read, name=f"read {path.name}", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not result:
+        raise ModelLoadError(f"{path}: reading it took over {timeout:g} s (a hung mount?): refused")
+    if isinstance(result[0], OSError):
+        raise ModelLoadError(f"{path}: cannot read it: {result[0].strerror}") from result[0]
+    return result[0]
 
 
 def file_signature(path: Path) -> FileSignature:
     """What tells a file changed in place (or was replaced) since it was loaded."""
-    stat = path.stat()
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size, info.st_ino
 
 
 class Model:
@@ -65,6 +95,7 @@ class Model:
     ) -> None:
         self.name, self.version, self.path = name, version, path
         self.file_signature = file_signature(path)  # before reading: a write during it shows
+        contents = read_model_file(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -77,7 +108,7 @@ class Model:
         options.log_severity_level = 3  # ORT's warnings go to stderr unformatted otherwise
         providers = choose_providers(device)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = ort.InferenceSession(contents, options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
         self.provider = self.session.get_providers()[0]

@@ -63,10 +63,15 @@ class SequenceStore:
         max_sequences: int,
         idle_timeout: float,
         observer: SequenceObserver | None = None,
+        max_waiting: int = 1024,
     ) -> None:
         self.name = name
         self.max_sequences = max_sequences
         self.idle_timeout = idle_timeout
+        # steps waiting for an earlier step of their sequence: held before the batcher's queue,
+        # so bounded as it is (--max-queue-size)
+        self.max_waiting = max_waiting
+        self._waiting = 0
         self._observer: SequenceObserver = observer or _Unobserved()
         self._open: dict[Key, _Open] = {}
         self._closed: OrderedDict[Key, tuple[str, float]] = OrderedDict()  # reason, when
@@ -98,7 +103,18 @@ class SequenceStore:
         """
         key = (owner, step.id)
         entry = self._begin(key, step, initial)
-        async with entry.lock:
+        if entry.lock.locked() and self._waiting >= self.max_waiting:
+            raise ResourceExhausted(
+                f"{self._waiting} steps of {self.name}'s sequences already wait for their "
+                f"sequence's earlier step (--max-queue-size {self.max_waiting}); send a "
+                "sequence's next step after its previous answer, or retry later"
+            )
+        self._waiting += 1
+        try:
+            await entry.lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             if entry.closed:
                 raise NotFound(f"{self._describe(step)} {entry.closed}")
             stepping = _Stepping(entry.state)
@@ -112,6 +128,8 @@ class SequenceStore:
             self._observer.stepped(steps)
             if step.end:
                 self._close(key, "ended")
+        finally:
+            entry.lock.release()
 
     def _begin(self, key: Key, step: SequenceStep, initial: States | None) -> _Open:
         entry = self._open.get(key)

@@ -34,7 +34,7 @@ from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2
 from lstm_serving.proto.v1 import lstm_pb2
 from lstm_serving.server.kserve_v2 import InferenceServicer
 from lstm_serving.server.lstm_v1 import LstmServicer
-from lstm_serving.server.metrics_endpoint import MetricsEndpoint
+from lstm_serving.server.metrics_endpoint import MetricsEndpoint, serve_metrics
 from lstm_serving.server.registration import add_servicer
 from lstm_serving.server.security import BearerTokenInterceptor, server_credentials
 from lstm_serving.server.servicer import OpenStreams
@@ -146,15 +146,7 @@ class LstmServer:
             raise StartupError(f"cannot listen on {target} (is the port in use?)")
         if self.settings.metrics_port and not self._reuse_port:
             registry = aggregate_registry() if multiprocess_mode() else self.metrics.registry
-            cert, key = self.settings.tls_cert, self.settings.tls_key
-            tls = (cert, key) if cert and key and self.settings.metrics_tls else None
-            self._metrics_http = MetricsEndpoint(
-                self.settings.metrics_port,
-                self.settings.metrics_host,
-                registry,
-                tls,
-                self.settings.tls_client_ca if tls else None,
-            )
+            self._metrics_http = serve_metrics(self.settings, registry)
         await self._server.start()
         return self.port
 

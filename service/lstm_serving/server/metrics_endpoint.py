@@ -10,6 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_http_server
 
+from lstm_serving.core.settings import Settings
 from lstm_serving.errors import StartupError
 
 METRICS_IDLE_TIMEOUT_S = 10.0  # a /metrics connection silent this long is closed
@@ -62,3 +63,17 @@ class MetricsEndpoint:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def serve_metrics(settings: Settings, registry: CollectorRegistry) -> MetricsEndpoint:
+    """/metrics as the settings say, TLS and client certificates included: one place, so a
+    single process and the parent of --workers serve it alike."""
+    cert, key = settings.tls_cert, settings.tls_key
+    tls = (cert, key) if cert and key and settings.metrics_tls else None
+    return MetricsEndpoint(
+        settings.metrics_port,
+        settings.metrics_host,
+        registry,
+        tls,
+        settings.tls_client_ca if tls else None,
+    )

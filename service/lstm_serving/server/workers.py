@@ -35,7 +35,7 @@ from lstm_serving.core.metrics import (
 )
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import StartupError
-from lstm_serving.server.metrics_endpoint import MetricsEndpoint
+from lstm_serving.server.metrics_endpoint import serve_metrics
 
 log = logging.getLogger("lstm-serve")
 
@@ -94,9 +94,7 @@ def _supervise(settings: Settings, worker: Worker) -> int:
         signal.signal(sig, forward)
     metrics_http = None
     if settings.metrics_port:  # after the fork: the workers must not inherit its socket
-        metrics_http = MetricsEndpoint(
-            settings.metrics_port, settings.metrics_host, aggregate_registry()
-        )
+        metrics_http = serve_metrics(settings, aggregate_registry())
     log.info("started %d workers on port %d", len(workers), settings.port)
     alive = {process.sentinel: process for process in workers}
     started = {process.sentinel: time.monotonic() for process in workers}

@@ -315,9 +315,12 @@ def kserve_objects() -> dict[str, dict[str, Any]]:
 
 def test_kserve_objects_match_kserves_crd_schemas() -> None:
     objects = kserve_objects()
+    policy = objects.pop("networkpolicy")
     assert {o["kind"] for o in objects.values()} == {"ClusterServingRuntime", "InferenceService"}
     for obj in objects.values():
         kserve_validate(obj)
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(policy, version, strict=True)
     broken = copy.deepcopy(objects["clusterservingruntime"])
     broken["spec"]["protocolVersion"] = ["grpc-v2"]  # the field is protocolVersions
     with pytest.raises(jsonschema.ValidationError):
@@ -327,6 +330,14 @@ def test_kserve_objects_match_kserves_crd_schemas() -> None:
     (container,) = runtime["spec"]["containers"]
     assert container["ports"][0]["name"] == "h2c"  # KServe's sign of a gRPC port
     assert str(container["ports"][0]["containerPort"]) == flag(container["args"], "--port")
+    container_metrics = flag(container["args"], "--metrics-port")
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected == {"serving.kserve.io/inferenceservice": service["metadata"]["name"]}
+    open_ports, monitoring = policy["spec"]["ingress"]
+    assert monitoring["ports"] == [{"port": int(container_metrics), "protocol": "TCP"}]
+    assert monitoring["from"]  # /metrics only from Prometheus's namespace
+    for allowed in open_ports["ports"]:  # every other port, from anywhere
+        assert not allowed["port"] <= int(container_metrics) <= allowed["endPort"]
     model = service["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"]
     assert model["modelFormat"]["name"] in [

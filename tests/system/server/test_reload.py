@@ -135,9 +135,10 @@ def _renamed_output(source: bytes) -> bytes:
 async def test_files_that_cannot_be_served_are_refused_by_name_and_reload_goes_on(
     repository: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Malformed metadata, metadata that disagrees with its graph, an output renamed, a
-    version folder that is not a plain ASCII integer: each refused (or ignored) with a line
-    naming the file, counted, never published; the reload task lives on to load a good one."""
+    """Malformed metadata, metadata that disagrees with its graph, an output renamed, a FIFO
+    whose read would never end, a version folder that is not a plain ASCII integer: each
+    refused (or ignored) with a line naming the file, counted, never published; the reload
+    task lives on to load a good one."""
     server = await start_server(repository=repository)
     source = (repository / "seed/1/model.onnx").read_bytes()
     bad = {
@@ -154,6 +155,8 @@ async def test_files_that_cannot_be_served_are_refused_by_name_and_reload_goes_o
     }
     for version, content in bad.items():
         add_version(repository, version, content)
+    (repository / "seed/7").mkdir()
+    os.mkfifo(repository / "seed/7/model.onnx")  # a read that would never end
     (repository / "seed/²").mkdir()
     (repository / "seed/²/model.onnx").write_bytes(source)
     try:
@@ -166,13 +169,14 @@ async def test_files_that_cannot_be_served_are_refused_by_name_and_reload_goes_o
             assert (await client.predict("seed", X)).version == 6
     finally:
         await server.stop(grace=1)
+    assert "seed/7/model.onnx: not a regular file (a FIFO or a device?): refused" in caplog.text
     for version in bad:
         assert f"rejected seed version {version}" in caplog.text
         assert f"seed/{version}/model.onnx" in caplog.text
     assert "graph outputs" in caplog.text and "does not run as its metadata says" in caplog.text
     assert "ignored" in caplog.text and "seed/²/model.onnx" in caplog.text
     samples = parse(generate_latest(server.metrics.registry).decode())
-    assert value(samples, "lstm_model_reloads_total", model="seed", result="rejected") == 4
+    assert value(samples, "lstm_model_reloads_total", model="seed", result="rejected") == 5
 
 
 async def test_a_served_file_changed_in_place_is_reloaded_or_refused(

@@ -323,6 +323,33 @@ async def test_metrics_over_mutual_tls(pki: Path, seed_repository: Path) -> None
         await server.stop(grace=1)
 
 
+def test_metrics_over_mutual_tls_with_workers(pki: Path, seed_repository: Path) -> None:
+    """--workers N: the parent serves /metrics, with the same TLS and client certificates."""
+    port, metrics = free_port(), free_port()
+    server_tls = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
+    process = start(
+        seed_repository,
+        port,
+        "--workers",
+        "2",
+        *server_tls,
+        "--tls-client-ca",
+        str(pki / "ca.pem"),
+        "--metrics-tls",
+        "--metrics-port",
+        str(metrics),
+        "--metrics-host",
+        "127.0.0.1",
+    )
+    client_tls = ["--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "client.pem")]
+    try:
+        wait_serving_tls(process, port, [*client_tls, "--tls-key", str(pki / "client.key")])
+        _scrape_over_tls(metrics, pki)
+    finally:
+        code, err = stop(process)
+    assert code == 0, err
+
+
 def _scrape_over_tls(port: int, pki: Path) -> None:
     url = f"https://127.0.0.1:{port}/metrics"
     scraper = ssl.create_default_context(cafile=pki / "ca.pem")

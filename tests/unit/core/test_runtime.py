@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from lstm_serving.core.repository import scan_repository
-from lstm_serving.core.runtime import CPU, Model, choose_providers
+from lstm_serving.core.runtime import CPU, Model, choose_providers, read_model_file
 from lstm_serving.errors import ModelLoadError, ProviderError
 
 
@@ -137,3 +140,30 @@ def test_providers() -> None:
     assert choose_providers("auto") == [CPU]
     with pytest.raises(ProviderError, match="onnxruntime-gpu"):
         choose_providers("cuda")
+
+
+def test_a_model_read_that_never_ends_is_abandoned_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung mount, as a read that blocks: refused after the timeout, its thread left
+    behind as a daemon (it holds up neither a reload nor the process's exit)."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"x")
+    released = threading.Event()
+
+    def hangs(self: Path) -> bytes:
+        released.wait()
+        return b""
+
+    monkeypatch.setattr(Path, "read_bytes", hangs)
+    began = time.monotonic()
+    with pytest.raises(ModelLoadError, match=r"reading it took over 0\.2 s \(a hung mount\?\)"):
+        read_model_file(path, timeout=0.2)
+    assert time.monotonic() - began < 2
+    (reader,) = [t for t in threading.enumerate() if t.name == "read model.onnx"]
+    assert reader.daemon
+    released.set()
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelLoadError, match="not a regular file"):
+        read_model_file(fifo)

@@ -10,7 +10,7 @@ import pytest
 from lstm_serving.core import sequences
 from lstm_serving.core.requests import SequenceStep
 from lstm_serving.core.sequences import SequenceStore
-from lstm_serving.errors import NotFound
+from lstm_serving.errors import NotFound, ResourceExhausted
 
 STATE = {"initial_h_0": np.ones((1, 1, 2), np.float32)}
 
@@ -84,3 +84,28 @@ async def test_the_closed_record_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(NotFound, match="was ended"):
         async with store.step(SequenceStep(5), "", None, 1):
             pass
+
+
+async def test_steps_waiting_on_their_sequence_are_bounded_as_the_queue_is() -> None:
+    """300 concurrent steps of one sequence are not all held: past `max_waiting` (the
+    server's --max-queue-size) a step is refused RESOURCE_EXHAUSTED, and the held ones run."""
+    store = SequenceStore("m", max_sequences=4, idle_timeout=60, max_waiting=3)
+    async with store.step(SequenceStep("s", start=True), "", None, 1) as stepping:
+        stepping.final = STATE
+    release = asyncio.Event()
+
+    async def step() -> str:
+        try:
+            async with store.step(SequenceStep("s"), "", None, 1) as stepping:
+                await release.wait()
+                stepping.final = STATE
+        except ResourceExhausted as exc:
+            return str(exc)
+        return "ran"
+
+    tasks = [asyncio.create_task(step()) for _ in range(300)]
+    await asyncio.sleep(0.01)  # one runs, three wait, the rest are refused at once
+    refused = [t.result() for t in tasks if t.done()]
+    assert len(refused) == 296 and "--max-queue-size 3" in refused[0]
+    release.set()
+    assert [await t for t in tasks].count("ran") == 4
