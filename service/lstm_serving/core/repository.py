@@ -138,6 +138,7 @@ def serve_models(
             settings.sequence_idle_timeout,
             metrics.sequence_observer(model.name),
             max_waiting=settings.max_queue_size,
+            max_per_owner=settings.max_sequences_per_owner,
         )
         metrics.model_served(model.name, model.version, model.provider)
         batcher.start()

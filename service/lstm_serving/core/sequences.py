@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -64,6 +64,7 @@ class SequenceStore:
         idle_timeout: float,
         observer: SequenceObserver | None = None,
         max_waiting: int = 1024,
+        max_per_owner: int = 2500,
     ) -> None:
         self.name = name
         self.max_sequences = max_sequences
@@ -72,6 +73,8 @@ class SequenceStore:
         # so bounded as it is (--max-queue-size)
         self.max_waiting = max_waiting
         self._waiting = 0
+        self.max_per_owner = max_per_owner  # sequences one token holds (owner "": no limit)
+        self._owned: Counter[str] = Counter()
         self._observer: SequenceObserver = observer or _Unobserved()
         self._open: dict[Key, _Open] = {}
         self._closed: OrderedDict[Key, tuple[str, float]] = OrderedDict()  # reason, when
@@ -145,6 +148,13 @@ class SequenceStore:
                     f"model {self.name} holds {len(self._open)} open sequences (the limit, "
                     "--max-sequences): end some, or retry later"
                 )
+            owner = key[0]
+            if owner and self._owned[owner] >= self.max_per_owner:
+                raise ResourceExhausted(
+                    f"your token holds {self._owned[owner]} open sequences of model {self.name} "
+                    "(the limit per token, --max-sequences-per-owner): end some, or retry later"
+                )
+            self._owned[owner] += 1
             entry = self._open[key] = _Open(initial)
             self._closed.pop(key, None)
             self._observer.open_changed(len(self._open))
@@ -167,6 +177,9 @@ class SequenceStore:
     def _close(self, key: Key, reason: str, record: bool = True) -> None:
         entry = self._open.pop(key)
         entry.closed = f"was {reason}"
+        self._owned[key[0]] -= 1
+        if not self._owned[key[0]]:
+            del self._owned[key[0]]
         if record:
             self._closed[key] = (entry.closed, time.monotonic())
             while len(self._closed) > CLOSED_RECORD:

@@ -102,6 +102,14 @@ class Settings:
         default=10000,
         metadata={"help": "server-held sequences open at once per model version"},
     )
+    max_sequences_per_owner: int = field(
+        default=2500,
+        metadata={
+            "help": "server-held sequences one token may hold open per model version, so one "
+            "caller cannot take every sequence (with --auth-token-file: without tokens callers "
+            "are not told apart, and only --max-sequences applies)"
+        },
+    )
     sequence_idle_timeout: float = field(
         default=60.0,
         metadata={"help": "seconds a server-held sequence may stay idle before it is freed"},
@@ -138,6 +146,21 @@ class Settings:
         metadata={
             "help": "PredictStream and ModelStreamInfer streams open at once on this server; "
             "more are refused RESOURCE_EXHAUSTED"
+        },
+    )
+    max_streams_per_caller: int = field(
+        default=256,
+        metadata={
+            "help": "streams one caller may hold open (a caller: its token, or without tokens "
+            "its address; callers behind one proxy share it), so one cannot take every stream"
+        },
+    )
+    stream_idle_timeout: float = field(
+        default=300.0,
+        metadata={
+            "help": "seconds a stream may wait for its next message before the server ends it "
+            "(DEADLINE_EXCEEDED), freeing its place under --max-streams; keep it above "
+            "--sequence-idle-timeout; 0: never"
         },
     )
     grace_period: float = field(
@@ -210,8 +233,10 @@ _POSITIVE = (
     "max_queue_steps",
     "max_message_bytes",
     "max_sequences",
+    "max_sequences_per_owner",
     "max_concurrent_streams",
     "max_streams",
+    "max_streams_per_caller",
 )
 _NON_NEGATIVE = (
     "port",
@@ -221,6 +246,7 @@ _NON_NEGATIVE = (
     "grace_period",
     "reload_interval",
     "sequence_idle_timeout",
+    "stream_idle_timeout",
     "max_connection_idle",
     "max_connection_age",
 )

@@ -110,7 +110,9 @@ class LstmServer:
             ],
         )
         dataplane = DataPlane(self.registry, settings)
-        streams = OpenStreams(settings.max_streams)
+        streams = OpenStreams(
+            settings.max_streams, settings.max_streams_per_caller, settings.stream_idle_timeout
+        )
         self._tracing = _tracing(settings, span_exporter)
         traced = self._tracing.traced if self._tracing is not None else None
         lstm_servicer = LstmServicer(dataplane, settings, self.metrics, streams)

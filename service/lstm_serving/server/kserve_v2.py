@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.message import Message
 
 from lstm_serving.core.requests import InferRequest
-from lstm_serving.errors import ServingError
+from lstm_serving.errors import DeadlineExceeded, ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
 from lstm_serving.server.registration import decoded
@@ -145,7 +145,7 @@ class InferenceServicer(ObservedServicer):
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                async for request in self._streams.messages(request_iterator):
                     call = self._decoded(request, deadline, owner)
                     reserved = self._held_for(request, call)
                     held.add(reserved)
@@ -154,7 +154,7 @@ class InferenceServicer(ObservedServicer):
             finally:  # a failed read ends the stream (re-raised by `await reader`)
                 await pending.put(None)
 
-        await self.open_stream("ModelStreamInfer", context)
+        caller = await self.open_stream("ModelStreamInfer", context)
         reader = asyncio.ensure_future(read())
         try:
             while (task := await pending.get()) is not None:
@@ -163,8 +163,10 @@ class InferenceServicer(ObservedServicer):
                     return
                 held.release(size)
             await reader
+        except DeadlineExceeded as idle:
+            await self.end_idle_stream("ModelStreamInfer", context, idle)
         finally:
-            self.close_stream()
+            self.close_stream(caller)
             reader.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()

@@ -9,6 +9,7 @@ from typing import ClassVar
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.settings import Settings
+from lstm_serving.errors import DeadlineExceeded
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
 from lstm_serving.server.registration import decoded
@@ -61,9 +62,9 @@ class LstmServicer(ObservedServicer):
         """One message at a time, each answered before the next is read: a failed message
         ends the stream with its status, and nothing after it has run."""
         deadline, owner = deadline_of(context), caller_of(context)
-        await self.open_stream("PredictStream", context)
+        caller = await self.open_stream("PredictStream", context)
         try:
-            async for request in request_iterator:
+            async for request in self._streams.messages(request_iterator):
                 work = functools.partial(self._predict, request, deadline, owner)
                 try:
                     response = await self.answered("PredictStream", request, work)
@@ -71,8 +72,10 @@ class LstmServicer(ObservedServicer):
                     await context.abort(failure.code, failure.message)
                 if not await sent(context, response):
                     return
+        except DeadlineExceeded as idle:
+            await self.end_idle_stream("PredictStream", context, idle)
         finally:
-            self.close_stream()
+            self.close_stream(caller)
 
     @answers_errors
     async def ListModels(

@@ -7,11 +7,13 @@ status a failure gets comes from `status`.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import functools
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import grpc
@@ -20,7 +22,7 @@ from prometheus_client import Counter, Histogram
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
-from lstm_serving.errors import ResourceExhausted
+from lstm_serving.errors import DeadlineExceeded, ResourceExhausted
 from lstm_serving.server.registration import Undecodable, decoded
 from lstm_serving.server.status import LOGGED, ThrottledLog, status_of
 
@@ -69,11 +71,43 @@ class CallFailed(Exception):
         self.code, self.message = code, message
 
 
-class OpenStreams:
-    """Streams open on this server, both protocols together, and how many may be (--max-streams)."""
+def caller_address(context: Context) -> str:
+    """Who is calling, for per-caller limits: its token's fingerprint, or without one the
+    host it connects from (callers behind one proxy share the proxy's)."""
+    owner = caller_of(context)
+    if owner:
+        return owner
+    peer = context.peer() or ""  # ipv4:10.0.0.7:51234, ipv6:[::1]:51234, unix:...
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
-    def __init__(self, limit: int) -> None:
+
+class OpenStreams:
+    """Streams open on this server, both protocols together: how many may be (--max-streams),
+    how many one caller may hold (--max-streams-per-caller), and how long one may wait for its
+    next message (--stream-idle-timeout)."""
+
+    def __init__(self, limit: int, per_caller: int = 256, idle_timeout: float = 0.0) -> None:
         self.limit, self.count = limit, 0
+        self.per_caller, self.by_caller = per_caller, collections.Counter[str]()
+        self.idle_timeout = idle_timeout
+
+    async def messages(self, requests: AsyncIterator[Req]) -> AsyncIterator[Req]:
+        """A stream's messages; DeadlineExceeded once none comes for the idle timeout, so an
+        idle stream does not hold its place for ever."""
+        iterator = aiter(requests)
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout or None):
+                    message = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"no message for {self.idle_timeout:g} s (--stream-idle-timeout): the "
+                    "stream is ended; open a new one (a server-held sequence stays open until "
+                    "its own idle timeout)"
+                ) from None
+            yield message
 
 
 class ObservedServicer:
@@ -92,19 +126,37 @@ class ObservedServicer:
         self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
         self._max_message_bytes = dataplane.limits.max_message_bytes
 
-    async def open_stream(self, rpc: str, context: Context) -> None:
-        """Takes one of --max-streams for a stream's life (`close_stream` gives it back), or
-        ends the call RESOURCE_EXHAUSTED."""
-        if self._streams.count >= self._streams.limit:
+    async def open_stream(self, rpc: str, context: Context) -> str:
+        """Takes one of --max-streams (and of its caller's --max-streams-per-caller) for a
+        stream's life, or ends the call RESOURCE_EXHAUSTED; returns the caller, for
+        `close_stream` to give them back."""
+        streams, caller = self._streams, caller_address(context)
+        refusal = None
+        if streams.count >= streams.limit:
             refusal = ResourceExhausted(
-                f"{self._streams.count} streams are open on this server, the limit "
-                "(--max-streams): close one, or retry with backoff"
+                f"{streams.count} streams are open on this server, the limit (--max-streams): "
+                "close one, or retry with backoff"
             )
+        elif streams.by_caller[caller] >= streams.per_caller:
+            refusal = ResourceExhausted(
+                f"you hold {streams.by_caller[caller]} open streams, the limit per caller "
+                "(--max-streams-per-caller): close one, or send more messages on each"
+            )
+        if refusal is not None:
             await context.abort(*self.failed(rpc, None, refusal, time.perf_counter()))
-        self._streams.count += 1
+        streams.count += 1
+        streams.by_caller[caller] += 1
+        return caller
 
-    def close_stream(self) -> None:
+    def close_stream(self, caller: str) -> None:
         self._streams.count -= 1
+        self._streams.by_caller[caller] -= 1
+        if not self._streams.by_caller[caller]:
+            del self._streams.by_caller[caller]
+
+    async def end_idle_stream(self, rpc: str, context: Context, idle: DeadlineExceeded) -> None:
+        """Ends a stream that waited too long for its next message, counted as its RPC's."""
+        await context.abort(*self.failed(rpc, None, idle, time.perf_counter()))
 
     def sendable(self, response: Resp) -> Resp:
         """The response, or ResourceExhausted when it is over --max-message-bytes: gRPC would

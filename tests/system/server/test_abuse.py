@@ -209,6 +209,67 @@ async def test_streams_are_limited_per_server(seed_repository: Path) -> None:
         await server.stop(grace=1)
 
 
+async def test_one_caller_cannot_take_every_stream(seed_repository: Path, tmp_path: Path) -> None:
+    """--max-streams-per-caller, callers told apart by their tokens: one token's streams past
+    its limit are refused by name while another token still opens one."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("token-a\ntoken-b\n")
+    server = await start_server(
+        repository=seed_repository,
+        max_streams=10,
+        max_streams_per_caller=2,
+        auth_token_file=tokens,
+    )
+    a, b = (("authorization", "Bearer token-a"),), (("authorization", "Bearer token-b"),)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            lstm = pb_grpc.LstmServiceStub(channel)
+            held = [lstm.PredictStream(metadata=a) for _ in range(2)]
+            for stream in held:
+                await stream.write(_zeros(1, 3, pb.LAST_HIDDEN))
+                await stream.read()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await lstm.PredictStream(metadata=a).read()
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "you hold 2 open streams, the limit per caller (--max-streams-per-caller)" in (
+                str(refused.value.details())
+            )
+            other = lstm.PredictStream(metadata=b)
+            await other.write(_zeros(1, 3, pb.LAST_HIDDEN))
+            assert isinstance(await other.read(), pb.PredictResponse)
+            for stream in [*held, other]:
+                await stream.done_writing()
+    finally:
+        await server.stop(grace=1)
+
+
+async def test_an_idle_stream_is_ended_and_gives_its_place_back(seed_repository: Path) -> None:
+    """--stream-idle-timeout, both protocols: answered messages first, then the stream ends
+    DEADLINE_EXCEEDED naming the flag, and its place under --max-streams is free again."""
+    server = await start_server(repository=seed_repository, max_streams=2, stream_idle_timeout=0.5)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            lstm = pb_grpc.LstmServiceStub(channel)
+            v2_stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            first, second = lstm.PredictStream(), v2_stub.ModelStreamInfer()
+            await first.write(_zeros(1, 3, pb.LAST_HIDDEN))
+            await second.write(build_infer_request("seed", np.zeros((1, 3, 2), np.float32)))
+            assert isinstance(await first.read(), pb.PredictResponse)
+            streamed = await second.read()
+            assert isinstance(streamed, v2.ModelStreamInferResponse) and not streamed.error_message
+            began = time.monotonic()
+            for stream in (first, second):
+                assert await stream.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "no message for 0.5 s (--stream-idle-timeout)" in await stream.details()
+            assert time.monotonic() - began < 5
+            again = lstm.PredictStream()  # both places are free
+            await again.write(_zeros(1, 3, pb.LAST_HIDDEN))
+            assert isinstance(await again.read(), pb.PredictResponse)
+            await again.done_writing()
+    finally:
+        await server.stop(grace=1)
+
+
 def test_a_stream_that_never_reads_holds_about_a_megabyte(seed_repository: Path) -> None:
     """Before: ModelStreamInfer read 256 requests ahead whatever their size: with answers of
     256 KB, RSS grew 134 MB here for a client that never reads. Now it stops reading once
