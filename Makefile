@@ -29,18 +29,19 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy
 	$(BIN)/pyright
 
-# nginx and prometheus/promtool, for the load-balancer, Prometheus-config and autoscaling-metric
-# tests; podman, runc, catatonit (the pods' pause process) and debootstrap, for the image and
+# nginx, prometheus/promtool and redis-server, for the load-balancer, Prometheus-config,
+# autoscaling-metric and shared-sequence-store tests; podman, runc, catatonit (the pods' pause process) and debootstrap, for the image and
 # `podman kube play` tests (they skip, saying why, where these cannot be installed: not root,
 # or no apt-get).
-SYSTEM_TOOLS := nginx promtool prometheus podman runc catatonit debootstrap
+SYSTEM_TOOLS := nginx promtool prometheus redis-server podman runc catatonit debootstrap
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "Installing nginx, prometheus, podman, runc, catatonit, debootstrap from Debian ..."; \
+		echo "Installing nginx, prometheus, redis-server, podman, runc, catatonit, debootstrap from Debian ..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends nginx prometheus podman runc catatonit debootstrap >/dev/null; \
+			--no-install-recommends nginx prometheus redis-server podman runc catatonit \
+			debootstrap >/dev/null; \
 	else echo "note:$$missing missing and not installable here; the tests needing them skip"; fi
 
 # The real images (server and export targets) built with podman and run as docker-compose
@@ -89,6 +90,8 @@ bench: $(VENV)/.bench
 	@if command -v h2load >/dev/null; then $(BIN)/python -m benchmarks.h2load_bench; \
 	else echo "note: h2load (Debian's nghttp2-client) not installable here: its table skipped"; fi
 	$(BIN)/python -m benchmarks.probes.gil_handoff
+	@if command -v redis-server >/dev/null; then $(BIN)/python -m benchmarks.shared_sequences; \
+	else echo "note: redis-server (make system-deps) not installed: the shared-store table skipped"; fi
 	$(BIN)/python -m benchmarks.run
 
 # Regenerates the Python code for proto/ (never edit it by hand).

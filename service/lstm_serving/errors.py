@@ -35,6 +35,10 @@ class DeadlineExceeded(ServingError):
     """The caller's deadline passed before the request could run."""
 
 
+class Aborted(ServingError):
+    """A step of a sequence lost a race with another step of it: retry."""
+
+
 class Unavailable(ServingError):
     """The server is starting or shutting down; retry elsewhere or later."""
 

@@ -141,6 +141,13 @@ class Metrics:
             buckets=LENGTH_BUCKETS,
             registry=r,
         )
+        self.sequence_store = Histogram(
+            "lstm_sequence_store_seconds",
+            "Round trips to the shared sequence store (--sequence-store), by result (ok, error).",
+            ["result"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.reloads = Counter(
             "lstm_model_reloads",
             "Versions loaded, rejected or removed after start-up.",
@@ -154,6 +161,9 @@ class Metrics:
         self.model_info.labels(model, str(version), provider).set(1)
         for rpc in INFERENCE_RPCS:
             self.requests.labels(model, str(version), rpc, "OK")
+
+    def sequence_store_call(self, seconds: float, ok: bool) -> None:
+        self.sequence_store.labels("ok" if ok else "error").observe(seconds)
 
     def batch_observer(self, model: str, provider: str) -> BatchMetrics:
         return BatchMetrics(self, model, provider)

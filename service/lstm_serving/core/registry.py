@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lstm_serving.core.batching import Batcher
 from lstm_serving.core.runtime import Model
-from lstm_serving.core.sequences import SequenceStore
+from lstm_serving.core.sequences import Sequences
+from lstm_serving.core.shared_sequences import StoreHealth
 from lstm_serving.errors import NotFound, Unavailable
 
 
@@ -14,7 +16,7 @@ from lstm_serving.errors import NotFound, Unavailable
 class ServedModel:
     model: Model
     batcher: Batcher
-    sequences: SequenceStore
+    sequences: Sequences
 
 
 class Registry:
@@ -22,6 +24,9 @@ class Registry:
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._versions: dict[str, list[int]] = {}  # what ListModels answers, kept current
         self.ready = False
+        # --sequence-store: the Redis client every model version's sequences share, and the
+        # store's health; None: sequences live in this process
+        self.shared_store: tuple[Any, StoreHealth] | None = None
 
     def add(self, served: ServedModel) -> None:
         self._models.setdefault(served.model.name, {})[served.model.version] = served

@@ -19,8 +19,9 @@ from lstm_serving.core.batching import Batcher
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.registry import Registry, ServedModel
 from lstm_serving.core.runtime import FileSignature, Model, file_signature
-from lstm_serving.core.sequences import SequenceStore
+from lstm_serving.core.sequences import Sequences, SequenceStore
 from lstm_serving.core.settings import Settings
+from lstm_serving.core.shared_sequences import RedisSequences
 from lstm_serving.errors import ConfigurationError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,14 @@ def serve_models(
             max_queue_steps=settings.max_queue_steps,
             observer=metrics.batch_observer(model.name, model.provider),
         )
-        sequences = SequenceStore(
-            f"{model.name}:{model.version}",
-            settings.max_sequences,
-            settings.sequence_idle_timeout,
-            metrics.sequence_observer(model.name),
-            max_waiting=settings.max_queue_size,
-            max_per_owner=settings.max_sequences_per_owner,
+        name = f"{model.name}:{model.version}"
+        limits = (settings.max_sequences, settings.sequence_idle_timeout)
+        observer = metrics.sequence_observer(model.name)
+        waiting, per_owner = settings.max_queue_size, settings.max_sequences_per_owner
+        sequences: Sequences = (
+            SequenceStore(name, *limits, observer, waiting, per_owner)
+            if registry.shared_store is None
+            else RedisSequences(*registry.shared_store, name, *limits, observer, waiting, per_owner)
         )
         metrics.model_served(model.name, model.version, model.provider)
         batcher.start()

@@ -36,7 +36,7 @@ class SequenceObserver(Protocol):
     def stepped(self, steps: int) -> None: ...
 
 
-class _Unobserved:
+class Unobserved:
     def open_changed(self, count: int) -> None:
         pass
 
@@ -54,6 +54,24 @@ class _Open:
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: str = ""  # why, once closed while a step waited for the lock
+
+
+class Sequences(Protocol):
+    """The sequences of one model version: SequenceStore (in this process) or
+    shared_sequences.RedisSequences (--sequence-store)."""
+
+    name: str
+
+    @property
+    def open_count(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, reason: str = "evicted") -> None: ...
+
+    def step(
+        self, step: SequenceStep, owner: str, initial: States | None, steps: int
+    ) -> contextlib.AbstractAsyncContextManager[Stepping]: ...
 
 
 class SequenceStore:
@@ -75,7 +93,7 @@ class SequenceStore:
         self._waiting = 0
         self.max_per_owner = max_per_owner  # sequences one token holds (owner "": no limit)
         self._owned: Counter[str] = Counter()
-        self._observer: SequenceObserver = observer or _Unobserved()
+        self._observer: SequenceObserver = observer or Unobserved()
         self._open: dict[Key, _Open] = {}
         self._closed: OrderedDict[Key, tuple[str, float]] = OrderedDict()  # reason, when
         self._reaper: asyncio.Task[None] | None = None
@@ -98,7 +116,7 @@ class SequenceStore:
     @contextlib.asynccontextmanager
     async def step(
         self, step: SequenceStep, owner: str, initial: States | None, steps: int
-    ) -> AsyncIterator[_Stepping]:
+    ) -> AsyncIterator[Stepping]:
         """Holds the sequence for one step, in arrival order; yields its state to run from.
 
         The caller sets `stepping.final` to the state the step ended with; the sequence keeps
@@ -120,7 +138,7 @@ class SequenceStore:
         try:
             if entry.closed:
                 raise NotFound(f"{self._describe(step)} {entry.closed}")
-            stepping = _Stepping(entry.state)
+            stepping = Stepping(entry.state)
             try:
                 yield stepping
             except BaseException:
@@ -203,6 +221,6 @@ class SequenceStore:
 
 
 @dataclass
-class _Stepping:
+class Stepping:
     initial: States | None  # what the step runs from (None: zeros)
     final: States | None = None  # what it ended with, set by the caller

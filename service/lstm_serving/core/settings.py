@@ -110,6 +110,13 @@ class Settings:
             "are not told apart, and only --max-sequences applies)"
         },
     )
+    sequence_store: str = field(
+        default="",
+        metadata={
+            "help": "redis://HOST:PORT/DB: keep server-held sequences in Redis, so any replica "
+            "serves any step and a replica that goes loses none (default: in this process)"
+        },
+    )
     sequence_idle_timeout: float = field(
         default=60.0,
         metadata={"help": "seconds a server-held sequence may stay idle before it is freed"},
@@ -302,6 +309,13 @@ def parse_settings(
         choices = f.metadata.get("choices")
         if choices and args[f.name] not in choices:
             parser.error(f"{ENV_PREFIX}{f.name.upper()} must be one of {', '.join(choices)}")
+    if args["sequence_store"] and not args["sequence_store"].startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        parser.error(
+            f"--sequence-store {args['sequence_store']!r}: a Redis URL is expected, "
+            "redis://HOST:PORT/DB (rediss:// for TLS, unix:// for a socket)"
+        )
     if args["max_queue_steps"] < args["max_request_steps"]:
         parser.error(
             f"--max-queue-steps ({args['max_queue_steps']}) must be >= --max-request-steps "

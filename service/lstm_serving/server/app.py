@@ -29,6 +29,7 @@ from lstm_serving.core.metrics import (
 from lstm_serving.core.registry import Registry
 from lstm_serving.core.repository import RepositorySync, load_models, serve_models
 from lstm_serving.core.settings import Settings
+from lstm_serving.core.shared_sequences import connect as connect_store
 from lstm_serving.errors import StartupError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2
 from lstm_serving.proto.v1 import lstm_pb2
@@ -47,6 +48,10 @@ log = logging.getLogger("lstm-serve")
 LSTM_API = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"]
 V2_API = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 LSTM_SERVICE, V2_SERVICE = LSTM_API.full_name, V2_API.full_name
+# With --sequence-store: this health service says whether the store is reachable (checked
+# every STORE_WATCH_S seconds).
+SEQUENCE_STORE_SERVICE = "lstm-serving.SequenceStore"
+STORE_WATCH_S = 2.0
 REFUSAL_WINDOW_S = 0.5  # on shutdown: new calls get UNAVAILABLE this long before the port closes
 # Calls gRPC core holds until the Python server picks them up. Past its defaults core ends calls
 # CANCELLED with no message and nothing counted; with room for a burst every call reaches the
@@ -109,6 +114,10 @@ class LstmServer:
                 *_seconds_option("grpc.max_connection_age_grace_ms", settings.grace_period),
             ],
         )
+        self._store_watch: asyncio.Task[None] | None = None
+        if settings.sequence_store:  # before any model is served: their sequences share it
+            self.registry.shared_store = connect_store(settings.sequence_store)
+            self.registry.shared_store[1].observe = self.metrics.sequence_store_call
         dataplane = DataPlane(self.registry, settings)
         streams = OpenStreams(
             settings.max_streams, settings.max_streams_per_caller, settings.stream_idle_timeout
@@ -157,6 +166,26 @@ class LstmServer:
         models = await asyncio.to_thread(load_models, self.settings)
         serve_models(self.registry, models, self.settings, self.metrics)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.registry.shared_store is not None:
+            self._store_watch = asyncio.get_running_loop().create_task(self._watch_store())
+
+    async def _watch_store(self) -> None:
+        """The shared sequence store's reachability, as health service SEQUENCE_STORE_SERVICE:
+        NOT_SERVING while sequence steps would be UNAVAILABLE (the server's own health stays
+        SERVING: calls without a sequence are served)."""
+        assert self.registry.shared_store is not None
+        client, health = self.registry.shared_store
+        while True:
+            try:
+                await client.ping()
+                health.healthy = True
+            except Exception as exc:  # redis-py's connection and timeout errors
+                health.healthy, health.last_error = False, str(exc)
+            status = health_pb2.HealthCheckResponse
+            await self.health.set(
+                SEQUENCE_STORE_SERVICE, status.SERVING if health.healthy else status.NOT_SERVING
+            )
+            await asyncio.sleep(STORE_WATCH_S)
 
     def announce(self) -> None:
         """The start-up line: where it serves, with what protection, and where /metrics is."""
@@ -203,6 +232,10 @@ class LstmServer:
             await asyncio.wait_for(self.registry.wait_idle(), max(0.0, deadline - time.monotonic()))
         await self._server.stop(max(0.0, deadline - time.monotonic()))
         await self.registry.stop()
+        if self._store_watch is not None:
+            self._store_watch.cancel()
+        if self.registry.shared_store is not None:
+            await self.registry.shared_store[0].aclose()
         if self._metrics_http is not None:
             self._metrics_http.close()
         if self._tracing is not None:

@@ -12,6 +12,7 @@ import time
 import grpc
 
 from lstm_serving.errors import (
+    Aborted,
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
@@ -32,6 +33,7 @@ STATUS: dict[type[ServingError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Aborted: grpc.StatusCode.ABORTED,
 }
 
 # Logged (at a rate limit) because an operator acts on them: the server is full or stopping.

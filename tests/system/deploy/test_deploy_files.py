@@ -49,7 +49,7 @@ def test_compose_schema_rejects_a_broken_file() -> None:
 def test_compose_topology() -> None:
     compose = load(ROOT / "docker-compose.yml")
     services = compose["services"]
-    assert set(services) == {"export", "server", "lb", "prometheus", "grafana", "loadtest"}
+    assert set(services) == {"export", "server", "redis", "lb", "prometheus", "grafana", "loadtest"}
     server = services["server"]
     assert server["deploy"]["replicas"] == 2
     assert server["depends_on"]["export"]["condition"] == "service_completed_successfully"
@@ -59,6 +59,9 @@ def test_compose_topology() -> None:
     )
     assert "--metrics-port" in server["command"] and "8002" in server["command"]
     assert "ports" not in server  # reached through the load balancer only
+    store = server["environment"]["LSTM_SERVE_SEQUENCE_STORE"]
+    assert store == "${LSTM_SERVE_SEQUENCE_STORE-redis://redis:6379/0}"  # the redis service
+    assert server["depends_on"]["redis"] and "ports" not in services["redis"]
     assert services["lb"]["ports"] == ["${LSTM_PORT:-50051}:50051"]  # the one public port
     for unauthenticated in ("prometheus", "grafana"):
         assert all(port.startswith("127.0.0.1:") for port in services[unauthenticated]["ports"])

@@ -195,15 +195,14 @@ def test_the_autoscaled_deployment_sets_no_replicas(overlay: str) -> None:
     assert "replicas" not in deployment["spec"]
 
 
-@needs_kubectl
-def test_the_podmonitor_component_is_valid_and_selects_the_pods(tmp_path: Path) -> None:
+def with_component(tmp_path: Path, component: str) -> dict[str, list[dict[str, Any]]]:
+    """The cpu overlay with one of deploy/kubernetes/components added, rendered, by kind."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
-    base = KUBERNETES / "overlays/cpu"
-    component = KUBERNETES / "components/podmonitor"
+    base, added = KUBERNETES / "overlays/cpu", KUBERNETES / "components" / component
     (overlay / "kustomization.yaml").write_text(  # kustomize takes relative paths only
         f"resources: [{os.path.relpath(base, overlay)}]\n"
-        f"components: [{os.path.relpath(component, overlay)}]\n"
+        f"components: [{os.path.relpath(added, overlay)}]\n"
     )
     rendered = subprocess.run(
         ["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
@@ -212,7 +211,12 @@ def test_the_podmonitor_component_is_valid_and_selects_the_pods(tmp_path: Path) 
         check=True,
         timeout=60,
     )
-    kinds = by_kind(list(yaml.safe_load_all(rendered.stdout)))
+    return by_kind(list(yaml.safe_load_all(rendered.stdout)))
+
+
+@needs_kubectl
+def test_the_podmonitor_component_is_valid_and_selects_the_pods(tmp_path: Path) -> None:
+    kinds = with_component(tmp_path, "podmonitor")
     (monitor,) = kinds["PodMonitor"]
     crd_validate(MONITORING_SCHEMAS, monitor)
     broken = copy.deepcopy(monitor)
@@ -452,3 +456,30 @@ def test_the_server_starts_as_the_kserve_runtime_says(
     finally:
         code, err = stop(process)
     assert code == 0, err
+
+
+@needs_kubectl
+def test_the_redis_sequences_component_is_valid_and_wired(tmp_path: Path) -> None:
+    """The optional shared sequence store: valid objects, Pod Security "restricted", every
+    lstm-serve pod pointed at its Service, and only lstm-serve pods let in."""
+    kinds = with_component(tmp_path, "redis-sequences")
+    for version in KUBERNETES_VERSIONS:
+        for objects in kinds.values():
+            for obj in objects:
+                kubernetes_validate.validate(obj, version, strict=True)
+    deployments = {d["metadata"]["name"]: d for d in kinds["Deployment"]}
+    redis, server = deployments["lstm-sequences"], deployments["lstm-serve"]
+    assert restricted_violations(redis["spec"]["template"]["spec"]) == []
+    env = {
+        e["name"]: e["value"] for e in server["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    services = {s["metadata"]["name"]: s for s in kinds["Service"]}
+    port = services["lstm-sequences"]["spec"]["ports"][0]["port"]
+    assert env["LSTM_SERVE_SEQUENCE_STORE"] == f"redis://lstm-sequences:{port}/0"
+    assert services["lstm-sequences"]["spec"]["selector"].items() <= (
+        redis["spec"]["template"]["metadata"]["labels"].items()
+    )
+    policy = next(p for p in kinds["NetworkPolicy"] if p["metadata"]["name"] == "lstm-sequences")
+    (rule,) = policy["spec"]["ingress"]
+    allowed = rule["from"][0]["podSelector"]["matchLabels"]
+    assert allowed.items() <= server["spec"]["template"]["metadata"]["labels"].items()

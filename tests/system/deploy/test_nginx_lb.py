@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -35,20 +36,21 @@ def render(directory: Path, listen_port: int, upstream_ports: list[int]) -> Path
     return directory / "nginx.conf"
 
 
-@pytest.fixture(scope="module")
-def balanced(
-    seed_repository: Path, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def behind_nginx(
+    repository: Path, directory: Path, *server_args: str
 ) -> Iterator[tuple[int, list[int]]]:
+    """Two lstm-serve processes (with `server_args`) behind deploy/nginx's config: (the load
+    balancer's port, each server's metrics port)."""
     if NGINX is None:
         pytest.skip(
             "nginx not installed (Debian package nginx; `make test` installs it when "
             "it runs as root with apt-get)"
         )
-    directory = tmp_path_factory.mktemp("nginx")
     ports = [free_port(), free_port()]
     metrics_ports = [free_port(), free_port()]
     servers = [
-        start(seed_repository, p, "--metrics-port", str(m))
+        start(repository, p, "--metrics-port", str(m), *server_args)
         for p, m in zip(ports, metrics_ports, strict=True)
     ]
     lb_port = free_port()
@@ -83,6 +85,14 @@ def balanced(
         for server in servers:
             code, err = stop(server)
             assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def balanced(
+    seed_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, list[int]]]:
+    with behind_nginx(seed_repository, tmp_path_factory.mktemp("nginx")) as running:
+        yield running
 
 
 def test_answers_through_nginx_equal_direct_ones_and_both_replicas_serve(
@@ -159,3 +169,71 @@ async def test_unary_steps_of_a_sequence_stay_on_one_replica(
                     assert exc.code() == grpc.StatusCode.NOT_FOUND
                     lost += 1
         assert lost > 0  # P(none lost by chance) = (2 * 2**-10)**6
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_with_the_shared_store_unary_steps_go_to_any_replica(
+    seed_repository: Path, tmp_path: Path
+) -> None:
+    """The compose topology with its redis: steps without the routing header, spread over
+    both replicas by nginx, each meets its sequence's state (the header hash is then only an
+    optimisation)."""
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    store = f"redis://127.0.0.1:{redis_port}/0"
+    try:
+        with behind_nginx(seed_repository, tmp_path, "--sequence-store", store) as (lb, metrics):
+            before = [_predicts(m) for m in metrics]
+            rng = np.random.default_rng(9)
+            with (
+                LstmClient(f"127.0.0.1:{lb}") as client,
+                grpc.insecure_channel(f"127.0.0.1:{lb}") as channel,
+            ):
+                stub = pb_grpc.LstmServiceStub(channel)  # no routing header
+                for n in range(6):
+                    x = rng.standard_normal((1, 10, 2)).astype(np.float32)
+                    whole = client.predict("seed", x, output="sequence")
+                    assert whole.sequence is not None
+                    for step in range(10):
+                        request = predict_request(
+                            "seed",
+                            x[:, step : step + 1],
+                            output="sequence",
+                            sequence_id=f"shared-{n}",
+                            sequence_start=step == 0,
+                            sequence_end=step == 9,
+                        )
+                        got = stub.Predict(request, timeout=10)
+                        assert np.array_equal(
+                            np.frombuffer(got.sequence.data, np.float32),
+                            whole.sequence[0, step],
+                        )
+            after = [_predicts(m) for m in metrics]
+            assert all(a - b >= 5 for a, b in zip(after, before, strict=True))  # both served
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+
+
+def _predicts(metrics_port: int) -> float:
+    return value(
+        scrape(metrics_port),
+        "lstm_requests_total",
+        model="seed",
+        version="1",
+        rpc="Predict",
+        code="OK",
+    )
