@@ -8,7 +8,7 @@ from typing import Any
 from lstm_serving.core.batching import Batcher
 from lstm_serving.core.runtime import Model
 from lstm_serving.core.sequences import Sequences
-from lstm_serving.core.shared_sequences import StoreHealth
+from lstm_serving.core.shared_sequences import Coalesced
 from lstm_serving.errors import NotFound, Unavailable
 
 
@@ -26,7 +26,7 @@ class Registry:
         self.ready = False
         # --sequence-store: the Redis client every model version's sequences share, and the
         # store's health; None: sequences live in this process
-        self.shared_store: tuple[Any, StoreHealth] | None = None
+        self.shared_store: tuple[Any, Coalesced] | None = None
 
     def add(self, served: ServedModel) -> None:
         self._models.setdefault(served.model.name, {})[served.model.version] = served

@@ -119,13 +119,73 @@ class StoreHealth:
     observe: Callable[[float, bool], None] = lambda seconds, ok: None
 
 
+Queue = Callable[[Any], int]  # adds a call's commands to a pipeline, returns how many
+
+
+class Coalesced:
+    """Redis commands issued in one turn of the event loop, sent as one pipeline: the steps of
+    a batch resume together when it is answered, so a batch's writes cost one round trip, not
+    one per step (and so do the reads of steps that arrive together)."""
+
+    def __init__(self, client: Any, health: StoreHealth) -> None:
+        self._client, self.health = client, health
+        self._pending: list[tuple[Queue, asyncio.Future[list[Any]]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+
+    async def run(self, queue: Queue) -> list[Any]:
+        """The results of the commands `queue` adds, once their pipeline has run; a failure
+        of the store is UNAVAILABLE, naming it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._pending.append((queue, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._start_flush)
+        return await future
+
+    def _start_flush(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        pipe = self._client.pipeline(transaction=False)
+        counts = [queue(pipe) for queue, _ in pending]
+        began = time.perf_counter()
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # redis-py raises its ConnectionError, TimeoutError, ...
+            self.health.observe(time.perf_counter() - began, False)
+            self.health.healthy, self.health.last_error = False, str(exc)
+            refusal = Unavailable(
+                f"the sequence store {self.health.url} cannot be reached ({exc}): sequence "
+                "steps wait for it; calls without a sequence are served"
+            )
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(refusal)
+            return
+        self.health.observe(time.perf_counter() - began, True)
+        self.health.healthy = True
+        start = 0
+        for (_, future), count in zip(pending, counts, strict=True):
+            answers = results[start : start + count]
+            start += count
+            failed = next((a for a in answers if isinstance(a, Exception)), None)
+            if future.done():
+                continue
+            if failed is not None:  # a command Redis refused: a fault of ours, not the store's
+                future.set_exception(failed)
+            else:
+                future.set_result(answers)
+
+
 class RedisSequences:
     """The sequences of one model version, in Redis: the interface of SequenceStore."""
 
     def __init__(
         self,
-        client: Any,  # redis.asyncio.Redis
-        health: StoreHealth,
+        store: Coalesced,
         name: str,
         max_sequences: int,
         idle_timeout: float,
@@ -133,7 +193,7 @@ class RedisSequences:
         max_waiting: int = 1024,
         max_per_owner: int = 2500,
     ) -> None:
-        self._redis, self._health = client, health
+        self._store = store
         self.name = name
         self.max_sequences = max_sequences
         self.idle_timeout = idle_timeout
@@ -142,8 +202,6 @@ class RedisSequences:
         self._observer: SequenceObserver = observer or Unobserved()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> lock, steps holding it
         self._waiting = 0
-        self._open_script = client.register_script(OPEN)
-        self._write_script = client.register_script(WRITE)
 
     @property
     def open_count(self) -> int:
@@ -165,22 +223,6 @@ class RedisSequences:
             f"{base}:closed:{member}",
         ]
         return keys, member
-
-    async def _call(self, operation: Any) -> Any:
-        """One round trip; a failure of the store is UNAVAILABLE for this step, naming it."""
-        began = time.perf_counter()
-        try:
-            result = await operation
-        except Exception as exc:  # redis-py raises its ConnectionError, TimeoutError, ...
-            self._health.observe(time.perf_counter() - began, False)
-            self._health.healthy, self._health.last_error = False, str(exc)
-            raise Unavailable(
-                f"the sequence store {self._health.url} cannot be reached ({exc}): sequence "
-                "steps wait for it; calls without a sequence are served"
-            ) from exc
-        self._health.observe(time.perf_counter() - began, True)
-        self._health.healthy = True
-        return result
 
     @contextlib.asynccontextmanager
     async def _local_turn(self, key: str) -> AsyncIterator[None]:
@@ -220,29 +262,24 @@ class RedisSequences:
                 version, state = await self._read(keys, member, step)
             stepping = Stepping(state)
             yield stepping
-            final = encode_states(stepping.final)
-            written = await self._call(
-                self._write_script(
-                    keys=keys,
-                    args=[
-                        version,
-                        final,
-                        time.time(),
-                        int(self.idle_timeout * 1000),
-                        "1" if step.end else "",
-                        member,
-                        "1" if owner else "",
-                        CLOSED_FOR_S,
-                    ],
-                )
-            )
+            args = [
+                version,
+                encode_states(stepping.final),
+                time.time(),
+                int(self.idle_timeout * 1000),
+                "1" if step.end else "",
+                member,
+                "1" if owner else "",
+                CLOSED_FOR_S,
+            ]
+            (written,) = await self._store.run(lambda pipe: _eval(pipe, WRITE, keys, args))
             self._settle(written.decode() if isinstance(written, bytes) else written, step)
             self._observer.stepped(steps)
 
     async def _open(self, keys: list[str], step: SequenceStep, owner: str, now: float) -> None:
         limit = self.max_per_owner if owner else 0
         args = [now, self.idle_timeout, self.max_sequences, limit]
-        verdict, detail = await self._call(self._open_script(keys=keys, args=args))
+        ((verdict, detail),) = await self._store.run(lambda pipe: _eval(pipe, OPEN, keys, args))
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         detail = detail.decode() if isinstance(detail, bytes) else detail
         if verdict == "exists":
@@ -264,11 +301,13 @@ class RedisSequences:
     async def _read(
         self, keys: list[str], member: str, step: SequenceStep
     ) -> tuple[str, States | None]:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hmget(keys[0], "version", "state")
-        pipe.get(keys[3])
-        pipe.zscore(keys[1], member)
-        (version, blob), closed, last_used = await self._call(pipe.execute())
+        def queue(pipe: Any) -> int:
+            pipe.hmget(keys[0], "version", "state")
+            pipe.get(keys[3])
+            pipe.zscore(keys[1], member)
+            return 3
+
+        (version, blob), closed, last_used = await self._store.run(queue)
         if version is None:
             raise NotFound(f"{self._describe(step)} {self._why_not_open(closed, last_used)}")
         return version.decode(), decode_states(blob or b"")
@@ -304,9 +343,15 @@ class RedisSequences:
         return f"{step.describe()} of model {self.name}"
 
 
-def connect(url: str) -> tuple[Any, StoreHealth]:
-    """A Redis client for `url` (redis://HOST:PORT/DB), shared by every model version."""
+def _eval(pipe: Any, script: str, keys: list[str], args: list[Any]) -> int:
+    pipe.eval(script, len(keys), *keys, *args)  # Redis caches the compiled script
+    return 1
+
+
+def connect(url: str) -> tuple[Any, Coalesced]:
+    """A Redis client for `url` (redis://HOST:PORT/DB), and the pipeline every model version's
+    sequences share."""
     import redis.asyncio  # only with --sequence-store: the in-process store needs nothing
 
     client = redis.asyncio.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    return client, StoreHealth(url)
+    return client, Coalesced(client, StoreHealth(url))

@@ -117,7 +117,7 @@ class LstmServer:
         self._store_watch: asyncio.Task[None] | None = None
         if settings.sequence_store:  # before any model is served: their sequences share it
             self.registry.shared_store = connect_store(settings.sequence_store)
-            self.registry.shared_store[1].observe = self.metrics.sequence_store_call
+            self.registry.shared_store[1].health.observe = self.metrics.sequence_store_call
         dataplane = DataPlane(self.registry, settings)
         streams = OpenStreams(
             settings.max_streams, settings.max_streams_per_caller, settings.stream_idle_timeout
@@ -174,7 +174,8 @@ class LstmServer:
         NOT_SERVING while sequence steps would be UNAVAILABLE (the server's own health stays
         SERVING: calls without a sequence are served)."""
         assert self.registry.shared_store is not None
-        client, health = self.registry.shared_store
+        client, store = self.registry.shared_store
+        health = store.health
         while True:
             try:
                 await client.ping()

@@ -20,10 +20,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from lstm_serving.client.client import AsyncLstmClient, Prediction
 from lstm_serving.server.app import SEQUENCE_STORE_SERVICE, LstmServer
-from tests.helpers import free_port, start, start_server, stop, wait_serving
+from tests.helpers import free_port, parse, start, start_server, stop, value, wait_serving
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -259,3 +260,37 @@ def test_a_server_killed_mid_sequence_loses_none(redis: Redis, seed_repository: 
         assert code == 0, err
         if processes[1].poll() is None:
             stop(processes[1])
+
+
+async def test_a_batch_of_steps_costs_a_round_trip_not_one_per_step(
+    redis: Redis, seed_repository: Path
+) -> None:
+    """Steps answered by one batch write their states in one pipeline (and steps that arrive
+    together read in one): 32 concurrent steps take far fewer than their 64 commands' trips."""
+    server = await start_server(
+        repository=seed_repository, sequence_store=redis.url, max_queue_delay_ms=5.0
+    )
+    x = inputs(32, 2, seed=3)
+    try:
+        async with AsyncLstmClient(f"127.0.0.1:{server.port}") as client:
+            await asyncio.gather(
+                *(
+                    client.predict("seed", x[i : i + 1, :1], sequence_id=i + 1, sequence_start=True)
+                    for i in range(32)
+                )
+            )
+            before = round_trips(server)
+            answers = await asyncio.gather(
+                *(client.predict("seed", x[i : i + 1, 1:], sequence_id=i + 1) for i in range(32))
+            )
+            after = round_trips(server)
+            whole = last_hidden(await client.predict("seed", x))
+        assert np.array_equal(np.stack([last_hidden(a)[0] for a in answers]), whole)
+        assert after - before < 40, after - before  # 64 without the pipeline
+    finally:
+        await server.stop(grace=1)
+
+
+def round_trips(server: LstmServer) -> float:
+    samples = parse(generate_latest(server.metrics.registry).decode())
+    return value(samples, "lstm_sequence_store_seconds_count", result="ok")
