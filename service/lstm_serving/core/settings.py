@@ -50,6 +50,14 @@ class Settings:
     metrics_port: int = field(
         default=8002, metadata={"help": "Prometheus /metrics port (reserved; 0 disables)"}
     )
+    health_port: int = field(
+        default=0,
+        metadata={
+            "help": "also serve the gRPC health service alone on this port, plaintext, for "
+            "probes (kubelet gRPC probes speak no TLS): the data port's TLS, tokens, limits "
+            "and load do not reach it; 0: health on the data port only"
+        },
+    )
     device: str = field(
         default="auto",
         metadata={
@@ -248,6 +256,7 @@ _POSITIVE = (
 _NON_NEGATIVE = (
     "port",
     "metrics_port",
+    "health_port",
     "intra_op_threads",
     "max_queue_delay_ms",
     "grace_period",

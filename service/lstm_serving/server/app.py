@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import signal
 import time
@@ -52,6 +53,9 @@ LSTM_SERVICE, V2_SERVICE = LSTM_API.full_name, V2_API.full_name
 # every STORE_WATCH_S seconds).
 SEQUENCE_STORE_SERVICE = "lstm-serving.SequenceStore"
 STORE_WATCH_S = 2.0
+# How often freed heap memory is handed back to the OS (glibc's malloc_trim): after a burst of
+# large or refused requests, RSS returns near where it was (docs/operations.md).
+TRIM_INTERVAL_S = 5.0
 REFUSAL_WINDOW_S = 0.5  # on shutdown: new calls get UNAVAILABLE this long before the port closes
 # Calls gRPC core holds until the Python server picks them up. Past its defaults core ends calls
 # CANCELLED with no message and nothing counted; with room for a burst every call reaches the
@@ -115,6 +119,8 @@ class LstmServer:
             ],
         )
         self._store_watch: asyncio.Task[None] | None = None
+        self._trimming: asyncio.Task[None] | None = None
+        self._health_server: grpc.aio.Server | None = None
         if settings.sequence_store:  # before any model is served: their sequences share it
             self.registry.shared_store = connect_store(settings.sequence_store)
             self.registry.shared_store[1].health.observe = self.metrics.sequence_store_call
@@ -158,8 +164,26 @@ class LstmServer:
         if self.settings.metrics_port and not self._reuse_port:
             registry = aggregate_registry() if multiprocess_mode() else self.metrics.registry
             self._metrics_http = serve_metrics(self.settings, registry)
+        if self.settings.health_port:
+            self._health_server = self._probe_server()
+            await self._health_server.start()
         await self._server.start()
         return self.port
+
+    def _probe_server(self) -> grpc.aio.Server:
+        """--health-port: the health service alone, plaintext, on its own port."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", int(self._reuse_port))])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        target = address(self.settings.host, self.settings.health_port)
+        try:
+            bound = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise StartupError(
+                f"cannot serve health on {target}: {exc} (is the port in use?)"
+            ) from exc
+        if bound == 0:
+            raise StartupError(f"cannot serve health on {target} (is the port in use?)")
+        return server
 
     async def load(self) -> None:
         """Loads and warms the models off the event loop, then reports SERVING."""
@@ -168,6 +192,7 @@ class LstmServer:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.registry.shared_store is not None:
             self._store_watch = asyncio.get_running_loop().create_task(self._watch_store())
+        self._trimming = asyncio.get_running_loop().create_task(_trim_heap_every(TRIM_INTERVAL_S))
 
     async def _watch_store(self) -> None:
         """The shared sequence store's reachability, as health service SEQUENCE_STORE_SERVICE:
@@ -232,9 +257,12 @@ class LstmServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.wait_idle(), max(0.0, deadline - time.monotonic()))
         await self._server.stop(max(0.0, deadline - time.monotonic()))
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.registry.stop()
-        if self._store_watch is not None:
-            self._store_watch.cancel()
+        for task in (self._store_watch, self._trimming):
+            if task is not None:
+                task.cancel()
         if self.registry.shared_store is not None:
             await self.registry.shared_store[0].aclose()
         if self._metrics_http is not None:
@@ -244,6 +272,17 @@ class LstmServer:
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
+
+
+async def _trim_heap_every(seconds: float) -> None:
+    """glibc keeps the heap a burst of large (or refused) requests freed; malloc_trim hands it
+    back. Off the event loop: it walks the heap. Nothing to do without glibc."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:
+        return
+    while True:
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(trim, 0)
 
 
 def _tracing(settings: Settings, exporter: Any) -> Tracing | None:

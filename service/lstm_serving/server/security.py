@@ -55,6 +55,19 @@ def read_tokens(path: Path) -> list[str]:
     return tokens
 
 
+async def _deny(_requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or unknown bearer token: send one metadata entry 'authorization: Bearer <token>'",
+    )
+
+
+# What an unauthenticated call gets, whatever its method: a streaming handler that never reads
+# its request, so the request is neither decompressed nor decoded (a 16 KB gzip body can
+# decompress to 16 MB), only refused.
+DENIED: Handler = grpc.stream_stream_rpc_method_handler(_deny)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Answers UNAUTHENTICATED unless `authorization: Bearer <token>` names a known token.
 
@@ -96,17 +109,4 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         metadata = details.invocation_metadata
         if handler is None or method.startswith(OPEN_METHODS) or self._authorized(metadata):
             return handler
-
-        async def deny(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or unknown bearer token: send one metadata entry "
-                "'authorization: Bearer <token>'",
-            )
-
-        kind = next(
-            k
-            for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-            if getattr(handler, k) is not None
-        )
-        return handler._replace(**{kind: deny})  # type: ignore[attr-defined, no-any-return]
+        return DENIED

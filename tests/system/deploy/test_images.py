@@ -61,17 +61,28 @@ def stand_in_base() -> None:
     rootfs = ROOT / "build/rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
     subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=python3.11,python3.11-venv,"
-         "python3-pip,ca-certificates", "bookworm", str(rootfs), "http://deb.debian.org/debian"],
-        check=True, capture_output=True, timeout=900,
-    )  # fmt: skip
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3.11,python3.11-venv,python3-pip,ca-certificates",
+            "bookworm",
+            str(rootfs),
+            "http://deb.debian.org/debian",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3.11")
     (rootfs / "usr/local/bin/pip").symlink_to("/usr/bin/pip3")
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     subprocess.run(
         ["podman", "import", "--change", "ENV PIP_BREAK_SYSTEM_PACKAGES=1", "-", BASE],
-        stdin=tar.stdout, check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
+        stdin=tar.stdout,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert tar.wait() == 0
     shutil.rmtree(rootfs)
 
@@ -85,15 +96,43 @@ def built() -> dict[str, float]:
     took["base"] = time.monotonic() - began
     began = time.monotonic()
     subprocess.run(
-        [str(BIN / "python"), "-m", "pip", "download", "--quiet", "-c", "constraints.txt",
-         "-d", "wheelhouse", ".[server,tracing,export]", "torch==2.13.0", "hatchling"],
-        cwd=ROOT, check=True, capture_output=True, timeout=900,
-    )  # fmt: skip
+        [
+            str(BIN / "python"),
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "-c",
+            "constraints.txt",
+            "-d",
+            "wheelhouse",
+            ".[server,tracing,export]",
+            "torch==2.13.0",
+            "hatchling",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     took["wheelhouse"] = time.monotonic() - began
     for target, tag in (("server", SERVER), ("export", EXPORT)):
         began = time.monotonic()
-        podman("build", *RUNTIME, *LIMITS, "--format", "docker", "--build-arg", "PIP_NO_INDEX=1",
-               "--target", target, "-t", tag, str(ROOT), timeout=1800)  # fmt: skip
+        podman(
+            "build",
+            *RUNTIME,
+            *LIMITS,
+            "--format",
+            "docker",
+            "--build-arg",
+            "PIP_NO_INDEX=1",
+            "--target",
+            target,
+            "-t",
+            tag,
+            str(ROOT),
+            timeout=1800,
+        )
         took[target] = time.monotonic() - began
     print(f"image build seconds: {json.dumps({k: round(v, 1) for k, v in took.items()})}")
     return took
@@ -114,9 +153,24 @@ def volume(built: dict[str, float]) -> Iterator[str]:
     podman("volume", "create", name)
     command, env = compose_export_command()
     variables = [f"--env={key}={value}" for key, value in env.items()]
-    podman("run", "--rm", *RUNTIME, *LIMITS, "--network", "none", "--read-only",
-           "-v", f"{name}:/models", "-v", f"{ROOT / 'weights'}:/weights:ro", *variables,
-           "--entrypoint", command[0], EXPORT, *command[1:])  # fmt: skip
+    podman(
+        "run",
+        "--rm",
+        *RUNTIME,
+        *LIMITS,
+        "--network",
+        "none",
+        "--read-only",
+        "-v",
+        f"{name}:/models",
+        "-v",
+        f"{ROOT / 'weights'}:/weights:ro",
+        *variables,
+        "--entrypoint",
+        command[0],
+        EXPORT,
+        *command[1:],
+    )
     yield name
     podman("volume", "rm", "-f", name, check=False)
 
@@ -163,9 +217,23 @@ def test_the_server_container_serves_what_the_host_serves(volume: str, tmp_path:
     args = compose["services"]["server"]["command"]
     port, metrics = unused_port(), unused_port()
     name = f"lstm-image-test-server-{time.monotonic_ns()}"
-    podman("run", "-d", *RUNTIME, *LIMITS, "--name", name, "--read-only",
-           "-v", f"{volume}:/models:ro", "-p", f"127.0.0.1:{port}:50051",
-           "-p", f"127.0.0.1:{metrics}:8002", SERVER, *args)  # fmt: skip
+    podman(
+        "run",
+        "-d",
+        *RUNTIME,
+        *LIMITS,
+        "--name",
+        name,
+        "--read-only",
+        "-v",
+        f"{volume}:/models:ro",
+        "-p",
+        f"127.0.0.1:{port}:50051",
+        "-p",
+        f"127.0.0.1:{metrics}:8002",
+        SERVER,
+        *args,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -241,8 +309,11 @@ def as_played_pod(overlay: str, name: str, ports: dict[str, int]) -> dict[str, o
     policy, and under Always it restarts the finished export before it removes it."""
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(KUBERNETES / "overlays" / overlay)],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     (deployment,) = [o for o in yaml.safe_load_all(rendered.stdout) if o["kind"] == "Deployment"]
     template = deployment["spec"]["template"]
     spec = template["spec"]
@@ -283,20 +354,30 @@ def test_the_rendered_deployment_runs_in_podman_kube_play(
 ) -> None:
     """The init container exports into the emptyDir, the server runs as the pod spec says,
     answers its probes, Predict and /metrics, and drains within the grace period under load."""
-    ports = {"grpc": unused_port(), "metrics": unused_port()}
+    ports = {"grpc": unused_port(), "metrics": unused_port(), "health": unused_port()}
     name = f"lstm-kube-play-{time.monotonic_ns()}"
     pod = as_played_pod("cpu", name, ports)
     (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
     env = podman_conf(tmp_path)
-    played = subprocess.run(["podman", "kube", "play", str(tmp_path / "pod.yaml")],
-                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    played = subprocess.run(
+        ["podman", "kube", "play", str(tmp_path / "pod.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     server = f"{name}-lstm-serve"
     try:
         assert played.returncode == 0, played.stderr
         (container,) = pod["spec"]["containers"]  # type: ignore[index]
         deadline = time.monotonic() + 120
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            probed(ports["grpc"], container[probe]["grpc"]["service"], deadline)
+            on = next(
+                p["name"]
+                for p in container["ports"]
+                if p["containerPort"] == container[probe]["grpc"]["port"]
+            )
+            probed(ports[on], container[probe]["grpc"]["service"], deadline)
         with LstmClient(f"127.0.0.1:{ports['grpc']}") as client:
             answer = client.predict("seed", X)
         assert answer.last_hidden is not None and answer.last_hidden.shape == (2, 32)
@@ -368,19 +449,44 @@ def test_the_kserve_runtime_container_answers_tritonclient(volume: str, tmp_path
     args = [a.replace("{{.Name}}", model) for a in container["args"]]
     security = container["securityContext"]
     env = [f"--env={e['name']}={e['value']}" for e in container["env"]]
-    port = unused_port()
+    port, health = unused_port(), unused_port()
+    readiness = container["readinessProbe"]["grpc"]
     name = f"lstm-kserve-runtime-{time.monotonic_ns()}"
-    podman("run", "-d", *RUNTIME, *LIMITS, "--name", name, "--read-only", "--cap-drop", "ALL",
-           "--security-opt", "no-new-privileges", "--tmpfs", "/tmp",
-           "--user", f"{security['runAsUser']}:{security['runAsGroup']}", *env,
-           "-v", f"{volume}:/mnt/models-volume:ro", "-p", f"127.0.0.1:{port}:9000", SERVER,
-           *relocated_to(args, "/mnt/models", f"/mnt/models-volume/{model}"))  # fmt: skip
+    podman(
+        "run",
+        "-d",
+        *RUNTIME,
+        *LIMITS,
+        "--name",
+        name,
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--tmpfs",
+        "/tmp",
+        "--user",
+        f"{security['runAsUser']}:{security['runAsGroup']}",
+        *env,
+        "-v",
+        f"{volume}:/mnt/models-volume:ro",
+        "-p",
+        f"127.0.0.1:{port}:9000",
+        "-p",
+        f"127.0.0.1:{health}:{readiness['port']}",
+        SERVER,
+        *relocated_to(args, "/mnt/models", f"/mnt/models-volume/{model}"),
+    )
     try:
-        probed(port, container["readinessProbe"]["grpc"]["service"], time.monotonic() + 60)
+        probed(health, readiness["service"], time.monotonic() + 60)
         asked = subprocess.run(
             [str(BIN / "python"), "-c", TRITONCLIENT_CALL, f"127.0.0.1:{port}", model],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert asked.returncode == 0, asked.stderr
         answer = json.loads(asked.stdout)
         with LstmClient(f"127.0.0.1:{port}") as client:

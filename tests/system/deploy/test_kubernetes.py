@@ -115,9 +115,11 @@ def test_the_deployment_is_locked_down_probed_and_drains_in_time(overlay: str) -
     pod = kinds["Deployment"][0]["spec"]["template"]
     container = server_container(objects)
     args = container["args"]
-    grpc_port, metrics_port = int(flag(args, "--port")), int(flag(args, "--metrics-port"))
+    metrics_port = int(flag(args, "--metrics-port"))
+    health_port = int(flag(args, "--health-port"))  # the probes' own port: load cannot starve it
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == grpc_port
+        assert container[probe]["grpc"]["port"] == health_port
+    assert {"name": "health", "containerPort": health_port, "protocol": "TCP"} in container["ports"]
     assert container["readinessProbe"]["grpc"]["service"] == "lstm.v1.LstmService"
     for each in (*pod["spec"]["initContainers"], container):
         security = each["securityContext"]
@@ -372,7 +374,9 @@ def probe(port: int, service: str) -> str:
         return client.health(service)
 
 
-def started_as(container: dict[str, Any], args: list[str], port: int) -> subprocess.Popen[str]:
+def started_as(
+    container: dict[str, Any], args: list[str], probe_port: int
+) -> subprocess.Popen[str]:
     """lstm-serve with the container's entrypoint, args and env, once its startup probe's
     check answers SERVING (as the kubelet would wait)."""
     entrypoint = server_entrypoint()
@@ -389,7 +393,7 @@ def started_as(container: dict[str, Any], args: list[str], port: int) -> subproc
         if process.poll() is not None:
             raise AssertionError(f"lstm-serve exited: {process.communicate()[1]}")
         try:
-            if probe(port, startup["service"]) == "SERVING":
+            if probe(probe_port, startup["service"]) == "SERVING":
                 return process
         except grpc.RpcError:
             pass
@@ -413,16 +417,18 @@ def test_the_server_starts_as_the_deployment_says_and_answers_its_probes(tmp_pat
     )
     assert export.returncode == 0, export.stderr
     container = server_container(objects)
-    port, metrics = free_port(), free_port()
+    port, metrics, health = free_port(), free_port(), free_port()
     args = relocated(
         container["args"],
         {"/models": str(models)},
-        {"--port": port, "--metrics-port": metrics},
+        {"--port": port, "--metrics-port": metrics, "--health-port": health},
     )
-    process = started_as(container, args, port)
+    process = started_as(container, args, health)
     try:
         for name in ("readinessProbe", "livenessProbe"):
-            assert probe(port, container[name]["grpc"]["service"]) == "SERVING"
+            assert probe(health, container[name]["grpc"]["service"]) == "SERVING"
+        with LstmClient(f"127.0.0.1:{port}", timeout=5) as client:
+            assert client.predict("seed", np.ones((1, 3, 2), np.float32)).last_hidden is not None
     finally:
         code, err = stop(process)
     assert code == 0, err
@@ -440,15 +446,17 @@ def test_the_server_starts_as_the_kserve_runtime_says(
     mounted = tmp_path / "mnt-models"
     (mounted / "1").mkdir(parents=True)
     shutil.copy(seed_repository / "seed/1/model.onnx", mounted / "1/model.onnx")
-    port, metrics = free_port(), free_port()
+    port, metrics, health = free_port(), free_port(), free_port()
     args = relocated(
         [a.replace("{{.Name}}", name) for a in container["args"]],
         {"/mnt/models": str(mounted)},
-        {"--port": port, "--metrics-port": metrics},
+        {"--port": port, "--metrics-port": metrics, "--health-port": health},
     )
-    process = started_as(container, args, port)
+    process = started_as(container, args, health)
     try:
-        assert probe(port, container["readinessProbe"]["grpc"]["service"]) == "SERVING"
+        readiness = container["readinessProbe"]["grpc"]
+        assert readiness["port"] == int(flag(container["args"], "--health-port"))
+        assert probe(health, readiness["service"]) == "SERVING"
         request = build_infer_request(name, np.ones((1, 3, 2), np.float32))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             answer = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)

@@ -4,6 +4,7 @@ abuses a real server, and checks the abuse is refused precisely and others still
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -105,6 +106,69 @@ def test_large_requests_are_bounded_and_their_memory_returns(seed_repository: Pa
     finally:
         code, err = stop(process)
     assert code == 0, err
+
+
+def test_refused_requests_give_most_of_their_memory_back(seed_repository: Path) -> None:
+    """60 requests of 1024 x 2047 zeros (16 MB each, 16 KB gzipped) on one connection, each
+    refused (--max-request-steps): the heap they freed is handed back (malloc_trim, every 5 s).
+    Measured here: RSS +660 MB kept without it, +260 MB with it; what stays is not glibc's to
+    give back (a fixed mmap threshold or one arena change nothing), see the closing note of
+    issue 27."""
+    port = free_port()
+    process = start(seed_repository, port)
+    try:
+        wait_serving(process, port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            predict = pb_grpc.LstmServiceStub(channel).Predict
+            for _ in range(20):
+                predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
+            time.sleep(6)  # a trim after the warm-up: the baseline is what a quiet server holds
+            before = _rss_mib(process.pid)
+            request = _zeros(1024, 2047, pb.LAST_HIDDEN)
+            for _ in range(60):
+                with pytest.raises(grpc.RpcError) as refused:
+                    predict(request, compression=grpc.Compression.Gzip, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            peak = _rss_mib(process.pid)
+            deadline = time.monotonic() + 15
+            while (after := _rss_mib(process.pid)) - before > 450 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert after - before < 450, (before, peak, after)
+    finally:
+        code, err = stop(process)
+    assert code == 0, err
+
+
+def test_with_tokens_an_unauthenticated_request_is_neither_decompressed_nor_decoded(
+    seed_repository: Path, tmp_path: Path
+) -> None:
+    """60 gzip bodies of 16 KB that decompress to 16 MB, with no token: refused UNAUTHENTICATED
+    unread, so they cost the server neither memory nor the CPU of decompressing them (they
+    were decoded first, and +384 MB stayed)."""
+    (tmp_path / "tokens").write_text("the-token\n")
+    port = free_port()
+    process = start(seed_repository, port, "--auth-token-file", str(tmp_path / "tokens"))
+    try:
+        wait_serving(process, port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            predict = pb_grpc.LstmServiceStub(channel).Predict
+            request = _zeros(1024, 2047, pb.LAST_HIDDEN)
+            before, cpu_before = _rss_mib(process.pid), _cpu_seconds(process.pid)
+            for _ in range(60):
+                with pytest.raises(grpc.RpcError) as refused:
+                    predict(request, compression=grpc.Compression.Gzip, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            after, cpu = _rss_mib(process.pid), _cpu_seconds(process.pid) - cpu_before
+        assert after - before < 50, (before, after)
+        assert cpu < 1.0, cpu  # decompressing 60 x 16 MB alone would take more
+    finally:
+        code, err = stop(process)
+    assert code == 0, err
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:

@@ -374,3 +374,32 @@ def test_metrics_connections_that_send_nothing_are_closed() -> None:
             assert time.monotonic() - began < 5
     finally:
         endpoint.close()
+
+
+async def test_the_health_port_serves_health_alone_in_plaintext(
+    pki: Path, seed_repository: Path
+) -> None:
+    """--health-port: a kubelet's gRPC probe (no TLS, no token) reaches health there while
+    the data port wants TLS and a token; nothing else is served on it."""
+    tokens = pki / "health-tokens"
+    tokens.write_text("a-token\n")
+    health_port = free_port()
+    server = await start_server(
+        repository=seed_repository,
+        tls_cert=pki / "server.pem",
+        tls_key=pki / "server.key",
+        auth_token_file=tokens,
+        health_port=health_port,
+    )
+    try:
+        async with AsyncLstmClient(f"127.0.0.1:{health_port}") as plain:
+            assert await plain.health() == "SERVING"
+            assert await plain.health("lstm.v1.LstmService") == "SERVING"
+            with pytest.raises(grpc.aio.AioRpcError) as other:
+                await plain.list_models()
+            assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        data = f"127.0.0.1:{server.port}"
+        assert not await _works(data, Security(ca=pki / "ca.pem"))
+        assert await _works(data, Security(ca=pki / "ca.pem", token="a-token"))
+    finally:
+        await server.stop(grace=1)
