@@ -15,14 +15,22 @@ import argparse
 import asyncio
 import json
 import shutil
-import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from lstm_serving.client.client import AsyncLstmClient
-from tests.helpers import ROOT, SEED_REPOSITORY, free_port, start, stop, wait_serving
+from tests.helpers import (
+    ROOT,
+    SEED_REPOSITORY,
+    RedisServer,
+    free_port,
+    start,
+    stop,
+    wait_serving,
+)
 
 RESULTS = ROOT / "benchmarks/results/shared_sequences.json"
 
@@ -72,22 +80,9 @@ def main() -> None:
         raise SystemExit("redis-server is not installed (Debian package redis-server)")
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as directory:
-        redis_port = free_port()
-        redis = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                directory,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        store = ("--sequence-store", f"redis://127.0.0.1:{redis_port}/0")
+        redis = RedisServer(Path(directory))
+        redis.start()
+        store = ("--sequence-store", redis.url)
         try:
             for case, replicas, flags in (
                 ("in process, 1 replica", 1, ()),
@@ -103,8 +98,7 @@ def main() -> None:
                     for server in servers:
                         stop(server)
         finally:
-            redis.terminate()
-            redis.wait(timeout=10)
+            redis.stop()
     print(f"{'case':26} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for case, r in results.items():
         print(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -233,3 +234,60 @@ def export_text_model(repository: Path, name: str = "text", vocabulary: int = 30
     if export_main([*exported, "--repository", str(repository)]) != 0:
         raise AssertionError(f"lstm-export --torch {program} failed")
     return repository / name / "1" / "model.onnx"
+
+
+class RedisServer:
+    """Debian's redis-server on a free port of loopback, without persistence: the shared
+    sequence store of the tests and benchmarks; stopped and started again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port, self.directory = free_port(), directory
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def kustomize(folder: Path, *flags: str) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of a folder, its objects parsed."""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", *flags, str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return list(yaml.safe_load_all(rendered.stdout))

@@ -56,6 +56,33 @@ class _Open:
     closed: str = ""  # why, once closed while a step waited for the lock
 
 
+class WaitingSteps:
+    """Steps waiting for an earlier step of their own sequence: held before the batcher's
+    queue, so bounded as it is (--max-queue-size), past which a step is refused."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name, self.limit, self.count = name, limit, 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self, lock: asyncio.Lock) -> AsyncIterator[None]:
+        """Holds `lock` (its sequence's) in arrival order, or refuses the step at once."""
+        if lock.locked() and self.count >= self.limit:
+            raise ResourceExhausted(
+                f"{self.count} steps of {self.name}'s sequences already wait for their "
+                f"sequence's earlier step (--max-queue-size {self.limit}); send a "
+                "sequence's next step after its previous answer, or retry later"
+            )
+        self.count += 1
+        try:
+            await lock.acquire()
+        finally:
+            self.count -= 1
+        try:
+            yield
+        finally:
+            lock.release()
+
+
 class Sequences(Protocol):
     """The sequences of one model version: SequenceStore (in this process) or
     shared_sequences.RedisSequences (--sequence-store)."""
@@ -87,10 +114,7 @@ class SequenceStore:
         self.name = name
         self.max_sequences = max_sequences
         self.idle_timeout = idle_timeout
-        # steps waiting for an earlier step of their sequence: held before the batcher's queue,
-        # so bounded as it is (--max-queue-size)
-        self.max_waiting = max_waiting
-        self._waiting = 0
+        self._waiting = WaitingSteps(name, max_waiting)
         self.max_per_owner = max_per_owner  # sequences one token holds (owner "": no limit)
         self._owned: Counter[str] = Counter()
         self._observer: SequenceObserver = observer or Unobserved()
@@ -124,18 +148,7 @@ class SequenceStore:
         """
         key = (owner, step.id)
         entry = self._begin(key, step, initial)
-        if entry.lock.locked() and self._waiting >= self.max_waiting:
-            raise ResourceExhausted(
-                f"{self._waiting} steps of {self.name}'s sequences already wait for their "
-                f"sequence's earlier step (--max-queue-size {self.max_waiting}); send a "
-                "sequence's next step after its previous answer, or retry later"
-            )
-        self._waiting += 1
-        try:
-            await entry.lock.acquire()
-        finally:
-            self._waiting -= 1
-        try:
+        async with self._waiting.turn(entry.lock):
             if entry.closed:
                 raise NotFound(f"{self._describe(step)} {entry.closed}")
             stepping = Stepping(entry.state)
@@ -149,8 +162,6 @@ class SequenceStore:
             self._observer.stepped(steps)
             if step.end:
                 self._close(key, "ended")
-        finally:
-            entry.lock.release()
 
     def _begin(self, key: Key, step: SequenceStep, initial: States | None) -> _Open:
         entry = self._open.get(key)

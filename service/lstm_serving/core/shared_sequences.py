@@ -30,7 +30,7 @@ import numpy as np
 
 from lstm_serving.core.merge import States
 from lstm_serving.core.requests import SequenceId, SequenceStep
-from lstm_serving.core.sequences import SequenceObserver, Stepping, Unobserved
+from lstm_serving.core.sequences import SequenceObserver, Stepping, Unobserved, WaitingSteps
 from lstm_serving.errors import Aborted, AlreadyExists, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,10 @@ class RedisSequences:
         self.name = name
         self.max_sequences = max_sequences
         self.idle_timeout = idle_timeout
-        self.max_waiting = max_waiting
         self.max_per_owner = max_per_owner
         self._observer: SequenceObserver = observer or Unobserved()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> lock, steps holding it
-        self._waiting = 0
+        self._waiting = WaitingSteps(name, max_waiting)
 
     @property
     def open_count(self) -> int:
@@ -228,17 +227,9 @@ class RedisSequences:
     async def _local_turn(self, key: str) -> AsyncIterator[None]:
         """Steps of one sequence on this replica, one at a time in arrival order."""
         lock, holders = self._locks.get(key, (asyncio.Lock(), 0))
-        if lock.locked() and self._waiting >= self.max_waiting:
-            raise ResourceExhausted(
-                f"{self._waiting} steps of {self.name}'s sequences already wait for their "
-                f"sequence's earlier step (--max-queue-size {self.max_waiting}); send a "
-                "sequence's next step after its previous answer, or retry later"
-            )
         self._locks[key] = (lock, holders + 1)
-        self._waiting += 1
         try:
-            async with lock:
-                self._waiting -= 1
+            async with self._waiting.turn(lock):
                 yield
         finally:
             lock, holders = self._locks[key]

@@ -31,7 +31,7 @@ import yaml
 from lstm_serving.client.client import LstmClient
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.protocols.kserve_v2 import build_infer_request, decode_infer_response
-from tests.helpers import BIN, ROOT, free_port, start, stop, wait_serving
+from tests.helpers import BIN, ROOT, free_port, kustomize, start, stop, wait_serving
 
 pytestmark = pytest.mark.skipif(
     shutil.which("podman") is None or shutil.which("debootstrap") is None,
@@ -307,14 +307,8 @@ def as_played_pod(overlay: str, name: str, ports: dict[str, int]) -> dict[str, o
     this module built under the overlay's names, hostPorts so podman publishes each port (its
     default collides), and restartPolicy OnFailure: podman 4.3 gives init containers the pod's
     policy, and under Always it restarts the finished export before it removes it."""
-    rendered = subprocess.run(
-        ["kubectl", "kustomize", str(KUBERNETES / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    (deployment,) = [o for o in yaml.safe_load_all(rendered.stdout) if o["kind"] == "Deployment"]
+    rendered = kustomize(KUBERNETES / "overlays" / overlay)
+    (deployment,) = [o for o in rendered if o["kind"] == "Deployment"]
     template = deployment["spec"]["template"]
     spec = template["spec"]
     for container in [*spec["initContainers"], *spec["containers"]]:

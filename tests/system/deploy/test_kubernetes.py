@@ -33,7 +33,7 @@ from lstm_serving.core.metrics import INFERENCE_RPCS
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.protocols.kserve_v2 import build_infer_request
 from lstm_serving.version import __version__
-from tests.helpers import BIN, ROOT, free_port, stop
+from tests.helpers import BIN, ROOT, free_port, kustomize, stop
 
 KUBERNETES = ROOT / "deploy/kubernetes"
 # The Kubernetes versions supported (docs/deployment.md): preStop `sleep` is on by default from
@@ -56,14 +56,7 @@ needs_kubectl = pytest.mark.skipif(
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
-    rendered = subprocess.run(
-        ["kubectl", "kustomize", str(KUBERNETES / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return list(yaml.safe_load_all(rendered.stdout))
+    return kustomize(KUBERNETES / "overlays" / overlay)
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -206,14 +199,7 @@ def with_component(tmp_path: Path, component: str) -> dict[str, list[dict[str, A
         f"resources: [{os.path.relpath(base, overlay)}]\n"
         f"components: [{os.path.relpath(added, overlay)}]\n"
     )
-    rendered = subprocess.run(
-        ["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return by_kind(list(yaml.safe_load_all(rendered.stdout)))
+    return by_kind(kustomize(overlay, "--load-restrictor", "LoadRestrictionsNone"))
 
 
 @needs_kubectl

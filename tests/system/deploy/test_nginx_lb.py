@@ -18,7 +18,16 @@ from lstm_serving.client.load import generator
 from lstm_serving.client.load.workload import LoadSpec
 from lstm_serving.core.runtime import Model
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
-from tests.helpers import ROOT, free_port, scrape, start, stop, value, wait_serving
+from tests.helpers import (
+    ROOT,
+    RedisServer,
+    free_port,
+    scrape,
+    start,
+    stop,
+    value,
+    wait_serving,
+)
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
@@ -178,22 +187,9 @@ def test_with_the_shared_store_unary_steps_go_to_any_replica(
     """The compose topology with its redis: steps without the routing header, spread over
     both replicas by nginx, each meets its sequence's state (the header hash is then only an
     optimisation)."""
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    store = f"redis://127.0.0.1:{redis_port}/0"
+    redis = RedisServer(tmp_path)
+    redis.start()
+    store = redis.url
     try:
         with behind_nginx(seed_repository, tmp_path, "--sequence-store", store) as (lb, metrics):
             before = [_predicts(m) for m in metrics]
@@ -224,8 +220,7 @@ def test_with_the_shared_store_unary_steps_go_to_any_replica(
             after = [_predicts(m) for m in metrics]
             assert all(a - b >= 5 for a, b in zip(after, before, strict=True))  # both served
     finally:
-        redis.terminate()
-        redis.wait(timeout=10)
+        redis.stop()
 
 
 def _predicts(metrics_port: int) -> float:

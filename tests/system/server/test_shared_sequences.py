@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +22,16 @@ from prometheus_client import generate_latest
 
 from lstm_serving.client.client import AsyncLstmClient, Prediction
 from lstm_serving.server.app import SEQUENCE_STORE_SERVICE, LstmServer
-from tests.helpers import free_port, parse, start, start_server, stop, value, wait_serving
+from tests.helpers import (
+    RedisServer,
+    free_port,
+    parse,
+    start,
+    start_server,
+    stop,
+    value,
+    wait_serving,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -32,53 +39,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class Redis:
-    """A redis-server on a free port, without persistence: stopped and started again."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port, self.directory = free_port(), directory
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not answer PING")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
-    store = Redis(tmp_path)
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    store = RedisServer(tmp_path)
     store.start()
     yield store
     store.stop()
@@ -86,7 +49,7 @@ def redis(tmp_path: Path) -> Iterator[Redis]:
 
 @pytest.fixture
 async def pair(
-    redis: Redis, seed_repository: Path
+    redis: RedisServer, seed_repository: Path
 ) -> AsyncIterator[tuple[AsyncLstmClient, AsyncLstmClient]]:
     """Two servers sharing the store, and a client of each."""
     servers: list[LstmServer] = [
@@ -163,7 +126,7 @@ async def test_two_steps_of_one_sequence_at_once_give_one_answer_and_one_aborted
 
 
 async def test_idle_expiry_and_the_sequence_limit_hold_across_servers(
-    redis: Redis, seed_repository: Path
+    redis: RedisServer, seed_repository: Path
 ) -> None:
     servers = [
         await start_server(
@@ -197,7 +160,7 @@ async def test_idle_expiry_and_the_sequence_limit_hold_across_servers(
 
 
 async def test_a_store_that_goes_away_fails_sequence_steps_only_until_it_returns(
-    redis: Redis, pair: tuple[AsyncLstmClient, AsyncLstmClient]
+    redis: RedisServer, pair: tuple[AsyncLstmClient, AsyncLstmClient]
 ) -> None:
     client = pair[0]
     x = inputs(1, 4)
@@ -220,7 +183,7 @@ async def test_a_store_that_goes_away_fails_sequence_steps_only_until_it_returns
         await asyncio.sleep(0.2)
 
 
-def test_a_server_killed_mid_sequence_loses_none(redis: Redis, seed_repository: Path) -> None:
+def test_a_server_killed_mid_sequence_loses_none(redis: RedisServer, seed_repository: Path) -> None:
     """Two lstm-serve processes; after two steps on each, one is SIGKILLed: every sequence
     goes on on the other with no error and the whole run's answers."""
     ports = [free_port(), free_port()]
@@ -263,7 +226,7 @@ def test_a_server_killed_mid_sequence_loses_none(redis: Redis, seed_repository: 
 
 
 async def test_a_batch_of_steps_costs_a_round_trip_not_one_per_step(
-    redis: Redis, seed_repository: Path
+    redis: RedisServer, seed_repository: Path
 ) -> None:
     """Steps answered by one batch write their states in one pipeline (and steps that arrive
     together read in one): 32 concurrent steps take far fewer than their 64 commands' trips."""
