@@ -52,13 +52,17 @@ image-test: $(VENV)/.dev system-deps
 # The images an operator deploys, tagged with the package version (the tag the Kubernetes
 # overlays use), built with podman or docker, whichever is present; `REGISTRY=host/path make
 # push` tags and pushes them there (docs/deployment.md).
+# IMAGES picks targets (e.g. IMAGES="server export": no multi-GB CUDA wheels); ENGINE_FLAGS
+# goes to each build (e.g. "--runtime runc" where crun cannot run).
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' service/lstm_serving/version.py)
 ENGINE := $(shell command -v podman || command -v docker)
-IMAGES := server server-gpu export
+IMAGES ?= server server-gpu export
+ENGINE_FLAGS ?=
 images:
 	@test -n "$(ENGINE)" || { echo "neither podman nor docker is installed"; exit 1; }
 	for target in $(IMAGES); do \
-		$(ENGINE) build --target $$target -t lstm-serving/$$target:$(VERSION) . || exit 1; \
+		$(ENGINE) build $(ENGINE_FLAGS) --target $$target -t lstm-serving/$$target:$(VERSION) . \
+			|| exit 1; \
 	done
 
 push: images
