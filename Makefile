@@ -58,10 +58,11 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' service/lstm_serving/
 ENGINE := $(shell command -v podman || command -v docker)
 IMAGES ?= server server-gpu export
 ENGINE_FLAGS ?=
+FORMAT := $(if $(findstring podman,$(ENGINE)),--format docker)  # podman: keep HEALTHCHECK
 images:
 	@test -n "$(ENGINE)" || { echo "neither podman nor docker is installed"; exit 1; }
 	for target in $(IMAGES); do \
-		$(ENGINE) build $(ENGINE_FLAGS) --target $$target -t lstm-serving/$$target:$(VERSION) . \
+		$(ENGINE) build $(FORMAT) $(ENGINE_FLAGS) --target $$target -t lstm-serving/$$target:$(VERSION) . \
 			|| exit 1; \
 	done
 
