@@ -58,7 +58,8 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' service/lstm_serving/
 ENGINE := $(shell command -v podman || command -v docker)
 IMAGES ?= server server-gpu export
 ENGINE_FLAGS ?=
-FORMAT := $(if $(findstring podman,$(ENGINE)),--format docker)  # podman: keep HEALTHCHECK
+# podman builds OCI images by default, which drop the Dockerfile's HEALTHCHECK
+FORMAT := $(if $(findstring podman,$(ENGINE)),--format docker)
 images:
 	@test -n "$(ENGINE)" || { echo "neither podman nor docker is installed"; exit 1; }
 	for target in $(IMAGES); do \

@@ -54,7 +54,7 @@ LSTM_SERVICE, V2_SERVICE = LSTM_API.full_name, V2_API.full_name
 SEQUENCE_STORE_SERVICE = "lstm-serving.SequenceStore"
 STORE_WATCH_S = 2.0
 # How often freed heap memory is handed back to the OS (glibc's malloc_trim): after a burst of
-# large or refused requests, RSS returns near where it was (docs/operations.md).
+# large or refused requests, most of what they took comes back (docs/operations.md).
 TRIM_INTERVAL_S = 5.0
 REFUSAL_WINDOW_S = 0.5  # on shutdown: new calls get UNAVAILABLE this long before the port closes
 # Calls gRPC core holds until the Python server picks them up. Past its defaults core ends calls
