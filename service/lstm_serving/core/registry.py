@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from lstm_serving.core.batching import Batcher
 from lstm_serving.core.runtime import Model
@@ -24,9 +23,9 @@ class Registry:
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._versions: dict[str, list[int]] = {}  # what ListModels answers, kept current
         self.ready = False
-        # --sequence-store: the Redis client every model version's sequences share, and the
-        # store's health; None: sequences live in this process
-        self.shared_store: tuple[Any, Coalesced] | None = None
+        # --sequence-store: the Redis pipeline every model version's sequences share; None:
+        # sequences live in this process
+        self.shared_store: Coalesced | None = None
 
     def add(self, served: ServedModel) -> None:
         self._models.setdefault(served.model.name, {})[served.model.version] = served

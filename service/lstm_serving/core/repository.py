@@ -140,9 +140,7 @@ def serve_models(
         sequences: Sequences = (
             SequenceStore(name, *limits, observer, waiting, per_owner)
             if registry.shared_store is None
-            else RedisSequences(
-                registry.shared_store[1], name, *limits, observer, waiting, per_owner
-            )
+            else RedisSequences(registry.shared_store, name, *limits, observer, waiting, per_owner)
         )
         metrics.model_served(model.name, model.version, model.provider)
         batcher.start()

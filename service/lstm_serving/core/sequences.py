@@ -56,6 +56,27 @@ class _Open:
     closed: str = ""  # why, once closed while a step waited for the lock
 
 
+def already_open(described: str, started_ago: float) -> AlreadyExists:
+    return AlreadyExists(
+        f"{described} is open (started {started_ago:.0f} s ago): end it (sequence_end) or "
+        "start another id; a START never resets a sequence"
+    )
+
+
+def too_many_open(model: str, count: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"model {model} holds {count} open sequences (the limit, --max-sequences): end some, "
+        "or retry later"
+    )
+
+
+def too_many_owned(model: str, count: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"your token holds {count} open sequences of model {model} (the limit per token, "
+        "--max-sequences-per-owner): end some, or retry later"
+    )
+
+
 class WaitingSteps:
     """Steps waiting for an earlier step of their own sequence: held before the batcher's
     queue, so bounded as it is (--max-queue-size), past which a step is refused."""
@@ -88,9 +109,6 @@ class Sequences(Protocol):
     shared_sequences.RedisSequences (--sequence-store)."""
 
     name: str
-
-    @property
-    def open_count(self) -> int: ...
 
     def start(self) -> None: ...
 
@@ -167,22 +185,12 @@ class SequenceStore:
         entry = self._open.get(key)
         if step.start:
             if entry is not None:
-                raise AlreadyExists(
-                    f"{self._describe(step)} is open (started "
-                    f"{time.monotonic() - entry.started:.0f} s ago): end it (sequence_end) or "
-                    "start another id; a START never resets a sequence"
-                )
+                raise already_open(self._describe(step), time.monotonic() - entry.started)
             if len(self._open) >= self.max_sequences:
-                raise ResourceExhausted(
-                    f"model {self.name} holds {len(self._open)} open sequences (the limit, "
-                    "--max-sequences): end some, or retry later"
-                )
+                raise too_many_open(self.name, len(self._open))
             owner = key[0]
             if owner and self._owned[owner] >= self.max_per_owner:
-                raise ResourceExhausted(
-                    f"your token holds {self._owned[owner]} open sequences of model {self.name} "
-                    "(the limit per token, --max-sequences-per-owner): end some, or retry later"
-                )
+                raise too_many_owned(self.name, self._owned[owner])
             self._owned[owner] += 1
             entry = self._open[key] = _Open(initial)
             self._closed.pop(key, None)

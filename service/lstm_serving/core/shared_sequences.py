@@ -23,15 +23,22 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from lstm_serving.core.merge import States
 from lstm_serving.core.requests import SequenceId, SequenceStep
-from lstm_serving.core.sequences import SequenceObserver, Stepping, Unobserved, WaitingSteps
-from lstm_serving.errors import Aborted, AlreadyExists, NotFound, ResourceExhausted, Unavailable
+from lstm_serving.core.sequences import (
+    SequenceObserver,
+    Stepping,
+    Unobserved,
+    WaitingSteps,
+    already_open,
+    too_many_open,
+    too_many_owned,
+)
+from lstm_serving.errors import Aborted, AlreadyExists, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +115,6 @@ def decode_states(blob: bytes) -> States | None:
     return states
 
 
-@dataclass
-class StoreHealth:
-    """The store as the last round trip found it; `observe` (the metrics) hears each one's
-    seconds and whether it succeeded."""
-
-    url: str
-    healthy: bool = True
-    last_error: str = ""
-    observe: Callable[[float, bool], None] = lambda seconds, ok: None
-
-
 Queue = Callable[[Any], int]  # adds a call's commands to a pipeline, returns how many
 
 
@@ -127,8 +123,10 @@ class Coalesced:
     a batch resume together when it is answered, so a batch's writes cost one round trip, not
     one per step (and so do the reads of steps that arrive together)."""
 
-    def __init__(self, client: Any, health: StoreHealth) -> None:
-        self._client, self.health = client, health
+    def __init__(self, client: Any, url: str) -> None:
+        self.client, self.url = client, url  # redis.asyncio.Redis
+        # hears each round trip's seconds and whether it succeeded (the metrics set it)
+        self.observe: Callable[[float, bool], None] = lambda seconds, ok: None
         self._pending: list[tuple[Queue, asyncio.Future[list[Any]]]] = []
         self._flushes: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
@@ -149,24 +147,22 @@ class Coalesced:
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         counts = [queue(pipe) for queue, _ in pending]
         began = time.perf_counter()
         try:
             results = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # redis-py raises its ConnectionError, TimeoutError, ...
-            self.health.observe(time.perf_counter() - began, False)
-            self.health.healthy, self.health.last_error = False, str(exc)
+            self.observe(time.perf_counter() - began, False)
             refusal = Unavailable(
-                f"the sequence store {self.health.url} cannot be reached ({exc}): sequence "
+                f"the sequence store {self.url} cannot be reached ({exc}): sequence "
                 "steps wait for it; calls without a sequence are served"
             )
             for _, future in pending:
                 if not future.done():
                     future.set_exception(refusal)
             return
-        self.health.observe(time.perf_counter() - began, True)
-        self.health.healthy = True
+        self.observe(time.perf_counter() - began, True)
         start = 0
         for (_, future), count in zip(pending, counts, strict=True):
             answers = results[start : start + count]
@@ -201,10 +197,6 @@ class RedisSequences:
         self._observer: SequenceObserver = observer or Unobserved()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> lock, steps holding it
         self._waiting = WaitingSteps(name, max_waiting)
-
-    @property
-    def open_count(self) -> int:
-        return 0  # counted in Redis, across replicas (lstm_sequences_open is per process)
 
     def start(self) -> None:
         """Expiry is Redis's (each sequence's TTL): nothing to run."""
@@ -274,20 +266,11 @@ class RedisSequences:
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         detail = detail.decode() if isinstance(detail, bytes) else detail
         if verdict == "exists":
-            raise AlreadyExists(
-                f"{self._describe(step)} is open (started {now - float(detail or now):.0f} s "
-                "ago): end it (sequence_end) or start another id; a START never resets a sequence"
-            )
+            raise already_open(self._describe(step), now - float(detail or now))
         if verdict == "full":
-            raise ResourceExhausted(
-                f"model {self.name} holds {detail} open sequences (the limit, --max-sequences): "
-                "end some, or retry later"
-            )
+            raise too_many_open(self.name, int(detail))
         if verdict == "owner":
-            raise ResourceExhausted(
-                f"your token holds {detail} open sequences of model {self.name} (the limit per "
-                "token, --max-sequences-per-owner): end some, or retry later"
-            )
+            raise too_many_owned(self.name, int(detail))
 
     async def _read(
         self, keys: list[str], member: str, step: SequenceStep
@@ -339,10 +322,10 @@ def _eval(pipe: Any, script: str, keys: list[str], args: list[Any]) -> int:
     return 1
 
 
-def connect(url: str) -> tuple[Any, Coalesced]:
-    """A Redis client for `url` (redis://HOST:PORT/DB), and the pipeline every model version's
-    sequences share."""
+def connect(url: str) -> Coalesced:
+    """A Redis client for `url` (redis://HOST:PORT/DB), behind the pipeline every model
+    version's sequences share."""
     import redis.asyncio  # only with --sequence-store: the in-process store needs nothing
 
     client = redis.asyncio.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    return client, Coalesced(client, StoreHealth(url))
+    return Coalesced(client, url)

@@ -123,7 +123,7 @@ class LstmServer:
         self._health_server: grpc.aio.Server | None = None
         if settings.sequence_store:  # before any model is served: their sequences share it
             self.registry.shared_store = connect_store(settings.sequence_store)
-            self.registry.shared_store[1].health.observe = self.metrics.sequence_store_call
+            self.registry.shared_store.observe = self.metrics.sequence_store_call
         dataplane = DataPlane(self.registry, settings)
         streams = OpenStreams(
             settings.max_streams, settings.max_streams_per_caller, settings.stream_idle_timeout
@@ -199,17 +199,16 @@ class LstmServer:
         NOT_SERVING while sequence steps would be UNAVAILABLE (the server's own health stays
         SERVING: calls without a sequence are served)."""
         assert self.registry.shared_store is not None
-        client, store = self.registry.shared_store
-        health = store.health
+        client = self.registry.shared_store.client
+        status = health_pb2.HealthCheckResponse
         while True:
             try:
                 await client.ping()
-                health.healthy = True
-            except Exception as exc:  # redis-py's connection and timeout errors
-                health.healthy, health.last_error = False, str(exc)
-            status = health_pb2.HealthCheckResponse
+                reachable = True
+            except Exception:  # redis-py's connection and timeout errors
+                reachable = False
             await self.health.set(
-                SEQUENCE_STORE_SERVICE, status.SERVING if health.healthy else status.NOT_SERVING
+                SEQUENCE_STORE_SERVICE, status.SERVING if reachable else status.NOT_SERVING
             )
             await asyncio.sleep(STORE_WATCH_S)
 
@@ -264,7 +263,7 @@ class LstmServer:
             if task is not None:
                 task.cancel()
         if self.registry.shared_store is not None:
-            await self.registry.shared_store[0].aclose()
+            await self.registry.shared_store.client.aclose()
         if self._metrics_http is not None:
             self._metrics_http.close()
         if self._tracing is not None:
