@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
@@ -164,7 +165,9 @@ class InferenceServicer(ObservedServicer):
                 held.release(size)
             await reader
         except DeadlineExceeded as idle:
-            await self.end_idle_stream("ModelStreamInfer", context, idle)
+            self.end_stream(
+                context, self.failed("ModelStreamInfer", None, idle, time.perf_counter())
+            )
         finally:
             self.close_stream(caller)
             reader.cancel()

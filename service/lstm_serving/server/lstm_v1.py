@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
@@ -69,11 +70,12 @@ class LstmServicer(ObservedServicer):
                 try:
                     response = await self.answered("PredictStream", request, work)
                 except CallFailed as failure:
-                    await context.abort(failure.code, failure.message)
+                    self.end_stream(context, (failure.code, failure.message))
+                    return
                 if not await sent(context, response):
                     return
         except DeadlineExceeded as idle:
-            await self.end_idle_stream("PredictStream", context, idle)
+            self.end_stream(context, self.failed("PredictStream", None, idle, time.perf_counter()))
         finally:
             self.close_stream(caller)
 

@@ -108,12 +108,12 @@ def test_large_requests_are_bounded_and_their_memory_returns(seed_repository: Pa
     assert code == 0, err
 
 
-def test_refused_requests_give_most_of_their_memory_back(seed_repository: Path) -> None:
-    """60 requests of 1024 x 2047 zeros (16 MB each, 16 KB gzipped) on one connection, each
-    refused (--max-request-steps): the heap they freed is handed back (malloc_trim, every 5 s).
-    Measured here: RSS +660 MB kept without it, +260 MB with it; what stays is not glibc's to
-    give back (a fixed mmap threshold or one arena change nothing), see the closing note of
-    issue 27."""
+def test_refused_requests_give_their_memory_back(seed_repository: Path) -> None:
+    """120 requests of 1024 x 2047 zeros (16 MB each, 16 KB gzipped), then 30 sent plain, on
+    one connection, each refused (--max-request-steps). Before: RSS +660 MB kept after 60 of
+    them (+260 MB with the heap trimmed): each refusal's traceback, and the request it held,
+    waited in a reference cycle for the garbage collector. Measured now: +100 MB at the peak,
+    +76 MB kept (the gzip ones alone keep +2 MB)."""
     port = free_port()
     process = start(seed_repository, port)
     try:
@@ -124,16 +124,20 @@ def test_refused_requests_give_most_of_their_memory_back(seed_repository: Path) 
                 predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
             time.sleep(6)  # a trim after the warm-up: the baseline is what a quiet server holds
             before = _rss_mib(process.pid)
-            request = _zeros(1024, 2047, pb.LAST_HIDDEN)
-            for _ in range(60):
+            request, peak = _zeros(1024, 2047, pb.LAST_HIDDEN), before
+            for compression in [grpc.Compression.Gzip] * 120 + [
+                grpc.Compression.NoCompression
+            ] * 30:
                 with pytest.raises(grpc.RpcError) as refused:
-                    predict(request, compression=grpc.Compression.Gzip, timeout=30)
+                    predict(request, compression=compression, timeout=30)
                 assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            peak = _rss_mib(process.pid)
+                peak = max(peak, _rss_mib(process.pid))
             deadline = time.monotonic() + 15
-            while (after := _rss_mib(process.pid)) - before > 450 and time.monotonic() < deadline:
+            while (after := _rss_mib(process.pid)) - before > 150 and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert after - before < 450, (before, peak, after)
+            print(f"RSS {before} MB before, {peak} MB at most, {after} MB after")
+            assert after - before < 150, (before, peak, after)
+            assert peak - before < 450, (before, peak, after)
     finally:
         code, err = stop(process)
     assert code == 0, err
