@@ -221,6 +221,12 @@ class ObservedServicer:
         return code, message
 
 
+async def _handle(
+    handler: Handler[Req, Resp], servicer: ObservedServicer, request: Req, context: Context
+) -> Resp:
+    return await handler(servicer, decoded(request), context)
+
+
 def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Turns a handler's exceptions into gRPC statuses (logging unexpected ones); records it."""
 
@@ -228,7 +234,9 @@ def answers_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     async def wrapper(self: ObservedServicer, request: Req, context: Context) -> Resp:
         try:
             return await self.answered(
-                handler.__name__, request, lambda: handler(self, decoded(request), context)
+                handler.__name__,
+                request,
+                functools.partial(_handle, handler, self, request, context),
             )
         except CallFailed as failure:
             status = failure.code, failure.message
