@@ -133,6 +133,24 @@ class Settings:
         default=16 * 1024 * 1024,
         metadata={"help": "largest gRPC message received or sent, in bytes"},
     )
+    answer_budget: int = field(
+        default=0,
+        metadata={
+            "help": "bytes of answers (and their requests' inputs) this process may hold at "
+            "once, computing or waiting to be read; past it new work is refused "
+            "RESOURCE_EXHAUSTED before it runs. 0: an eighth of the memory the container may "
+            "use (cgroup limit, else the machine's), shared by --workers, at least "
+            "--answer-budget-per-connection"
+        },
+    )
+    answer_budget_per_connection: int = field(
+        default=0,
+        metadata={
+            "help": "the same bytes, for one connection: a client that does not read its "
+            "answers holds at most this much (an answer counts four times its size until it "
+            "is sent). 0: four times --max-message-bytes"
+        },
+    )
     max_connection_idle: float = field(
         default=300.0,
         metadata={
@@ -232,10 +250,32 @@ class Settings:
         metadata={"help": "logging level", "choices": ("debug", "info", "warning", "error")},
     )
 
+    def answer_budgets(self, memory: int | None = None) -> tuple[int, int]:
+        """--answer-budget and --answer-budget-per-connection with their defaults resolved;
+        `memory`: what the container may use (read from its cgroup when not given)."""
+        per_connection = self.answer_budget_per_connection or 4 * self.max_message_bytes
+        if self.answer_budget:
+            return self.answer_budget, per_connection
+        available = memory if memory is not None else container_memory()
+        return max(per_connection, available // 8 // self.workers), per_connection
+
     def threads_per_worker(self, cpu_count: int | None = None) -> int:
         if self.intra_op_threads > 0:
             return self.intra_op_threads
         return max(1, (cpu_count or os.cpu_count() or 1) // self.workers)
+
+
+def container_memory() -> int:
+    """Bytes of memory this process may use: its cgroup's limit (v2, then v1), else the
+    machine's."""
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # v1 says "no limit" with a huge number
+            return int(text)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 _POSITIVE = (
@@ -265,6 +305,8 @@ _NON_NEGATIVE = (
     "stream_idle_timeout",
     "max_connection_idle",
     "max_connection_age",
+    "answer_budget",
+    "answer_budget_per_connection",
 )
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -329,6 +371,19 @@ def parse_settings(
         parser.error(
             f"--max-queue-steps ({args['max_queue_steps']}) must be >= --max-request-steps "
             f"({args['max_request_steps']}): a request that large could never be queued"
+        )
+    per_connection = args["answer_budget_per_connection"]
+    if per_connection and per_connection < args["max_message_bytes"]:
+        parser.error(
+            f"--answer-budget-per-connection ({per_connection}) must be >= --max-message-bytes "
+            f"({args['max_message_bytes']}): an answer that large could never be held"
+        )
+    if args["answer_budget"] and args["answer_budget"] < max(
+        per_connection, args["max_message_bytes"]
+    ):
+        parser.error(
+            f"--answer-budget ({args['answer_budget']}) must be >= --max-message-bytes and "
+            "--answer-budget-per-connection"
         )
     if args["metrics_tls"] and args["tls_cert"] is None:
         parser.error("--metrics-tls needs --tls-cert and --tls-key")

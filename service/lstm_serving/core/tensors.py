@@ -59,6 +59,13 @@ class Encoded:
         array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         return cls(field, tuple(array.shape), array.dtype, data=array.tobytes())
 
+    @property
+    def sent_bytes(self) -> int:
+        """About what the tensor took on the wire: its raw bytes, or 8 a number."""
+        if self.data is not None:
+            return len(self.data)
+        return 8 * len(self.values) if self.values is not None else 0
+
     def decode(self) -> np.ndarray:
         """The contents as an array of `shape`; raises InvalidArgument when they do not fit."""
         check_dimensions(self.shape, self.field)

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
 import grpc
-from google.protobuf.message import Message
 
 from lstm_serving.core.requests import InferRequest
-from lstm_serving.errors import DeadlineExceeded, ServingError
+from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
 from lstm_serving.server.registration import decoded
@@ -117,6 +116,7 @@ class InferenceServicer(ObservedServicer):
         call = kserve_v2.decode_infer_request(
             decoded(request), deadline_of(context), caller_of(context)
         )
+        self.held_until_done(context).reserve(self.held_bytes(call))
         return await self._infer(request, call)
 
     async def ModelStreamInfer(
@@ -129,26 +129,32 @@ class InferenceServicer(ObservedServicer):
         its answers is slowed down by gRPC flow control instead of growing the server's memory.
         """
         deadline, owner = deadline_of(context), caller_of(context)
-        pending: asyncio.Queue[asyncio.Task[tuple[v2.ModelStreamInferResponse, int]] | None]
+        pending: asyncio.Queue[asyncio.Task[tuple[v2.ModelStreamInferResponse, int, int]] | None]
         pending = asyncio.Queue(STREAM_IN_FLIGHT)
         held = _HeldBytes(STREAM_READ_AHEAD_BYTES)
+        share = self._budget.share(context.peer())  # the connection's, until each is sent
 
         async def answer(
             request: v2.ModelInferRequest, call: InferRequest | Exception, reserved: int
-        ) -> tuple[v2.ModelStreamInferResponse, int]:
+        ) -> tuple[v2.ModelStreamInferResponse, int, int]:
+            """The answer, its size, and what it holds of the budget until it is sent."""
             try:
                 response = await self._stream_one(request, call)
             finally:
                 held.release(reserved)
             size = response.ByteSize()
             held.add(size)
-            return response, size
+            return response, size, reserved
 
         async def read() -> None:
             try:
                 async for request in self._streams.messages(request_iterator):
                     call = self._decoded(request, deadline, owner)
-                    reserved = self._held_for(request, call)
+                    reserved = 0 if isinstance(call, Exception) else self.held_bytes(call)
+                    try:
+                        share.reserve(reserved)
+                    except ResourceExhausted as over:  # answered in its turn, as a failure
+                        call, reserved = over, 0
                     held.add(reserved)
                     await pending.put(asyncio.ensure_future(answer(request, call, reserved)))
                     await held.room()
@@ -159,16 +165,18 @@ class InferenceServicer(ObservedServicer):
         reader = asyncio.ensure_future(read())
         try:
             while (task := await pending.get()) is not None:
-                response, size = await task
+                response, size, reserved = await task
                 if not await sent(context, response):
                     return
                 held.release(size)
+                share.release(reserved)
             await reader
         except DeadlineExceeded as idle:
             self.end_stream(
                 context, self.failed("ModelStreamInfer", None, idle, time.perf_counter())
             )
         finally:
+            share.release()
             self.close_stream(caller)
             reader.cancel()
             while not pending.empty():
@@ -187,14 +195,6 @@ class InferenceServicer(ObservedServicer):
             return kserve_v2.decode_infer_request(decoded(request), deadline, owner)
         except Exception as exc:
             return exc
-
-    def _held_for(self, request: v2.ModelInferRequest, call: InferRequest | Exception) -> int:
-        """What a stream holds for `request` until it is answered: itself and its answer."""
-        if not isinstance(request, Message):  # Undecodable
-            return 0
-        if isinstance(call, Exception):
-            return request.ByteSize()
-        return request.ByteSize() + self._dataplane.answer_bytes(call)
 
     async def _stream_one(
         self, request: v2.ModelInferRequest, call: InferRequest | Exception

@@ -13,6 +13,7 @@ from lstm_serving.core.settings import Settings
 from lstm_serving.errors import DeadlineExceeded
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
+from lstm_serving.server.budget import AnswerBudget, Share
 from lstm_serving.server.registration import decoded
 from lstm_serving.server.servicer import (
     CallFailed,
@@ -34,9 +35,14 @@ class LstmServicer(ObservedServicer):
     }
 
     def __init__(
-        self, dataplane: DataPlane, settings: Settings, metrics: Metrics, streams: OpenStreams
+        self,
+        dataplane: DataPlane,
+        settings: Settings,
+        metrics: Metrics,
+        streams: OpenStreams,
+        budget: AnswerBudget,
     ) -> None:
-        super().__init__(dataplane, metrics, streams)
+        super().__init__(dataplane, metrics, streams, budget)
         self._limits = pb.BatchingLimits(
             max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,
@@ -49,12 +55,15 @@ class LstmServicer(ObservedServicer):
     @answers_errors
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         owner = caller_of(context) if lstm_v1.in_sequence(request) else ""
-        return await self._predict(request, deadline_of(context), owner)
+        return await self._predict(
+            request, deadline_of(context), owner, self.held_until_done(context)
+        )
 
     async def _predict(
-        self, request: pb.PredictRequest, deadline: float | None, owner: str
+        self, request: pb.PredictRequest, deadline: float | None, owner: str, share: Share
     ) -> pb.PredictResponse:
         call = lstm_v1.decode_predict(decoded(request), deadline, owner)
+        share.reserve(self.held_bytes(call))
         return lstm_v1.encode_prediction(await self._dataplane.infer(call))
 
     async def PredictStream(
@@ -64,9 +73,10 @@ class LstmServicer(ObservedServicer):
         ends the stream with its status, and nothing after it has run."""
         deadline, owner = deadline_of(context), caller_of(context)
         caller = await self.open_stream("PredictStream", context)
+        share = self._budget.share(context.peer())
         try:
             async for request in self._streams.messages(request_iterator):
-                work = functools.partial(self._predict, request, deadline, owner)
+                work = functools.partial(self._predict, request, deadline, owner, share)
                 try:
                     response = await self.answered("PredictStream", request, work)
                 except CallFailed as failure:
@@ -74,9 +84,11 @@ class LstmServicer(ObservedServicer):
                     return
                 if not await sent(context, response):
                     return
+                share.release()
         except DeadlineExceeded as idle:
             self.end_stream(context, self.failed("PredictStream", None, idle, time.perf_counter()))
         finally:
+            share.release()
             self.close_stream(caller)
 
     @answers_errors

@@ -22,7 +22,9 @@ from prometheus_client import Counter, Histogram
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
+from lstm_serving.core.requests import InferRequest
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted
+from lstm_serving.server.budget import AnswerBudget, Share
 from lstm_serving.server.registration import Undecodable, decoded
 from lstm_serving.server.status import LOGGED, ThrottledLog, status_of
 
@@ -116,15 +118,32 @@ class ObservedServicer:
     # Per RPC: the request field that names the model, the response field with the version.
     LABEL_FIELDS: ClassVar[Mapping[str, tuple[str, str]]] = {}
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, streams: OpenStreams) -> None:
+    def __init__(
+        self, dataplane: DataPlane, metrics: Metrics, streams: OpenStreams, budget: AnswerBudget
+    ) -> None:
         self._dataplane = dataplane
         self._streams = streams
+        self._budget = budget
         self._metrics = metrics
         self._log = ThrottledLog()
         # (model, version, rpc, code) -> its request counter and duration histogram; as many
         # as the label sets exported (unknown model names all count as one)
         self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
         self._max_message_bytes = dataplane.limits.max_message_bytes
+
+    def held_until_done(self, context: Context) -> Share:
+        """A unary call's part of the answer budget, given back when the call ends: after its
+        answer has been sent, which waits on the client's flow-control window."""
+        share = self._budget.share(context.peer())
+        # the stubs type the callback as a class only they define
+        context.add_done_callback(lambda _: share.release())  # type: ignore[arg-type]
+        return share
+
+    def held_bytes(self, call: InferRequest) -> int:
+        """What a call holds until its answer is sent: its inputs, and its answer four times
+        over (measured: the response message, its serialization and gRPC's copy are all kept
+        until the client's window takes it)."""
+        return call.inputs.sent_bytes + 4 * self._dataplane.answer_bytes(call)
 
     async def open_stream(self, rpc: str, context: Context) -> str:
         """Takes one of --max-streams (and of its caller's --max-streams-per-caller) for a

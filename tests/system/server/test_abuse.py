@@ -4,6 +4,7 @@ abuses a real server, and checks the abuse is refused precisely and others still
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import socket
 import threading
@@ -21,7 +22,7 @@ from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.protocols.kserve_v2 import build_infer_request
-from tests.helpers import free_port, start, start_server, stop, wait_serving
+from tests.helpers import free_port, scrape, start, start_server, stop, value, wait_serving
 
 UNDECODABLE = b"\xff\xff\xff"  # a field tag with no end: no protobuf message parses it
 
@@ -181,18 +182,19 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     )
 
 
-def _header_block(path: str) -> bytes:
+def _header_block(path: str, *extra: tuple[str, str]) -> bytes:
     """HPACK literals without indexing: what a gRPC call's HEADERS carry."""
     block = b""
-    for name, value in (
+    for name, text in (
         (":method", "POST"),
         (":scheme", "http"),
         (":path", path),
         (":authority", "localhost"),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
+        *extra,
     ):
-        block += bytes([0, len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+        block += bytes([0, len(name)]) + name.encode() + bytes([len(text)]) + text.encode()
     return block
 
 
@@ -217,6 +219,162 @@ def _read_all(connection: socket.socket) -> None:
     with contextlib.suppress(OSError):
         while connection.recv(65536):
             pass
+
+
+def _gzip_message(message: bytes) -> bytes:
+    """One gRPC length-prefixed message, compressed."""
+    packed = gzip.compress(message)
+    return b"\x01" + len(packed).to_bytes(4, "big") + packed
+
+
+class NeverReading:
+    """A connection whose client grants no flow-control window (SETTINGS_INITIAL_WINDOW_SIZE
+    0), so nothing the server answers on it can be sent; it answers SETTINGS and PING, as a
+    live client does. Closing it frees what the server holds for it."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+        no_window = (4).to_bytes(2, "big") + (0).to_bytes(4, "big")
+        self.connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, no_window))
+        self.next_stream = 1
+        threading.Thread(target=self._answer_control_frames, daemon=True).start()
+
+    def call(self, path: str, messages: list[bytes]) -> None:
+        """Starts a call that sends `messages` (gzip) and closes its side."""
+        headers = _header_block(path, ("grpc-encoding", "gzip"))
+        body = b"".join(_gzip_message(m) for m in messages)
+        stream, self.next_stream = self.next_stream, self.next_stream + 2
+        self.connection.sendall(_frame(1, 4, stream, headers) + _frame(0, 1, stream, body))
+
+    def _answer_control_frames(self) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while chunk := self.connection.recv(65536):
+                buffer += chunk
+                while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                    size, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+                    payload, buffer = buffer[9 : 9 + size], buffer[9 + size :]
+                    if kind == 4 and not flags & 1:
+                        self.connection.sendall(_frame(4, 1, 0))
+                    elif kind == 6 and not flags & 1:
+                        self.connection.sendall(_frame(6, 1, 0, payload))
+
+    def close(self) -> None:
+        self.connection.shutdown(socket.SHUT_RDWR)  # close() alone waits for the reader's recv
+        self.connection.close()
+
+
+def _counted(metrics_port: int, rpc: str, codes: tuple[str, ...]) -> dict[str, float]:
+    """Calls of `rpc` on the seed model counted by the server, per status (a refused call has
+    no version label)."""
+    samples = scrape(metrics_port)
+    return {
+        code: sum(
+            value(samples, "lstm_requests_total", model="seed", version=v, rpc=rpc, code=code)
+            for v in ("1", "")
+        )
+        for code in codes
+    }
+
+
+def test_answers_never_read_hold_at_most_a_connections_budget(seed_repository: Path) -> None:
+    """Before: 40 unary calls of ~1 KB gzip each, asking for 15.7 MB answers on a connection
+    that never grants window, were all computed and held: +645 MB for as long as the
+    connection stayed open. Now a connection holds at most --answer-budget-per-connection
+    (64 MiB, where an unsent answer counts four times over: one such answer, the rest refused
+    RESOURCE_EXHAUSTED before they run), others are served meanwhile, and closing the
+    connection gives the memory back."""
+    port, metrics_port = free_port(), free_port()
+    process = start(seed_repository, port, "--metrics-port", str(metrics_port))
+    big = _zeros(128, 960, pb.SEQUENCE).SerializeToString()  # 128 x 960 x 32 floats: 15.7 MB
+    try:
+        wait_serving(process, port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            predict = pb_grpc.LstmServiceStub(channel).Predict
+            for _ in range(20):
+                predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
+            time.sleep(6)  # a trim after the warm-up
+            before = _rss_mib(process.pid)
+            hostile = NeverReading(port)
+            for _ in range(40):
+                hostile.call("/lstm.v1.LstmService/Predict", [big])
+            deadline = time.monotonic() + 60
+            while (
+                sum(
+                    (
+                        counted := _counted(metrics_port, "Predict", ("OK", "RESOURCE_EXHAUSTED"))
+                    ).values()
+                )
+                < 60
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+            held = _rss_mib(process.pid) - before
+            answer = predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)  # another connection
+            assert list(answer.last_hidden.shape) == [1, 32]
+            hostile.close()
+            time.sleep(7)
+            after = _rss_mib(process.pid) - before
+            print(f"40 answers never read: {counted}, RSS +{held} MB held, +{after} MB after")
+    finally:
+        code, err = stop(process)
+    assert code == 0, err
+    assert counted == {"OK": 21, "RESOURCE_EXHAUSTED": 39}, counted
+    assert held < 64 + 86, held  # the budget, and what computing any answer leaves (35-65 MB)
+    assert after < 50, after
+
+
+@pytest.mark.parametrize(
+    ("rpc", "path"),
+    [
+        ("PredictStream", "/lstm.v1.LstmService/PredictStream"),
+        ("ModelStreamInfer", "/inference.GRPCInferenceService/ModelStreamInfer"),
+    ],
+)
+def test_streams_never_read_hold_at_most_the_servers_budget(
+    seed_repository: Path, rpc: str, path: str
+) -> None:
+    """Before: 3 connections x 20 streams x 3 messages asking for 15.7 MB answers, never read:
+    PredictStream +519 MB, ModelStreamInfer +804 MB. Now the server holds at most
+    --answer-budget (64 MiB here: one such answer, counted four times over) and refuses the
+    rest RESOURCE_EXHAUSTED before running them; a small call is served meanwhile."""
+    port, metrics_port = free_port(), free_port()
+    budget = str(64 << 20)
+    process = start(
+        seed_repository, port, "--metrics-port", str(metrics_port), "--answer-budget", budget
+    )
+    zeros = np.zeros((128, 960, 2), np.float32)
+    big = (
+        _zeros(128, 960, pb.SEQUENCE)
+        if rpc == "PredictStream"
+        else build_infer_request("seed", zeros, outputs=["sequence"])
+    ).SerializeToString()
+    hostile = []
+    try:
+        wait_serving(process, port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            predict = pb_grpc.LstmServiceStub(channel).Predict
+            for _ in range(20):
+                predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
+            time.sleep(6)  # a trim after the warm-up
+            before = _rss_mib(process.pid)
+            for _ in range(3):
+                hostile.append(NeverReading(port))
+                for _ in range(20):
+                    hostile[-1].call(path, [big] * 3)
+            time.sleep(8)
+            held = _rss_mib(process.pid) - before
+            counted = _counted(metrics_port, rpc, ("OK", "RESOURCE_EXHAUSTED"))
+            answer = predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
+            assert list(answer.last_hidden.shape) == [1, 32]
+            print(f"{rpc}, 3 x 20 streams never read: {counted}, RSS +{held} MB held")
+    finally:
+        for connection in hostile:
+            connection.close()
+        code, err = stop(process)
+    assert code == 0, err
+    assert counted["OK"] == 1 and counted["RESOURCE_EXHAUSTED"] >= 59, counted
+    assert held < 64 + 86, held  # the budget, and what computing any answer leaves (35-65 MB)
 
 
 def test_rapid_reset_is_cheap(seed_repository: Path) -> None:

@@ -34,6 +34,15 @@ def test_threads_per_worker() -> None:
     assert Settings(intra_op_threads=3, workers=2).threads_per_worker(cpu_count=8) == 3
 
 
+def test_answer_budgets_follow_the_memory_the_container_may_use() -> None:
+    mib = 1 << 20
+    # a 1 GiB pod: an eighth, shared by the workers; a connection: four largest messages
+    assert Settings().answer_budgets(memory=1024 * mib) == (128 * mib, 64 * mib)
+    assert Settings(workers=4).answer_budgets(memory=1024 * mib) == (64 * mib, 64 * mib)
+    assert Settings(max_message_bytes=4 * mib).answer_budgets(memory=1024 * mib)[1] == 16 * mib
+    assert Settings(answer_budget=200 * mib).answer_budgets(memory=1) == (200 * mib, 64 * mib)
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
@@ -42,6 +51,7 @@ def test_threads_per_worker() -> None:
         ([], {"LSTM_SERVE_DEVICE": "tpu"}, "LSTM_SERVE_DEVICE must be one of cpu, cuda, auto"),
         ([], {"LSTM_SERVE_PORT": "x"}, "LSTM_SERVE_PORT='x' is not a valid int"),
         (["--max-queue-delay-ms", "-1"], {}, "must be >= 0"),
+        (["--answer-budget-per-connection", "1000"], {}, "must be >= --max-message-bytes"),
     ],
 )
 def test_bad_values_exit_2_with_message(
