@@ -196,6 +196,14 @@ class Settings:
             "--sequence-idle-timeout; 0: never"
         },
     )
+    request_read_timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "seconds a unary call's request may take to arrive in full before the call "
+            "is ended (DEADLINE_EXCEEDED), so a client that sends headers and never its message "
+            "holds nothing for long; 0: never"
+        },
+    )
     grace_period: float = field(
         default=10.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"}
     )
@@ -303,6 +311,7 @@ _NON_NEGATIVE = (
     "reload_interval",
     "sequence_idle_timeout",
     "stream_idle_timeout",
+    "request_read_timeout",
     "max_connection_idle",
     "max_connection_age",
     "answer_budget",

@@ -133,10 +133,11 @@ class LstmServer:
         self._tracing = _tracing(settings, span_exporter)
         traced = self._tracing.traced if self._tracing is not None else None
         budget = AnswerBudget(*settings.answer_budgets())
+        read_timeout = settings.request_read_timeout
         lstm_servicer = LstmServicer(dataplane, settings, self.metrics, streams, budget)
-        add_servicer(self._server, lstm_servicer, LSTM_API, traced)
+        add_servicer(self._server, lstm_servicer, LSTM_API, read_timeout, traced)
         v2_servicer = InferenceServicer(dataplane, self.metrics, streams, budget)
-        add_servicer(self._server, v2_servicer, V2_API, traced)
+        add_servicer(self._server, v2_servicer, V2_API, read_timeout, traced)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.reflection:
             reflection.enable_server_reflection(SERVICES, self._server)

@@ -1,14 +1,22 @@
-"""Registering servicers with request decoding that cannot raise inside gRPC.
+"""Registering servicers with request decoding that cannot raise inside gRPC, and a bound on
+how long a call's request may take to arrive.
 
 The generated `add_*_to_server` functions decode with `FromString`: bytes that are not the
 expected message raise inside gRPC, which answers `UNKNOWN: Unexpected DecodeError` and logs a
 traceback per request - a log flood anyone can cause without a token. Here an undecodable
 message becomes an `Undecodable` that the servicer answers INVALID_ARGUMENT (and logs at a
 rate limit); on a stream it is one bad message like any other.
+
+gRPC waits for a unary call's request for ever: a client that sends its headers and never
+its message holds the call (and its connection, which is then never idle). So a method with
+one request is served as a client-streaming one (the same on the wire) that reads its message
+within --request-read-timeout; a request that has not arrived by then is a `Late` request,
+answered DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,15 +25,14 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
-from lstm_serving.errors import InvalidArgument
+from lstm_serving.errors import DeadlineExceeded, InvalidArgument
 
 Request = TypeVar("Request")
 
+# Every method is served as a client-streaming one (see above); by whether it streams answers:
 _HANDLER_KINDS = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
+    False: grpc.stream_unary_rpc_method_handler,
+    True: grpc.stream_stream_rpc_method_handler,
 }
 
 
@@ -38,11 +45,50 @@ class Undecodable:
         self.reason = reason
 
 
+class Late:
+    """Stands in for a request message that did not arrive within --request-read-timeout."""
+
+    __slots__ = ("timeout",)
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+
 def decoded(request: Request) -> Request:
-    """The request itself, or InvalidArgument when its bytes did not parse."""
+    """The request itself, or InvalidArgument when its bytes did not parse (DeadlineExceeded
+    when they did not arrive in time)."""
     if isinstance(request, Undecodable):
         raise InvalidArgument(request.reason)
+    if isinstance(request, Late):
+        raise DeadlineExceeded(
+            f"the request did not arrive in full within {request.timeout:g} s "
+            "(--request-read-timeout): send the message with the call's headers"
+        )
     return request
+
+
+async def _request_of(context: grpc.aio.ServicerContext[Any, Any], limit: float) -> Any:
+    """A unary call's request, read within `limit` seconds (0: no limit)."""
+    try:
+        async with asyncio.timeout(limit or None):
+            request = await context.read()
+    except TimeoutError:
+        return Late(limit)
+    if request is grpc.aio.EOF:
+        return Undecodable("the call carried no request message")
+    return request
+
+
+def _read_in_time(handler: Callable[[Any, Any], Any], timeout: float) -> Callable[[Any, Any], Any]:
+    """`handler` of one request, served as a client-streaming method that reads its message
+    within `timeout` seconds."""
+
+    async def reading(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # No local holds the request: a refusal's traceback keeps this frame (see
+        # servicer.answers_errors).
+        return await handler(await _request_of(context, timeout), context)
+
+    return reading
 
 
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
@@ -65,16 +111,21 @@ def add_servicer(
     server: grpc.aio.Server,
     servicer: Any,
     service: ServiceDescriptor,
+    read_timeout: float,
     traced: Callable[[str, Any], Any] | None = None,
 ) -> None:
     """Serves every method of `service` from the servicer's method of the same name, each
-    wrapped by `traced(rpc, handler)` when tracing is on."""
+    wrapped by `traced(rpc, handler)` when tracing is on; a method of one request reads it
+    within `read_timeout` seconds."""
     handlers = {}
     for method in service.methods:
         handler = getattr(servicer, method.name)
         if traced is not None:
             handler = traced(f"{service.full_name}/{method.name}", handler)
-        handlers[method.name] = _HANDLER_KINDS[method.client_streaming, method.server_streaming](
+        if not method.client_streaming:
+            assert not method.server_streaming, f"{method.name}: one request, streamed answers"
+            handler = _read_in_time(handler, read_timeout)
+        handlers[method.name] = _HANDLER_KINDS[method.server_streaming](
             handler,
             request_deserializer=_decoder(GetMessageClass(method.input_type)),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,

@@ -236,17 +236,19 @@ class NeverReading:
         self.connection = socket.create_connection(("127.0.0.1", port), timeout=30)
         no_window = (4).to_bytes(2, "big") + (0).to_bytes(4, "big")
         self.connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, no_window))
-        self.next_stream = 1
+        self.next_stream, self.ended = 1, 0  # calls whose trailers came back
         threading.Thread(target=self._answer_control_frames, daemon=True).start()
 
-    def call(self, path: str, messages: list[bytes]) -> None:
-        """Starts a call that sends `messages` (gzip) and closes its side."""
+    def call(self, path: str, messages: list[bytes], body: bytes = b"", end: bool = True) -> None:
+        """Starts a call that sends `messages` (gzip), or else `body` as it is, and closes its
+        side when `end`."""
         headers = _header_block(path, ("grpc-encoding", "gzip"))
-        body = b"".join(_gzip_message(m) for m in messages)
+        body = b"".join(_gzip_message(m) for m in messages) or body
         stream, self.next_stream = self.next_stream, self.next_stream + 2
-        self.connection.sendall(_frame(1, 4, stream, headers) + _frame(0, 1, stream, body))
+        self.connection.sendall(_frame(1, 4, stream, headers) + _frame(0, int(end), stream, body))
 
     def _answer_control_frames(self) -> None:
+        """Answers SETTINGS and PING; counts the calls the server ended."""
         buffer = b""
         with contextlib.suppress(OSError):
             while chunk := self.connection.recv(65536):
@@ -254,6 +256,8 @@ class NeverReading:
                 while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
                     size, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
                     payload, buffer = buffer[9 : 9 + size], buffer[9 + size :]
+                    if kind == 1 and flags & 1:  # HEADERS that end the stream: trailers
+                        self.ended += 1
                     if kind == 4 and not flags & 1:
                         self.connection.sendall(_frame(4, 1, 0))
                     elif kind == 6 and not flags & 1:
@@ -375,6 +379,51 @@ def test_streams_never_read_hold_at_most_the_servers_budget(
     assert code == 0, err
     assert counted["OK"] == 1 and counted["RESOURCE_EXHAUSTED"] >= 59, counted
     assert held < 64 + 86, held  # the budget, and what computing any answer leaves (35-65 MB)
+
+
+def test_calls_whose_request_never_arrives_are_ended(seed_repository: Path) -> None:
+    """Before: a call whose client sent its headers and part of its message held its place
+    (and its connection, never idle) for ever. Now each is ended DEADLINE_EXCEEDED after
+    --request-read-timeout, while other callers are served."""
+    port, metrics_port = free_port(), free_port()
+    process = start(
+        seed_repository,
+        port,
+        *("--metrics-port", str(metrics_port), "--request-read-timeout", "2"),
+    )
+    stalled = []
+    try:
+        wait_serving(process, port)
+        partial = b"\x00" + (100).to_bytes(4, "big") + bytes(10)  # 10 of 100 bytes, then nothing
+        for _ in range(300):
+            stalled.append(NeverReading(port))
+            stalled[-1].call("/lstm.v1.LstmService/Predict", [], body=partial, end=False)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = pb_grpc.LstmServiceStub(channel).Predict(
+                _zeros(1, 10, pb.LAST_HIDDEN), timeout=10
+            )
+        assert list(answer.last_hidden.shape) == [1, 32]
+        deadline = time.monotonic() + 30
+        ended = 0.0
+        while ended < 300 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            samples = scrape(metrics_port)
+            ended = value(
+                samples,
+                "lstm_requests_total",
+                model="",
+                version="",
+                rpc="Predict",
+                code="DEADLINE_EXCEEDED",
+            )
+        trailers = sum(connection.ended for connection in stalled)
+    finally:
+        for connection in stalled:
+            connection.close()
+        code, err = stop(process)
+    assert code == 0, err
+    assert ended == 300, ended
+    assert trailers == 300, trailers  # each call's status reached its client
 
 
 def test_rapid_reset_is_cheap(seed_repository: Path) -> None:
