@@ -85,7 +85,10 @@ class DataPlane:
         carried = arch.state_outputs()
         outputs = checked.outputs + tuple(n for n in carried if n not in checked.outputs)
         steps = int(checked.lengths[0])
-        async with served.sequences.step(step, request.owner, checked.initial, steps) as stepping:
+        caller = request.caller
+        async with served.sequences.step(
+            step, caller.owner, checked.initial, steps, caller.counted_as
+        ) as stepping:
             arrays = await served.batcher.submit(
                 checked.inputs, checked.lengths, outputs, request.deadline, stepping.initial, timing
             )

@@ -44,6 +44,19 @@ class SequenceStep:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who asks, for server-held sequences: `owner` (a fingerprint of its token, "" without
+    one) is whose sequences it may step; `counted_as` (the owner, or without a token its
+    address) is whose --max-sequences-per-owner its sequences count against."""
+
+    owner: str = ""
+    counted_as: str = ""
+
+
+ANYONE = Caller()
+
+
+@dataclass(frozen=True)
 class InferRequest:
     model: str
     version: int  # 0: the newest loaded
@@ -56,7 +69,7 @@ class InferRequest:
     # contract.initial_state names -> [directions, batch, units]; None: zeros
     initial_states: dict[str, np.ndarray] | None = None
     sequence: SequenceStep | None = None
-    owner: str = ""  # who asks (a fingerprint of its token): a sequence is its starter's only
+    caller: Caller = ANYONE  # for a sequence step: a sequence is its starter's only
 
 
 @dataclass(frozen=True)

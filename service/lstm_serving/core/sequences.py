@@ -1,7 +1,8 @@
 """Server-held sequences of one model version: each open sequence's (h, c) between its calls.
 
 A sequence is keyed by (owner, id): a caller's token fingerprint and the id it chose, so one
-caller cannot see, step or end another's (NOT_FOUND, as if it did not exist). Steps of one
+caller cannot see, step or end another's (NOT_FOUND, as if it did not exist). It counts
+against its starter's --max-sequences-per-owner: its token, or without one its address. Steps of one
 sequence take its lock in arrival order, so they run one at a time and in order, while steps
 of different sequences share batches. What ends a sequence is remembered (a bounded record),
 so a late call hears why: never started, ended, expired after N s idle, or evicted.
@@ -54,6 +55,7 @@ class _Open:
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: str = ""  # why, once closed while a step waited for the lock
+    counted_as: str = ""  # whose --max-sequences-per-owner it counts against
 
 
 def already_open(described: str, started_ago: float) -> AlreadyExists:
@@ -72,8 +74,8 @@ def too_many_open(model: str, count: int) -> ResourceExhausted:
 
 def too_many_owned(model: str, count: int) -> ResourceExhausted:
     return ResourceExhausted(
-        f"your token holds {count} open sequences of model {model} (the limit per token, "
-        "--max-sequences-per-owner): end some, or retry later"
+        f"you hold {count} open sequences of model {model} (the limit per caller, a token or "
+        "without tokens an address, --max-sequences-per-owner): end some, or retry later"
     )
 
 
@@ -115,7 +117,12 @@ class Sequences(Protocol):
     def stop(self, reason: str = "evicted") -> None: ...
 
     def step(
-        self, step: SequenceStep, owner: str, initial: States | None, steps: int
+        self,
+        step: SequenceStep,
+        owner: str,
+        initial: States | None,
+        steps: int,
+        counted_as: str = "",
     ) -> contextlib.AbstractAsyncContextManager[Stepping]: ...
 
 
@@ -133,7 +140,7 @@ class SequenceStore:
         self.max_sequences = max_sequences
         self.idle_timeout = idle_timeout
         self._waiting = WaitingSteps(name, max_waiting)
-        self.max_per_owner = max_per_owner  # sequences one token holds (owner "": no limit)
+        self.max_per_owner = max_per_owner  # sequences one caller holds ("": no limit)
         self._owned: Counter[str] = Counter()
         self._observer: SequenceObserver = observer or Unobserved()
         self._open: dict[Key, _Open] = {}
@@ -157,15 +164,21 @@ class SequenceStore:
 
     @contextlib.asynccontextmanager
     async def step(
-        self, step: SequenceStep, owner: str, initial: States | None, steps: int
+        self,
+        step: SequenceStep,
+        owner: str,
+        initial: States | None,
+        steps: int,
+        counted_as: str = "",
     ) -> AsyncIterator[Stepping]:
         """Holds the sequence for one step, in arrival order; yields its state to run from.
 
         The caller sets `stepping.final` to the state the step ended with; the sequence keeps
-        it (or is freed, on END). If the body raises, the sequence is left as it was.
+        it (or is freed, on END). If the body raises, the sequence is left as it was. A START
+        counts against `counted_as` (default: the owner; "": no per-caller limit).
         """
         key = (owner, step.id)
-        entry = self._begin(key, step, initial)
+        entry = self._begin(key, step, initial, counted_as or owner)
         async with self._waiting.turn(entry.lock):
             if entry.closed:
                 raise NotFound(f"{self._describe(step)} {entry.closed}")
@@ -181,18 +194,19 @@ class SequenceStore:
             if step.end:
                 self._close(key, "ended")
 
-    def _begin(self, key: Key, step: SequenceStep, initial: States | None) -> _Open:
+    def _begin(
+        self, key: Key, step: SequenceStep, initial: States | None, counted_as: str
+    ) -> _Open:
         entry = self._open.get(key)
         if step.start:
             if entry is not None:
                 raise already_open(self._describe(step), time.monotonic() - entry.started)
             if len(self._open) >= self.max_sequences:
                 raise too_many_open(self.name, len(self._open))
-            owner = key[0]
-            if owner and self._owned[owner] >= self.max_per_owner:
-                raise too_many_owned(self.name, self._owned[owner])
-            self._owned[owner] += 1
-            entry = self._open[key] = _Open(initial)
+            if counted_as and self._owned[counted_as] >= self.max_per_owner:
+                raise too_many_owned(self.name, self._owned[counted_as])
+            self._owned[counted_as] += 1
+            entry = self._open[key] = _Open(initial, counted_as=counted_as)
             self._closed.pop(key, None)
             self._observer.open_changed(len(self._open))
             return entry
@@ -214,9 +228,9 @@ class SequenceStore:
     def _close(self, key: Key, reason: str, record: bool = True) -> None:
         entry = self._open.pop(key)
         entry.closed = f"was {reason}"
-        self._owned[key[0]] -= 1
-        if not self._owned[key[0]]:
-            del self._owned[key[0]]
+        self._owned[entry.counted_as] -= 1
+        if not self._owned[entry.counted_as]:
+            del self._owned[entry.counted_as]
         if record:
             self._closed[key] = (entry.closed, time.monotonic())
             while len(self._closed) > CLOSED_RECORD:

@@ -113,9 +113,9 @@ class Settings:
     max_sequences_per_owner: int = field(
         default=2500,
         metadata={
-            "help": "server-held sequences one token may hold open per model version, so one "
-            "caller cannot take every sequence (with --auth-token-file: without tokens callers "
-            "are not told apart, and only --max-sequences applies)"
+            "help": "server-held sequences one caller may hold open per model version, so one "
+            "cannot take every sequence (a caller: its token, or without tokens its address; "
+            "callers behind one proxy share it)"
         },
     )
     sequence_store: str = field(

@@ -8,8 +8,9 @@ its batch as in process, and writes back with a script that checks the version i
 step of the same sequence that got there first (on another replica) makes this one ABORTED,
 never a lost update. Steps of one sequence on one replica still queue in arrival order on a
 local lock, as `sequences.SequenceStore` does. Why a sequence closed is kept for an hour;
-open sequences are counted in sorted sets (per model version, and per token) scored by their
-last use, so --max-sequences and --max-sequences-per-owner hold across replicas.
+open sequences are counted in sorted sets (per model version, and per caller: a token, or
+without one an address, kept in the sequence's hash) scored by their last use, so
+--max-sequences and --max-sequences-per-owner hold across replicas.
 
 Redis is a cache of recurrent state here: if it restarts without persistence, open
 sequences are gone (their next steps get NOT_FOUND), as when a replica restarts without it.
@@ -45,8 +46,8 @@ log = logging.getLogger(__name__)
 CLOSED_FOR_S = 3600  # how long why a sequence closed is remembered
 PREFIX = "lstm-serving"
 
-# KEYS: state, open set, owner's open set, closed record. ARGV: now, idle (s), max open, max
-# per owner (0: no owner limit). Opens the sequence's place, or says why not.
+# KEYS: state, open set, caller's open set, closed record. ARGV: now, idle (s), max open, max
+# per caller (0: no caller limit). Opens the sequence's place, or says why not.
 OPEN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'exists', redis.call('HGET', KEYS[1], 'started')}
@@ -63,9 +64,9 @@ end
 return {'ok', ''}
 """
 
-# KEYS: state, open set, owner's open set, closed record. ARGV: version read ('' for a
-# START), new state, now, idle (ms), end ('1' or ''), member, owner limited ('1' or ''),
-# how long the closed record is kept (s).
+# KEYS: state, open set, caller's open set, closed record. ARGV: version read ('' for a
+# START), new state, now, idle (ms), end ('1' or ''), member, the caller it counts against
+# ('': none), how long the closed record is kept (s).
 WRITE = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '' then
@@ -84,10 +85,10 @@ if ARGV[5] == '1' then
 end
 local started = redis.call('HGET', KEYS[1], 'started') or ARGV[3]
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'version', (tonumber(current) or 0) + 1,
-           'started', started)
+           'started', started, 'counted', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
-if ARGV[7] == '1' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6]) end
 redis.call('DEL', KEYS[4])
 return 'ok'
 """
@@ -204,13 +205,13 @@ class RedisSequences:
     def stop(self, reason: str = "evicted") -> None:
         """A version going away here may still be served by other replicas: its sequences stay."""
 
-    def _keys(self, owner: str, sequence: SequenceId) -> tuple[list[str], str]:
+    def _keys(self, owner: str, sequence: SequenceId, counted_as: str) -> tuple[list[str], str]:
         member = f"{owner or '-'}:{type(sequence).__name__}:{sequence}"
         base = f"{PREFIX}:{self.name}"
         keys = [
             f"{base}:seq:{member}",
             f"{base}:open",
-            f"{base}:open:{owner or '-'}",
+            f"{base}:open:{counted_as or '-'}",
             f"{base}:closed:{member}",
         ]
         return keys, member
@@ -232,17 +233,24 @@ class RedisSequences:
 
     @contextlib.asynccontextmanager
     async def step(
-        self, step: SequenceStep, owner: str, initial: States | None, steps: int
+        self,
+        step: SequenceStep,
+        owner: str,
+        initial: States | None,
+        steps: int,
+        counted_as: str = "",
     ) -> AsyncIterator[Stepping]:
         """As SequenceStore.step, the state read from and written back to Redis."""
-        keys, member = self._keys(owner, step.id)
+        counted_as = counted_as or owner
+        keys, member = self._keys(owner, step.id, counted_as)
         async with self._local_turn(keys[0]):
             now = time.time()
             if step.start:
-                await self._open(keys, step, owner, now)
+                await self._open(keys, step, counted_as, now)
                 version, state = "", initial
-            else:
-                version, state = await self._read(keys, member, step)
+            else:  # counted against its starter, whoever steps it now
+                version, state, counted_as = await self._read(keys, member, step)
+                keys, _ = self._keys(owner, step.id, counted_as)
             stepping = Stepping(state)
             yield stepping
             args = [
@@ -252,15 +260,15 @@ class RedisSequences:
                 int(self.idle_timeout * 1000),
                 "1" if step.end else "",
                 member,
-                "1" if owner else "",
+                counted_as,
                 CLOSED_FOR_S,
             ]
             (written,) = await self._store.run(lambda pipe: _eval(pipe, WRITE, keys, args))
             self._settle(written.decode() if isinstance(written, bytes) else written, step)
             self._observer.stepped(steps)
 
-    async def _open(self, keys: list[str], step: SequenceStep, owner: str, now: float) -> None:
-        limit = self.max_per_owner if owner else 0
+    async def _open(self, keys: list[str], step: SequenceStep, counted_as: str, now: float) -> None:
+        limit = self.max_per_owner if counted_as else 0
         args = [now, self.idle_timeout, self.max_sequences, limit]
         ((verdict, detail),) = await self._store.run(lambda pipe: _eval(pipe, OPEN, keys, args))
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
@@ -274,17 +282,19 @@ class RedisSequences:
 
     async def _read(
         self, keys: list[str], member: str, step: SequenceStep
-    ) -> tuple[str, States | None]:
+    ) -> tuple[str, States | None, str]:
+        """The sequence's version, state, and whom it counts against."""
+
         def queue(pipe: Any) -> int:
-            pipe.hmget(keys[0], "version", "state")
+            pipe.hmget(keys[0], "version", "state", "counted")
             pipe.get(keys[3])
             pipe.zscore(keys[1], member)
             return 3
 
-        (version, blob), closed, last_used = await self._store.run(queue)
+        (version, blob, counted), closed, last_used = await self._store.run(queue)
         if version is None:
             raise NotFound(f"{self._describe(step)} {self._why_not_open(closed, last_used)}")
-        return version.decode(), decode_states(blob or b"")
+        return version.decode(), decode_states(blob or b""), (counted or b"").decode()
 
     def _why_not_open(self, closed: bytes | None, last_used: float | None) -> str:
         if closed is not None:

@@ -24,6 +24,8 @@ from lstm_serving.contract import (
     is_initial_state,
 )
 from lstm_serving.core.requests import (
+    ANYONE,
+    Caller,
     InferRequest,
     InferResult,
     OutputSet,
@@ -88,7 +90,7 @@ def _encoded(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | None) -
 
 
 def decode_infer_request(
-    request: v2.ModelInferRequest, deadline: float | None, owner: str = ""
+    request: v2.ModelInferRequest, deadline: float | None, caller: Caller = ANYONE
 ) -> InferRequest:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
@@ -126,7 +128,7 @@ def decode_infer_request(
         deadline=deadline,
         initial_states=states or None,
         sequence=_sequence(request.parameters),
-        owner=owner,
+        caller=caller,
     )
 
 

@@ -23,6 +23,8 @@ from lstm_serving.contract import (
     initial_state,
 )
 from lstm_serving.core.requests import (
+    ANYONE,
+    Caller,
     InferRequest,
     InferResult,
     OutputSet,
@@ -92,7 +94,7 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
 
 
 def decode_predict(
-    request: pb.PredictRequest, deadline: float | None, owner: str = ""
+    request: pb.PredictRequest, deadline: float | None, caller: Caller = ANYONE
 ) -> InferRequest:
     has_input, has_tokens = request.HasField(INPUT), request.HasField(TOKENS_FIELD)
     if not has_input and not has_tokens:
@@ -121,7 +123,7 @@ def decode_predict(
         deadline=deadline,
         initial_states=decode_states(request.initial_state, INITIAL_STATE_FIELD),
         sequence=_sequence(request.sequence) if in_sequence(request) else None,
-        owner=owner,
+        caller=caller,
     )
 
 

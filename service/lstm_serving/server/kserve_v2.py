@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import grpc
 
-from lstm_serving.core.requests import InferRequest
+from lstm_serving.core.requests import Caller, InferRequest
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
@@ -128,7 +128,7 @@ class InferenceServicer(ObservedServicer):
         Read-ahead is bounded in count and in bytes: a client that sends faster than it reads
         its answers is slowed down by gRPC flow control instead of growing the server's memory.
         """
-        deadline, owner = deadline_of(context), caller_of(context)
+        deadline, caller = deadline_of(context), caller_of(context)
         pending: asyncio.Queue[asyncio.Task[tuple[v2.ModelStreamInferResponse, int, int]] | None]
         pending = asyncio.Queue(STREAM_IN_FLIGHT)
         held = _HeldBytes(STREAM_READ_AHEAD_BYTES)
@@ -149,7 +149,7 @@ class InferenceServicer(ObservedServicer):
         async def read() -> None:
             try:
                 async for request in self._streams.messages(request_iterator):
-                    call = self._decoded(request, deadline, owner)
+                    call = self._decoded(request, deadline, caller)
                     reserved = 0 if isinstance(call, Exception) else self.held_bytes(call)
                     try:
                         share.reserve(reserved)
@@ -161,7 +161,7 @@ class InferenceServicer(ObservedServicer):
             finally:  # a failed read ends the stream (re-raised by `await reader`)
                 await pending.put(None)
 
-        caller = await self.open_stream("ModelStreamInfer", context)
+        await self.open_stream("ModelStreamInfer", context, caller)
         reader = asyncio.ensure_future(read())
         try:
             while (task := await pending.get()) is not None:
@@ -188,11 +188,11 @@ class InferenceServicer(ObservedServicer):
 
     @staticmethod
     def _decoded(
-        request: v2.ModelInferRequest, deadline: float | None, owner: str
+        request: v2.ModelInferRequest, deadline: float | None, caller: Caller
     ) -> InferRequest | Exception:
         """A stream's message decoded once, as it is read; a failure is answered in its turn."""
         try:
-            return kserve_v2.decode_infer_request(decoded(request), deadline, owner)
+            return kserve_v2.decode_infer_request(decoded(request), deadline, caller)
         except Exception as exc:
             return exc
 

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
+from lstm_serving.core.requests import ANYONE, Caller
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import DeadlineExceeded
 from lstm_serving.proto.v1 import lstm_pb2 as pb
@@ -54,15 +55,15 @@ class LstmServicer(ObservedServicer):
 
     @answers_errors
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
-        owner = caller_of(context) if lstm_v1.in_sequence(request) else ""
+        caller = caller_of(context) if lstm_v1.in_sequence(request) else ANYONE
         return await self._predict(
-            request, deadline_of(context), owner, self.held_until_done(context)
+            request, deadline_of(context), caller, self.held_until_done(context)
         )
 
     async def _predict(
-        self, request: pb.PredictRequest, deadline: float | None, owner: str, share: Share
+        self, request: pb.PredictRequest, deadline: float | None, caller: Caller, share: Share
     ) -> pb.PredictResponse:
-        call = lstm_v1.decode_predict(decoded(request), deadline, owner)
+        call = lstm_v1.decode_predict(decoded(request), deadline, caller)
         share.reserve(self.held_bytes(call))
         return lstm_v1.encode_prediction(await self._dataplane.infer(call))
 
@@ -71,12 +72,12 @@ class LstmServicer(ObservedServicer):
     ) -> None:
         """One message at a time, each answered before the next is read: a failed message
         ends the stream with its status, and nothing after it has run."""
-        deadline, owner = deadline_of(context), caller_of(context)
-        caller = await self.open_stream("PredictStream", context)
+        deadline, caller = deadline_of(context), caller_of(context)
+        await self.open_stream("PredictStream", context, caller)
         share = self._budget.share(context.peer())
         try:
             async for request in self._streams.messages(request_iterator):
-                work = functools.partial(self._predict, request, deadline, owner, share)
+                work = functools.partial(self._predict, request, deadline, caller, share)
                 try:
                     response = await self.answered("PredictStream", request, work)
                 except CallFailed as failure:

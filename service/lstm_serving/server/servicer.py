@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
-from lstm_serving.core.requests import InferRequest
+from lstm_serving.core.requests import Caller, InferRequest
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted
 from lstm_serving.server.budget import AnswerBudget, Share
 from lstm_serving.server.registration import Undecodable, decoded
@@ -36,14 +36,18 @@ Resp = TypeVar("Resp", bound=Message)
 Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 
 
-def caller_of(context: Context) -> str:
-    """Who is calling, for owning server-held sequences: a fingerprint of its bearer token
-    ("" without one). The token itself is never kept."""
+def caller_of(context: Context) -> Caller:
+    """Who is calling: as owner of server-held sequences, a fingerprint of its bearer token
+    ("" without one; the token itself is never kept); for per-caller limits, that or without
+    a token the host it connects from (callers behind one proxy share the proxy's)."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             text = value if isinstance(value, str) else value.decode("latin-1")
-            return hashlib.sha256(text.encode()).hexdigest()[:32]
-    return ""
+            owner = hashlib.sha256(text.encode()).hexdigest()[:32]
+            return Caller(owner, owner)
+    peer = context.peer() or ""  # ipv4:10.0.0.7:51234, ipv6:[::1]:51234, unix:...
+    host = peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    return Caller("", host)
 
 
 def deadline_of(context: Context) -> float | None:
@@ -71,16 +75,6 @@ class CallFailed(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
-
-
-def caller_address(context: Context) -> str:
-    """Who is calling, for per-caller limits: its token's fingerprint, or without one the
-    host it connects from (callers behind one proxy share the proxy's)."""
-    owner = caller_of(context)
-    if owner:
-        return owner
-    peer = context.peer() or ""  # ipv4:10.0.0.7:51234, ipv6:[::1]:51234, unix:...
-    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
 
 class OpenStreams:
@@ -145,11 +139,10 @@ class ObservedServicer:
         until the client's window takes it)."""
         return call.inputs.sent_bytes + 4 * self._dataplane.answer_bytes(call)
 
-    async def open_stream(self, rpc: str, context: Context) -> str:
+    async def open_stream(self, rpc: str, context: Context, of: Caller) -> None:
         """Takes one of --max-streams (and of its caller's --max-streams-per-caller) for a
-        stream's life, or ends the call RESOURCE_EXHAUSTED; returns the caller, for
-        `close_stream` to give them back."""
-        streams, caller = self._streams, caller_address(context)
+        stream's life, or ends the call RESOURCE_EXHAUSTED; `close_stream` gives them back."""
+        streams, caller = self._streams, of.counted_as
         refusal = None
         if streams.count >= streams.limit:
             refusal = ResourceExhausted(
@@ -165,13 +158,12 @@ class ObservedServicer:
             await context.abort(*self.failed(rpc, None, refusal, time.perf_counter()))
         streams.count += 1
         streams.by_caller[caller] += 1
-        return caller
 
-    def close_stream(self, caller: str) -> None:
+    def close_stream(self, of: Caller) -> None:
         self._streams.count -= 1
-        self._streams.by_caller[caller] -= 1
-        if not self._streams.by_caller[caller]:
-            del self._streams.by_caller[caller]
+        self._streams.by_caller[of.counted_as] -= 1
+        if not self._streams.by_caller[of.counted_as]:
+            del self._streams.by_caller[of.counted_as]
 
     @staticmethod
     def end_stream(context: Context, status: tuple[grpc.StatusCode, str]) -> None:

@@ -1,8 +1,10 @@
 """A server-held sequence outlives nothing it should not: the replica it lives on (failover
-from the last returned state), and the token that started it (no other token can touch it)."""
+from the last returned state), and the token that started it (no other token can touch it);
+and no one caller can hold every sequence."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from lstm_serving.client.client import AsyncLstmClient, LstmClient, Security
-from tests.helpers import free_port, start, start_server, stop, wait_serving
+from tests.helpers import RedisServer, free_port, start, start_server, stop, wait_serving
 
 
 def test_failover_continues_on_another_server_from_the_last_returned_state(
@@ -86,3 +88,43 @@ async def test_a_sequence_belongs_to_the_token_that_started_it(
             assert done.last_hidden is not None
     finally:
         await server.stop(grace=1)
+
+
+@pytest.mark.parametrize("store", ["in process", "redis"])
+async def test_without_tokens_one_address_cannot_take_every_sequence(
+    seed_repository: Path, tmp_path: Path, store: str
+) -> None:
+    """Before: without tokens every caller counted as one, so one client could open
+    --max-sequences and lock every other out of starting one. Now each address has its own
+    --max-sequences-per-owner (two clients here: over IPv4 and over IPv6 loopback), and a
+    sequence counts against its starter whoever ends it."""
+    if store == "redis" and shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (`make system-deps`)")
+    redis = RedisServer(tmp_path)
+    if store == "redis":
+        redis.start()
+    server = await start_server(
+        repository=seed_repository,
+        host="::",
+        max_sequences_per_owner=2,
+        sequence_store=redis.url if store == "redis" else "",
+    )
+    x = np.ones((1, 3, 2), np.float32)
+    try:
+        async with (
+            AsyncLstmClient(f"127.0.0.1:{server.port}") as ipv4,
+            AsyncLstmClient(f"[::1]:{server.port}") as ipv6,
+        ):
+            for n in (1, 2):
+                await ipv4.predict("seed", x, sequence_id=n, sequence_start=True)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ipv4.predict("seed", x, sequence_id=3, sequence_start=True)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "you hold 2 open sequences" in str(err.value.details())
+            await ipv6.predict("seed", x, sequence_id=3, sequence_start=True)  # not locked out
+            await ipv6.predict("seed", x, sequence_id=1, sequence_end=True)  # no token: shared
+            await ipv4.predict("seed", x, sequence_id=4, sequence_start=True)  # its place back
+    finally:
+        await server.stop(grace=1)
+        if store == "redis":
+            redis.stop()

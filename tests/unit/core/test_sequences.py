@@ -111,7 +111,7 @@ async def test_steps_waiting_on_their_sequence_are_bounded_as_the_queue_is() -> 
     assert [await t for t in tasks].count("ran") == 4
 
 
-async def test_one_token_cannot_take_every_sequence() -> None:
+async def test_one_caller_cannot_take_every_sequence() -> None:
     store = SequenceStore("m", max_sequences=10, idle_timeout=60, max_per_owner=2)
     for n in range(2):
         async with store.step(SequenceStep(n, start=True), "token-a", None, 1) as stepping:
@@ -125,7 +125,16 @@ async def test_one_token_cannot_take_every_sequence() -> None:
         stepping.final = STATE
     async with store.step(SequenceStep(2, start=True), "token-a", None, 1) as stepping:
         stepping.final = STATE  # an ended one gives its place back
-    for n in range(5):  # without tokens (owner ""), only --max-sequences applies
-        async with store.step(SequenceStep(n, start=True), "", None, 1) as stepping:
-            stepping.final = STATE
-    assert store.open_count == 8  # a: 1 and 2, b: 0, and five without a token
+    for n in range(2):  # without tokens (owner ""), counted per address
+        async with store.step(SequenceStep(n, start=True), "", None, 1, "ipv4:10.0.0.7") as s:
+            s.final = STATE
+    with pytest.raises(ResourceExhausted, match="--max-sequences-per-owner"):
+        async with store.step(SequenceStep(2, start=True), "", None, 1, "ipv4:10.0.0.7"):
+            pass
+    async with store.step(SequenceStep(2, start=True), "", None, 1, "ipv4:10.0.0.8") as s:
+        s.final = STATE  # another address still starts one
+    async with store.step(SequenceStep(0, end=True), "", None, 1, "ipv4:10.0.0.8") as s:
+        s.final = STATE  # ending from another address gives the starter's place back
+    async with store.step(SequenceStep(3, start=True), "", None, 1, "ipv4:10.0.0.7") as s:
+        s.final = STATE
+    assert store.open_count == 6  # a: 1 and 2, b: 0; 10.0.0.7: 1 and 3; 10.0.0.8: 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstm_serving.core.requests import InferResult, OutputSet, SequenceStep
+from lstm_serving.core.requests import Caller, InferResult, OutputSet, SequenceStep
 from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.protocols import kserve_v2
 from tests.helpers import architecture
@@ -27,7 +27,7 @@ def test_a_built_request_decodes_to_what_was_built() -> None:
         initial_states={"initial_h_0": state},
         sequence=SequenceStep("s-1", start=True),
     )
-    decoded = kserve_v2.decode_infer_request(request, deadline=None, owner="o")
+    decoded = kserve_v2.decode_infer_request(request, deadline=None, caller=Caller("o", "o"))
     assert (decoded.model, decoded.version, decoded.outputs) == ("seed", 4, ("last_hidden",))
     assert decoded.inputs.shape == X.shape
     np.testing.assert_array_equal(decoded.inputs.decode(), X)
@@ -35,7 +35,7 @@ def test_a_built_request_decodes_to_what_was_built() -> None:
     assert decoded.initial_states is not None
     np.testing.assert_array_equal(decoded.initial_states["initial_h_0"], state)
     assert decoded.sequence == SequenceStep("s-1", start=True, end=False)
-    assert decoded.owner == "o"
+    assert decoded.caller.owner == "o"
 
 
 def test_no_outputs_asked_means_all_and_an_integer_sequence_id_stays_one() -> None:
