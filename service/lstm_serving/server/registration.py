@@ -10,8 +10,8 @@ rate limit); on a stream it is one bad message like any other.
 gRPC waits for a unary call's request for ever: a client that sends its headers and never
 its message holds the call (and its connection, which is then never idle). So a method with
 one request is served as a client-streaming one (the same on the wire) that reads its message
-within --request-read-timeout; a request that has not arrived by then is a `Late` request,
-answered DEADLINE_EXCEEDED.
+within --request-read-timeout; a request that has not arrived by then is `Unread`, answered
+DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
-from lstm_serving.errors import DeadlineExceeded, InvalidArgument
+from lstm_serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ServingError
 
 Request = TypeVar("Request")
 
@@ -45,25 +45,22 @@ class Undecodable:
         self.reason = reason
 
 
-class Late:
-    """Stands in for a request message that did not arrive within --request-read-timeout."""
+class Unread:
+    """Stands in for a request message that was not read: why, as the error to answer."""
 
-    __slots__ = ("timeout",)
+    __slots__ = ("error",)
 
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
+    def __init__(self, error: ServingError) -> None:
+        self.error = error
 
 
 def decoded(request: Request) -> Request:
-    """The request itself, or InvalidArgument when its bytes did not parse (DeadlineExceeded
-    when they did not arrive in time)."""
+    """The request itself, or the error that it did not parse (InvalidArgument) or was not
+    read."""
     if isinstance(request, Undecodable):
         raise InvalidArgument(request.reason)
-    if isinstance(request, Late):
-        raise DeadlineExceeded(
-            f"the request did not arrive in full within {request.timeout:g} s "
-            "(--request-read-timeout): send the message with the call's headers"
-        )
+    if isinstance(request, Unread):
+        raise request.error
     return request
 
 
@@ -73,9 +70,19 @@ async def _request_of(context: grpc.aio.ServicerContext[Any, Any], limit: float)
         async with asyncio.timeout(limit or None):
             request = await context.read()
     except TimeoutError:
-        return Late(limit)
-    if request is grpc.aio.EOF:
-        return Undecodable("the call carried no request message")
+        return Unread(
+            DeadlineExceeded(
+                f"the request did not arrive in full within {limit:g} s "
+                "(--request-read-timeout): send the message with the call's headers"
+            )
+        )
+    if request is grpc.aio.EOF:  # the client has already heard gRPC's own refusal
+        return Unread(
+            ResourceExhausted(
+                "no request message was read: gRPC refused it (over --max-message-bytes, "
+                "or over it once decompressed), or the call carried none"
+            )
+        )
     return request
 
 

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import grpc
@@ -245,7 +246,12 @@ class NeverReading:
         headers = _header_block(path, ("grpc-encoding", "gzip"))
         body = b"".join(_gzip_message(m) for m in messages) or body
         stream, self.next_stream = self.next_stream, self.next_stream + 2
-        self.connection.sendall(_frame(1, 4, stream, headers) + _frame(0, int(end), stream, body))
+        pieces = [body[i : i + 16384] for i in range(0, len(body), 16384)]  # max frame size
+        self.connection.sendall(
+            _frame(1, 4, stream, headers)
+            + b"".join(_frame(0, 0, stream, piece) for piece in pieces[:-1])
+            + _frame(0, int(end), stream, pieces[-1])
+        )
 
     def _answer_control_frames(self) -> None:
         """Answers SETTINGS and PING; counts the calls the server ended."""
@@ -264,17 +270,20 @@ class NeverReading:
                         self.connection.sendall(_frame(6, 1, 0, payload))
 
     def close(self) -> None:
-        self.connection.shutdown(socket.SHUT_RDWR)  # close() alone waits for the reader's recv
+        with contextlib.suppress(OSError):  # the server may have closed it already
+            self.connection.shutdown(socket.SHUT_RDWR)  # close() alone waits for the reader
         self.connection.close()
 
 
-def _counted(metrics_port: int, rpc: str, codes: tuple[str, ...]) -> dict[str, float]:
-    """Calls of `rpc` on the seed model counted by the server, per status (a refused call has
-    no version label)."""
+def _counted(
+    metrics_port: int, rpc: str, codes: tuple[str, ...], model: str = "seed"
+) -> dict[str, float]:
+    """Calls of `rpc` on `model` counted by the server, per status (a refused call has no
+    version label; one whose request was never read, no model label)."""
     samples = scrape(metrics_port)
     return {
         code: sum(
-            value(samples, "lstm_requests_total", model="seed", version=v, rpc=rpc, code=code)
+            value(samples, "lstm_requests_total", model=model, version=v, rpc=rpc, code=code)
             for v in ("1", "")
         )
         for code in codes
@@ -424,6 +433,40 @@ def test_calls_whose_request_never_arrives_are_ended(seed_repository: Path) -> N
     assert code == 0, err
     assert ended == 300, ended
     assert trailers == 300, trailers  # each call's status reached its client
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated(seed_repository: Path) -> None:
+    """Five requests of 47 KB gzip that inflate to 48 MB each (one a connection: what fits
+    the window an HTTP/2 connection starts with): gRPC stops inflating at --max-message-bytes,
+    so RSS peaks within tens of MB (measured +23 MB for five 512 MB bombs), each call hears
+    RESOURCE_EXHAUSTED, and the server counts them as such."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    bomb = b"".join(deflate.compress(bytes(1 << 20)) for _ in range(48)) + deflate.flush()
+    port, metrics_port = free_port(), free_port()
+    process = start(seed_repository, port, "--metrics-port", str(metrics_port))
+    attackers = []
+    try:
+        wait_serving(process, port)
+        before, peak = _rss_mib(process.pid), 0
+        for _ in range(5):
+            attackers.append(NeverReading(port))
+            message = b"\x01" + len(bomb).to_bytes(4, "big") + bomb
+            attackers[-1].call("/lstm.v1.LstmService/Predict", [], body=message)
+        deadline, refused = time.monotonic() + 30, ("RESOURCE_EXHAUSTED",)
+        while (counted := _counted(metrics_port, "Predict", refused, model="")) != {
+            "RESOURCE_EXHAUSTED": 5
+        } and time.monotonic() < deadline:
+            peak = max(peak, _rss_mib(process.pid) - before)
+            time.sleep(0.02)  # gRPC answers the client before the server counts the refusal
+        ended = sum(attacker.ended for attacker in attackers)
+    finally:
+        for attacker in attackers:
+            attacker.close()
+        code, err = stop(process)
+    assert code == 0, err
+    assert ended == 5 and counted == {"RESOURCE_EXHAUSTED": 5}, (ended, counted)
+    assert peak < 60, peak
+    assert "no request message was read" in err
 
 
 def test_rapid_reset_is_cheap(seed_repository: Path) -> None:
