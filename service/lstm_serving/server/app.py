@@ -50,6 +50,7 @@ log = logging.getLogger("lstm-serve")
 
 LSTM_API = lstm_pb2.DESCRIPTOR.services_by_name["LstmService"]
 V2_API = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+HEALTH_API = health_pb2.DESCRIPTOR.services_by_name["Health"]
 LSTM_SERVICE, V2_SERVICE = LSTM_API.full_name, V2_API.full_name
 # With --sequence-store: this health service says whether the store is reachable (checked
 # every STORE_WATCH_S seconds).
@@ -138,7 +139,7 @@ class LstmServer:
         add_servicer(self._server, lstm_servicer, LSTM_API, read_timeout, traced)
         v2_servicer = InferenceServicer(dataplane, self.metrics, streams, budget)
         add_servicer(self._server, v2_servicer, V2_API, read_timeout, traced)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        add_servicer(self._server, self.health, HEALTH_API, read_timeout, answers_errors=False)
         if settings.reflection:
             reflection.enable_server_reflection(SERVICES, self._server)
         self._metrics_http: MetricsEndpoint | None = None

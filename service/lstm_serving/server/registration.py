@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from lstm_serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ServingError
+from lstm_serving.server.status import status_of
 
 Request = TypeVar("Request")
 
@@ -86,14 +87,23 @@ async def _request_of(context: grpc.aio.ServicerContext[Any, Any], limit: float)
     return request
 
 
-def _read_in_time(handler: Callable[[Any, Any], Any], timeout: float) -> Callable[[Any, Any], Any]:
+def _read_in_time(
+    handler: Callable[[Any, Any], Any], timeout: float, answers_errors: bool
+) -> Callable[[Any, Any], Any]:
     """`handler` of one request, served as a client-streaming method that reads its message
-    within `timeout` seconds."""
+    within `timeout` seconds. Unless the handler `answers_errors` (ours do, counting them), a
+    request that was not read or did not parse ends the call here."""
 
     async def reading(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         # No local holds the request: a refusal's traceback keeps this frame (see
         # servicer.answers_errors).
-        return await handler(await _request_of(context, timeout), context)
+        request = await _request_of(context, timeout)
+        if not answers_errors and isinstance(request, Undecodable | Unread):
+            try:
+                decoded(request)
+            except ServingError as exc:
+                await context.abort(*status_of(exc))
+        return await handler(request, context)
 
     return reading
 
@@ -120,18 +130,19 @@ def add_servicer(
     service: ServiceDescriptor,
     read_timeout: float,
     traced: Callable[[str, Any], Any] | None = None,
+    answers_errors: bool = True,
 ) -> None:
-    """Serves every method of `service` from the servicer's method of the same name, each
-    wrapped by `traced(rpc, handler)` when tracing is on; a method of one request reads it
-    within `read_timeout` seconds."""
+    """Serves every method of `service` from the servicer's method of the same name (each a
+    coroutine), wrapped by `traced(rpc, handler)` when tracing is on; a method of one request
+    reads it within `read_timeout` seconds. `answers_errors`: the servicer answers requests
+    that did not parse or were not read (`decoded`); otherwise they end the call here."""
     handlers = {}
     for method in service.methods:
         handler = getattr(servicer, method.name)
         if traced is not None:
             handler = traced(f"{service.full_name}/{method.name}", handler)
         if not method.client_streaming:
-            assert not method.server_streaming, f"{method.name}: one request, streamed answers"
-            handler = _read_in_time(handler, read_timeout)
+            handler = _read_in_time(handler, read_timeout, answers_errors)
         handlers[method.name] = _HANDLER_KINDS[method.server_streaming](
             handler,
             request_deserializer=_decoder(GetMessageClass(method.input_type)),

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lstm_serving.client.client import AsyncLstmClient
 from lstm_serving.client.messages import predict_request
@@ -392,8 +393,9 @@ def test_streams_never_read_hold_at_most_the_servers_budget(
 
 def test_calls_whose_request_never_arrives_are_ended(seed_repository: Path) -> None:
     """Before: a call whose client sent its headers and part of its message held its place
-    (and its connection, never idle) for ever. Now each is ended DEADLINE_EXCEEDED after
-    --request-read-timeout, while other callers are served."""
+    (and its connection, never idle) for ever; health calls, open without a token, too. Now
+    each is ended DEADLINE_EXCEEDED after --request-read-timeout, while other callers are
+    served and health's Watch still streams."""
     port, metrics_port = free_port(), free_port()
     process = start(
         seed_repository,
@@ -404,35 +406,34 @@ def test_calls_whose_request_never_arrives_are_ended(seed_repository: Path) -> N
     try:
         wait_serving(process, port)
         partial = b"\x00" + (100).to_bytes(4, "big") + bytes(10)  # 10 of 100 bytes, then nothing
-        for _ in range(300):
+        for n in range(300):
             stalled.append(NeverReading(port))
-            stalled[-1].call("/lstm.v1.LstmService/Predict", [], body=partial, end=False)
+            method = "/lstm.v1.LstmService/Predict" if n % 2 else "/grpc.health.v1.Health/Check"
+            stalled[-1].call(method, [], body=partial, end=False)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             answer = pb_grpc.LstmServiceStub(channel).Predict(
                 _zeros(1, 10, pb.LAST_HIDDEN), timeout=10
             )
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
         assert list(answer.last_hidden.shape) == [1, 32]
         deadline = time.monotonic() + 30
-        ended = 0.0
-        while ended < 300 and time.monotonic() < deadline:
+        ended: dict[str, float] = {}
+        while ended != {"DEADLINE_EXCEEDED": 150} and time.monotonic() < deadline:
             time.sleep(0.5)
-            samples = scrape(metrics_port)
-            ended = value(
-                samples,
-                "lstm_requests_total",
-                model="",
-                version="",
-                rpc="Predict",
-                code="DEADLINE_EXCEEDED",
-            )
-        trailers = sum(connection.ended for connection in stalled)
+            ended = _counted(metrics_port, "Predict", ("DEADLINE_EXCEEDED",), model="")
+        while (trailers := sum(c.ended for c in stalled)) < 300 and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         for connection in stalled:
             connection.close()
         code, err = stop(process)
     assert code == 0, err
-    assert ended == 300, ended
-    assert trailers == 300, trailers  # each call's status reached its client
+    assert ended == {"DEADLINE_EXCEEDED": 150}, ended
+    assert trailers == 300, trailers  # each call's status reached its client, health's too
 
 
 def test_a_gzip_bomb_is_refused_before_it_is_inflated(seed_repository: Path) -> None:
