@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from lstm_serving.client.client import AsyncLstmClient
 from lstm_serving.client.messages import predict_request
@@ -414,9 +414,11 @@ def test_calls_whose_request_never_arrives_are_ended(seed_repository: Path) -> N
             answer = pb_grpc.LstmServiceStub(channel).Predict(
                 _zeros(1, 10, pb.LAST_HIDDEN), timeout=10
             )
-            watch = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(service=""), timeout=10
-            )
+            watch = channel.unary_stream(
+                "/grpc.health.v1.Health/Watch",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )(health_pb2.HealthCheckRequest(service=""), timeout=10)
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             watch.cancel()
         assert list(answer.last_hidden.shape) == [1, 32]
