@@ -65,8 +65,22 @@ def decoded(request: Request) -> Request:
     return request
 
 
-async def _request_of(context: grpc.aio.ServicerContext[Any, Any], limit: float) -> Any:
-    """A unary call's request, read within `limit` seconds (0: no limit)."""
+async def _request_of(
+    context: grpc.aio.ServicerContext[Any, Any], limit: float, answers_errors: bool
+) -> Any:
+    """A unary call's request, read within `limit` seconds (0: no limit). Unless the handler
+    `answers_errors`, a request that was not read or did not parse ends the call here."""
+    request = await _read(context, limit)
+    if not answers_errors and isinstance(request, Undecodable | Unread):
+        try:
+            decoded(request)
+        except ServingError as exc:
+            await context.abort(*status_of(exc))
+    return request
+
+
+async def _read(context: grpc.aio.ServicerContext[Any, Any], limit: float) -> Any:
+    """The request, or why it was not read (`Unread`)."""
     try:
         async with asyncio.timeout(limit or None):
             request = await context.read()
@@ -91,19 +105,12 @@ def _read_in_time(
     handler: Callable[[Any, Any], Any], timeout: float, answers_errors: bool
 ) -> Callable[[Any, Any], Any]:
     """`handler` of one request, served as a client-streaming method that reads its message
-    within `timeout` seconds. Unless the handler `answers_errors` (ours do, counting them), a
-    request that was not read or did not parse ends the call here."""
+    within `timeout` seconds (see `_request_of`)."""
 
     async def reading(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         # No local holds the request: a refusal's traceback keeps this frame (see
         # servicer.answers_errors).
-        request = await _request_of(context, timeout)
-        if not answers_errors and isinstance(request, Undecodable | Unread):
-            try:
-                decoded(request)
-            except ServingError as exc:
-                await context.abort(*status_of(exc))
-        return await handler(request, context)
+        return await handler(await _request_of(context, timeout, answers_errors), context)
 
     return reading
 
