@@ -13,7 +13,7 @@ from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols.lstm_v1 import (
     INITIAL_STATE_FIELD,
     OUTPUT_ENUM,
-    array_to_tensor,
+    fill_tensor,
     tensor_to_array,
     tokens_to_tensor,
 )
@@ -54,15 +54,18 @@ def predict_request(
     request = pb.PredictRequest(
         model=model,
         version=options.get("version", 0),
-        input=None if tokens else array_to_tensor(inputs),
         tokens=tokens_to_tensor(inputs) if tokens else None,
         lengths=[] if lengths is None else [int(n) for n in lengths],
         output=OUTPUT_ENUM.get(output or "", pb.OUTPUT_UNSPECIFIED),  # type: ignore[arg-type]
         return_state=options.get("return_state", False),
         return_prediction=options.get("return_prediction", False),
     )
+    if not tokens:  # filled in place: a Tensor given to the constructor would be copied
+        fill_tensor(request.input, inputs)
     for k, (h, c) in enumerate(options.get(INITIAL_STATE_FIELD) or ()):
-        request.initial_state.add(layer=k, h=array_to_tensor(h), c=array_to_tensor(c))
+        state = request.initial_state.add(layer=k)
+        fill_tensor(state.h, h)
+        fill_tensor(state.c, c)
     sequence_id = options.get("sequence_id")
     if sequence_id is not None:
         request.sequence.start = options.get("sequence_start", False)

@@ -70,6 +70,7 @@ class InferRequest:
     initial_states: dict[str, np.ndarray] | None = None
     sequence: SequenceStep | None = None
     caller: Caller = ANYONE  # for a sequence step: a sequence is its starter's only
+    echoed: int = 0  # bytes of the request its answer carries back (a v2 request's id)
 
 
 @dataclass(frozen=True)

@@ -137,18 +137,18 @@ class Settings:
         default=0,
         metadata={
             "help": "bytes of answers (and their requests' inputs) this process may hold at "
-            "once, computing or waiting to be read; past it new work is refused "
-            "RESOURCE_EXHAUSTED before it runs. 0: an eighth of the memory the container may "
-            "use (cgroup limit, else the machine's), shared by --workers, at least "
-            "--answer-budget-per-connection"
+            "once, computing or waiting to be read (an answer counts four times its size: "
+            "what it holds until sent); past it new work is refused RESOURCE_EXHAUSTED before "
+            "it runs. 0: an eighth of the memory the container may use (cgroup limit, else "
+            "the machine's), shared by --workers"
         },
     )
     answer_budget_per_connection: int = field(
         default=0,
         metadata={
-            "help": "the same bytes, for one connection: a client that does not read its "
-            "answers holds at most this much (an answer counts four times its size until it "
-            "is sent). 0: four times --max-message-bytes"
+            "help": "the same bytes, for one connection, so one client that does not read its "
+            "answers cannot hold the whole budget. 0: half of --answer-budget (at least four "
+            "times --max-message-bytes)"
         },
     )
     max_connection_idle: float = field(
@@ -261,11 +261,12 @@ class Settings:
     def answer_budgets(self, memory: int | None = None) -> tuple[int, int]:
         """--answer-budget and --answer-budget-per-connection with their defaults resolved;
         `memory`: what the container may use (read from its cgroup when not given)."""
-        per_connection = self.answer_budget_per_connection or 4 * self.max_message_bytes
-        if self.answer_budget:
-            return self.answer_budget, per_connection
-        available = memory if memory is not None else container_memory()
-        return max(per_connection, available // 8 // self.workers), per_connection
+        least = 4 * self.max_message_bytes  # one largest answer, counted four times over
+        budget = self.answer_budget
+        if not budget:
+            available = memory if memory is not None else container_memory()
+            budget = max(least, available // 8 // self.workers)
+        return budget, self.answer_budget_per_connection or min(budget, max(least, budget // 2))
 
     def threads_per_worker(self, cpu_count: int | None = None) -> int:
         if self.intra_op_threads > 0:

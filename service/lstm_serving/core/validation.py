@@ -189,6 +189,12 @@ def answer_bytes(names: Sequence[str], arch: Architecture, batch: int, steps: in
     return total * FLOAT_BYTES
 
 
+# What an answer holds besides its numbers: field tags, shapes, output and model names, the
+# version. With the request's echoed bytes (a v2 id), the answer's size is known before the
+# run, and no answer is serialized to be measured.
+ANSWER_FRAMING = 4096
+
+
 def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> Checked:
     """The request's shape, size, output names, inputs, lengths and initial states, each
     checked; the contents are decoded only once the shape and the answer's size pass."""
@@ -196,7 +202,7 @@ def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> 
     check_kind(request.inputs.dtype, arch)
     batch, steps = request.inputs.shape[:2]
     outputs = check_outputs(output_names(request, arch), arch)
-    size = answer_bytes(outputs, arch, batch, steps)
+    size = answer_bytes(outputs, arch, batch, steps) + request.echoed + ANSWER_FRAMING
     if size > limits.max_message_bytes:
         raise ResourceExhausted(
             f"the answer ({', '.join(outputs)} for {batch} sequences x {steps} steps) would be "

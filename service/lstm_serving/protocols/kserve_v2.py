@@ -129,6 +129,7 @@ def decode_infer_request(
         initial_states=states or None,
         sequence=_sequence(request.parameters),
         caller=caller,
+        echoed=len(request.id.encode()) if request.id else 0,
     )
 
 
@@ -155,10 +156,14 @@ def _sequence(parameters: Mapping[str, v2.InferParameter]) -> SequenceStep | Non
     return SequenceStep(sequence_id, flags["sequence_start"], flags["sequence_end"])
 
 
-def encode_infer_response(result: InferResult, request_id: str) -> v2.ModelInferResponse:
-    response = v2.ModelInferResponse(
-        model_name=result.model, model_version=str(result.version), id=request_id
-    )
+def encode_infer_response(
+    result: InferResult, request_id: str, response: v2.ModelInferResponse | None = None
+) -> v2.ModelInferResponse:
+    """The answer, written into `response` (a field of a stream's message: filled in place,
+    not copied) or a new message."""
+    response = v2.ModelInferResponse() if response is None else response
+    response.model_name, response.model_version = result.model, str(result.version)
+    response.id = request_id
     for name, array in result.outputs.items():
         array = np.ascontiguousarray(array, dtype=_DTYPES["FP32"])
         response.outputs.add(name=name, datatype="FP32", shape=array.shape)

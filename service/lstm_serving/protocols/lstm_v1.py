@@ -7,7 +7,7 @@ The checks against the model and the limits are the data plane's (`core.validati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -52,10 +52,14 @@ SEQUENCE_FIELD: Final = "sequence"  # not a tensor name
 INITIAL_STATE_FIELD: Final = "initial_state"  # not a tensor name
 
 
-def array_to_tensor(array: np.ndarray) -> pb.Tensor:
-    """Raw little-endian float32 bytes: the fast path."""
+def fill_tensor(tensor: pb.Tensor, array: np.ndarray) -> pb.Tensor:
+    """`array` as raw little-endian float32 bytes, written into `tensor`, a field of the
+    message being built: a message given to a constructor is copied whole (serialized and
+    parsed), a field filled in place is not."""
     array = np.ascontiguousarray(array, dtype=FLOAT32)
-    return pb.Tensor(shape=array.shape, data=array.tobytes())
+    tensor.shape.extend(array.shape)
+    tensor.data = array.tobytes()
+    return tensor
 
 
 def encoded(tensor: pb.Tensor, field: str) -> Encoded:
@@ -144,14 +148,15 @@ def decode_states(states: Sequence[pb.LayerState], field: str) -> dict[str, np.n
     return decoded or None
 
 
-def encode_states(arrays: dict[str, np.ndarray], layers: int) -> list[pb.LayerState]:
-    """Final states (final_state names) or initial ones (initial_state names) -> LayerState."""
-    return [
-        pb.LayerState(layer=k, h=array_to_tensor(arrays[h]), c=array_to_tensor(arrays[c]))
-        for k in range(layers)
-        for h, c in ((name(k, "h"), name(k, "c")) for name in (final_state, initial_state))
-        if h in arrays
-    ]
+def add_states(states: Any, arrays: dict[str, np.ndarray], layers: int) -> None:
+    """Final states (final_state names) or initial ones (initial_state names), added to
+    `states` (a repeated LayerState field) in place."""
+    for k in range(layers):
+        for h, c in ((name(k, "h"), name(k, "c")) for name in (final_state, initial_state)):
+            if h in arrays:
+                state = states.add(layer=k)
+                fill_tensor(state.h, arrays[h])
+                fill_tensor(state.c, arrays[c])
 
 
 def _sequence(sequence: pb.Sequence) -> SequenceStep:
@@ -163,19 +168,12 @@ def _sequence(sequence: pb.Sequence) -> SequenceStep:
 
 def encode_prediction(result: InferResult) -> pb.PredictResponse:
     arrays = result.outputs
-
-    def tensor(name: str) -> pb.Tensor | None:
-        return array_to_tensor(arrays[name]) if name in arrays else None
-
-    response = pb.PredictResponse(
-        model=result.model,
-        version=result.version,
-        last_hidden=tensor(LAST_HIDDEN),
-        sequence=tensor(SEQUENCE),
-        prediction=tensor(PREDICTION),
-    )
+    response = pb.PredictResponse(model=result.model, version=result.version)
+    for name in _TENSOR_FIELDS:
+        if name in arrays:
+            fill_tensor(getattr(response, name), arrays[name])
     if any(name not in _TENSOR_FIELDS for name in arrays):  # final states too
-        response.state.extend(encode_states(arrays, len(result.architecture.layers)))
+        add_states(response.state, arrays, len(result.architecture.layers))
     return response
 
 

@@ -105,9 +105,13 @@ class InferenceServicer(ObservedServicer):
         return kserve_v2.model_metadata(model.name, versions, model.architecture)
 
     async def _infer(
-        self, request: v2.ModelInferRequest, call: InferRequest
+        self,
+        request: v2.ModelInferRequest,
+        call: InferRequest,
+        into: v2.ModelInferResponse | None = None,
     ) -> v2.ModelInferResponse:
-        return kserve_v2.encode_infer_response(await self._dataplane.infer(call), request.id)
+        result = await self._dataplane.infer(call)
+        return kserve_v2.encode_infer_response(result, request.id, into)
 
     @answers_errors
     async def ModelInfer(
@@ -129,22 +133,11 @@ class InferenceServicer(ObservedServicer):
         its answers is slowed down by gRPC flow control instead of growing the server's memory.
         """
         deadline, caller = deadline_of(context), caller_of(context)
-        pending: asyncio.Queue[asyncio.Task[tuple[v2.ModelStreamInferResponse, int, int]] | None]
+        # each answer, and what it holds (of the read-ahead, and of the budget) until it is sent
+        pending: asyncio.Queue[tuple[asyncio.Task[v2.ModelStreamInferResponse], int] | None]
         pending = asyncio.Queue(STREAM_IN_FLIGHT)
         held = _HeldBytes(STREAM_READ_AHEAD_BYTES)
         share = self._budget.share(context.peer())  # the connection's, until each is sent
-
-        async def answer(
-            request: v2.ModelInferRequest, call: InferRequest | Exception, reserved: int
-        ) -> tuple[v2.ModelStreamInferResponse, int, int]:
-            """The answer, its size, and what it holds of the budget until it is sent."""
-            try:
-                response = await self._stream_one(request, call)
-            finally:
-                held.release(reserved)
-            size = response.ByteSize()
-            held.add(size)
-            return response, size, reserved
 
         async def read() -> None:
             try:
@@ -156,7 +149,8 @@ class InferenceServicer(ObservedServicer):
                     except ResourceExhausted as over:  # answered in its turn, as a failure
                         call, reserved = over, 0
                     held.add(reserved)
-                    await pending.put(asyncio.ensure_future(answer(request, call, reserved)))
+                    running = asyncio.ensure_future(self._stream_one(request, call))
+                    await pending.put((running, reserved))
                     await held.room()
             finally:  # a failed read ends the stream (re-raised by `await reader`)
                 await pending.put(None)
@@ -164,11 +158,11 @@ class InferenceServicer(ObservedServicer):
         await self.open_stream("ModelStreamInfer", context, caller)
         reader = asyncio.ensure_future(read())
         try:
-            while (task := await pending.get()) is not None:
-                response, size, reserved = await task
-                if not await sent(context, response):
+            while (next_answer := await pending.get()) is not None:
+                answer, reserved = next_answer
+                if not await sent(context, await answer):
                     return
-                held.release(size)
+                held.release(reserved)
                 share.release(reserved)
             await reader
         except DeadlineExceeded as idle:
@@ -182,7 +176,7 @@ class InferenceServicer(ObservedServicer):
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if leftover is not None:
-                    leftover.cancel()
+                    leftover[0].cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
@@ -199,13 +193,15 @@ class InferenceServicer(ObservedServicer):
     async def _stream_one(
         self, request: v2.ModelInferRequest, call: InferRequest | Exception
     ) -> v2.ModelStreamInferResponse:
+        streamed = v2.ModelStreamInferResponse()
+
         async def work() -> v2.ModelInferResponse:
             if isinstance(call, Exception):  # decoding failed as it was read
                 raise call
-            return await self._infer(request, call)
+            return await self._infer(request, call, streamed.infer_response)
 
         try:
-            response = await self.answered("ModelStreamInfer", request, work)
+            await self.answered("ModelStreamInfer", request, work)
         except CallFailed as failure:
             return v2.ModelStreamInferResponse(
                 error_message=f"{failure.code.name}: {failure.message}",
@@ -215,4 +211,4 @@ class InferenceServicer(ObservedServicer):
                     id=getattr(request, "id", ""),  # an Undecodable has none of these
                 ),
             )
-        return v2.ModelStreamInferResponse(infer_response=response)
+        return streamed

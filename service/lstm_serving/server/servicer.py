@@ -123,7 +123,6 @@ class ObservedServicer:
         # (model, version, rpc, code) -> its request counter and duration histogram; as many
         # as the label sets exported (unknown model names all count as one)
         self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
-        self._max_message_bytes = dataplane.limits.max_message_bytes
 
     def held_until_done(self, context: Context) -> Share:
         """A unary call's part of the answer budget, given back when the call ends: after its
@@ -173,24 +172,14 @@ class ObservedServicer:
         context.set_code(status[0])
         context.set_details(status[1])
 
-    def sendable(self, response: Resp) -> Resp:
-        """The response, or ResourceExhausted when it is over --max-message-bytes: gRPC would
-        fail to send it after the handler returned, and the call would be counted OK."""
-        size = response.ByteSize()
-        if size > self._max_message_bytes:
-            raise ResourceExhausted(
-                f"the answer is {size} bytes, over the {self._max_message_bytes} a message may "
-                "hold (--max-message-bytes): ask for fewer outputs or sequences per request"
-            )
-        return response
-
     async def answered(self, rpc: str, request: Any, work: Callable[[], Awaitable[Resp]]) -> Resp:
-        """The one call path of every RPC, unary or a stream's message: runs `work`, checks its
-        answer can be sent, counts it; a failure is counted, logged as its status says, and
-        raised as CallFailed."""
+        """The one call path of every RPC, unary or a stream's message: runs `work`, counts it;
+        a failure is counted, logged as its status says, and raised as CallFailed. (An answer
+        is never measured: an inference's size is checked from its shape before it runs, the
+        rest are small.)"""
         started = time.perf_counter()
         try:
-            response = self.sendable(await work())
+            response = await work()
         except Exception as exc:
             code, message = self.failed(rpc, request, exc, started)
             raise CallFailed(code, message) from exc

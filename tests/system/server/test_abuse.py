@@ -140,7 +140,7 @@ def test_refused_requests_give_their_memory_back(seed_repository: Path) -> None:
                 time.sleep(0.5)
             print(f"RSS {before} MB before, {peak} MB at most, {after} MB after")
             assert after - before < 150, (before, peak, after)
-            assert peak - before < 450, (before, peak, after)
+            assert peak - before < 300, (before, peak, after)  # a request in a cycle: +480
     finally:
         code, err = stop(process)
     assert code == 0, err
@@ -295,11 +295,12 @@ def test_answers_never_read_hold_at_most_a_connections_budget(seed_repository: P
     """Before: 40 unary calls of ~1 KB gzip each, asking for 15.7 MB answers on a connection
     that never grants window, were all computed and held: +645 MB for as long as the
     connection stayed open. Now a connection holds at most --answer-budget-per-connection
-    (64 MiB, where an unsent answer counts four times over: one such answer, the rest refused
-    RESOURCE_EXHAUSTED before they run), others are served meanwhile, and closing the
-    connection gives the memory back."""
+    (64 MiB here, a 1 GiB pod's default, where an unsent answer counts four times over: one
+    such answer, the rest refused RESOURCE_EXHAUSTED before they run), others are served
+    meanwhile, and closing the connection gives the memory back."""
     port, metrics_port = free_port(), free_port()
-    process = start(seed_repository, port, "--metrics-port", str(metrics_port))
+    budget = ("--answer-budget-per-connection", str(64 << 20))
+    process = start(seed_repository, port, "--metrics-port", str(metrics_port), *budget)
     big = _zeros(128, 960, pb.SEQUENCE).SerializeToString()  # 128 x 960 x 32 floats: 15.7 MB
     try:
         wait_serving(process, port)

@@ -33,17 +33,19 @@ async def test_limits(seed_repository: Path) -> None:
                     (64, 200, 2),
                     "sequence",
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "would be 1638400 bytes, over the 1048576 a message may hold "
+                    "would be 1642496 bytes, over the 1048576 a message may hold "
                     "(--max-message-bytes)",
                 ),
-                # exactly 1 MiB of floats, plus the message's own bytes: gRPC could not send
-                # it, so it is refused, not counted OK and lost
+                # exactly 1 MiB of floats, plus the message's own bytes (4 KB allowed for them):
+                # gRPC could not send it, so it is refused before it runs, not counted OK and
+                # lost; 63 sequences fit
                 (
                     (64, 128, 2),
                     "sequence",
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "the answer is 1048598 bytes, over the 1048576 a message may hold",
+                    "would be 1052672 bytes, over the 1048576 a message may hold",
                 ),
+                ((63, 128, 2), "sequence", None, ""),
                 (
                     (64, 201, 2),
                     "last_hidden",

@@ -36,11 +36,17 @@ def test_threads_per_worker() -> None:
 
 def test_answer_budgets_follow_the_memory_the_container_may_use() -> None:
     mib = 1 << 20
-    # a 1 GiB pod: an eighth, shared by the workers; a connection: four largest messages
+    # a 1 GiB pod: an eighth, shared by the workers; a connection: half (at least one largest
+    # answer, counted four times over)
     assert Settings().answer_budgets(memory=1024 * mib) == (128 * mib, 64 * mib)
     assert Settings(workers=4).answer_budgets(memory=1024 * mib) == (64 * mib, 64 * mib)
-    assert Settings(max_message_bytes=4 * mib).answer_budgets(memory=1024 * mib)[1] == 16 * mib
-    assert Settings(answer_budget=200 * mib).answer_budgets(memory=1) == (200 * mib, 64 * mib)
+    assert Settings().answer_budgets(memory=16384 * mib) == (2048 * mib, 1024 * mib)
+    assert Settings(max_message_bytes=4 * mib).answer_budgets(memory=1024 * mib)[1] == 64 * mib
+    assert Settings(answer_budget=200 * mib).answer_budgets(memory=1) == (200 * mib, 100 * mib)
+    assert Settings(answer_budget_per_connection=80 * mib).answer_budgets(memory=1024 * mib) == (
+        128 * mib,
+        80 * mib,
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,12 @@ ARCH = architecture(2, [4, 3])
 
 def test_array_round_trip_is_exact_little_endian() -> None:
     x = np.random.default_rng(0).standard_normal((2, 3, 2)).astype(np.float32)
-    tensor = codec.array_to_tensor(x)
+    tensor = codec.fill_tensor(pb.Tensor(), x)
     assert list(tensor.shape) == [2, 3, 2] and len(tensor.data) == 48 and not tensor.values
     assert tensor.data == x.astype("<f4").tobytes()
     np.testing.assert_array_equal(codec.tensor_to_array(tensor, "t"), x)
     big_endian = x.astype(">f4")
-    assert codec.array_to_tensor(big_endian).data == tensor.data
+    assert codec.fill_tensor(pb.Tensor(), big_endian).data == tensor.data
 
 
 @pytest.mark.parametrize(
