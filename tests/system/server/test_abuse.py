@@ -7,10 +7,12 @@ import contextlib
 import gzip
 import os
 import socket
+import subprocess
 import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -72,6 +74,15 @@ def _rss_mib(pid: int) -> int:
         return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS"))
 
 
+def _quiet_rss(process: subprocess.Popen[str], predict: Any) -> int:
+    """The server's RSS once warmed by 20 small calls and trimmed (every 5 s): what a quiet
+    server holds, the baseline of a memory test."""
+    for _ in range(20):
+        predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
+    time.sleep(6)
+    return _rss_mib(process.pid)
+
+
 def _zeros(batch: int, steps: int, output: pb.Output.ValueType) -> pb.PredictRequest:
     tensor = pb.Tensor(shape=[batch, steps, 2], data=bytes(batch * steps * 8))
     return pb.PredictRequest(model="seed", input=tensor, output=output)
@@ -123,10 +134,7 @@ def test_refused_requests_give_their_memory_back(seed_repository: Path) -> None:
         wait_serving(process, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             predict = pb_grpc.LstmServiceStub(channel).Predict
-            for _ in range(20):
-                predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
-            time.sleep(6)  # a trim after the warm-up: the baseline is what a quiet server holds
-            before = _rss_mib(process.pid)
+            before = _quiet_rss(process, predict)
             request, peak = _zeros(1024, 2047, pb.LAST_HIDDEN), before
             for compression in [grpc.Compression.Gzip] * 120 + [
                 grpc.Compression.NoCompression
@@ -306,10 +314,7 @@ def test_answers_never_read_hold_at_most_a_connections_budget(seed_repository: P
         wait_serving(process, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             predict = pb_grpc.LstmServiceStub(channel).Predict
-            for _ in range(20):
-                predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
-            time.sleep(6)  # a trim after the warm-up
-            before = _rss_mib(process.pid)
+            before = _quiet_rss(process, predict)
             hostile = NeverReading(port)
             for _ in range(40):
                 hostile.call("/lstm.v1.LstmService/Predict", [big])
@@ -369,10 +374,7 @@ def test_streams_never_read_hold_at_most_the_servers_budget(
         wait_serving(process, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             predict = pb_grpc.LstmServiceStub(channel).Predict
-            for _ in range(20):
-                predict(_zeros(1, 10, pb.LAST_HIDDEN), timeout=10)
-            time.sleep(6)  # a trim after the warm-up
-            before = _rss_mib(process.pid)
+            before = _quiet_rss(process, predict)
             for _ in range(3):
                 hostile.append(NeverReading(port))
                 for _ in range(20):
