@@ -19,6 +19,7 @@ from lstm_serving.core.requests import Caller, InferRequest
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
+from lstm_serving.server.budget import Share
 from lstm_serving.server.registration import decoded
 from lstm_serving.server.servicer import (
     CallFailed,
@@ -38,22 +39,25 @@ STREAM_IN_FLIGHT = 256  # requests of one ModelStreamInfer stream read ahead of 
 STREAM_READ_AHEAD_BYTES = 1 << 20
 
 
-class _HeldBytes:
-    """Bytes a stream holds for its caller; `room()` waits while they are over the limit."""
+class _ReadAhead:
+    """What a stream holds for its caller, taken from its connection's answer budget (`share`);
+    `room()` waits while it is over the stream's read-ahead limit."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit, self._held = limit, 0
+    def __init__(self, share: Share, limit: int) -> None:
+        self._share, self._limit = share, limit
         self._below = asyncio.Event()
         self._below.set()
 
-    def add(self, size: int) -> None:
-        self._held += size
-        if self._held >= self._limit:
+    def reserve(self, size: int) -> None:
+        """Takes `size` bytes, or raises the budget's ResourceExhausted."""
+        self._share.reserve(size)
+        if self._share.size >= self._limit:
             self._below.clear()
 
-    def release(self, size: int) -> None:
-        self._held -= size
-        if self._held < self._limit:
+    def release(self, size: int | None = None) -> None:
+        """Gives back `size` bytes, or everything the stream holds."""
+        self._share.release(size)
+        if self._share.size < self._limit:
             self._below.set()
 
     async def room(self) -> None:
@@ -133,11 +137,10 @@ class InferenceServicer(ObservedServicer):
         its answers is slowed down by gRPC flow control instead of growing the server's memory.
         """
         deadline, caller = deadline_of(context), caller_of(context)
-        # each answer, and what it holds (of the read-ahead, and of the budget) until it is sent
+        # each answer, and what it holds (of the read-ahead and the budget) until it is sent
         pending: asyncio.Queue[tuple[asyncio.Task[v2.ModelStreamInferResponse], int] | None]
         pending = asyncio.Queue(STREAM_IN_FLIGHT)
-        held = _HeldBytes(STREAM_READ_AHEAD_BYTES)
-        share = self._budget.share(context.peer())  # the connection's, until each is sent
+        held = _ReadAhead(self._budget.share(context.peer()), STREAM_READ_AHEAD_BYTES)
 
         async def read() -> None:
             try:
@@ -145,10 +148,9 @@ class InferenceServicer(ObservedServicer):
                     call = self._decoded(request, deadline, caller)
                     reserved = 0 if isinstance(call, Exception) else self.held_bytes(call)
                     try:
-                        share.reserve(reserved)
+                        held.reserve(reserved)
                     except ResourceExhausted as over:  # answered in its turn, as a failure
                         call, reserved = over, 0
-                    held.add(reserved)
                     running = asyncio.ensure_future(self._stream_one(request, call))
                     await pending.put((running, reserved))
                     await held.room()
@@ -163,14 +165,13 @@ class InferenceServicer(ObservedServicer):
                 if not await sent(context, await answer):
                     return
                 held.release(reserved)
-                share.release(reserved)
             await reader
         except DeadlineExceeded as idle:
             self.end_stream(
                 context, self.failed("ModelStreamInfer", None, idle, time.perf_counter())
             )
         finally:
-            share.release()
+            held.release()
             self.close_stream(caller)
             reader.cancel()
             while not pending.empty():
