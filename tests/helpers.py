@@ -26,7 +26,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lstm_serving.contract import Architecture, LayerSpec, parameter_count
+from lstm_serving.core.requests import InferRequest
 from lstm_serving.core.settings import Settings
+from lstm_serving.core.validation import Checked, Limits, check_request, size_request
 from lstm_serving.server.app import LstmServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,3 +293,8 @@ def kustomize(folder: Path, *flags: str) -> list[dict[str, Any]]:
         timeout=60,
     )
     return list(yaml.safe_load_all(rendered.stdout))
+
+
+def validated(request: InferRequest, arch: Architecture, limits: Limits) -> Checked:
+    """A request through every check the data plane makes, without a model loaded."""
+    return check_request(request, arch, size_request(request, arch, limits))

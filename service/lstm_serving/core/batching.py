@@ -55,8 +55,8 @@ class BatchReport:
     """One run, as the metrics see it."""
 
     lengths: np.ndarray  # every sequence run
-    waits: list[float]  # per request: seconds it waited in the queue
-    longest: list[int]  # per request: its longest sequence
+    waits: np.ndarray  # per request: seconds it waited in the queue
+    longest: np.ndarray  # per request: its longest sequence
     compute_seconds: float
 
 
@@ -76,13 +76,12 @@ class _Unobserved:
         pass
 
 
-@dataclass
-class _Request:
-    inputs: np.ndarray  # [b, t, features] float32
-    lengths: np.ndarray  # [b] int32, each in 1..t
+@dataclass(slots=True)
+class _Request(Part):
+    """A queued request: its rows (the `Part` the merge reads), what it asks for, its future."""
+
     outputs: tuple[str, ...]
     deadline: float | None  # time.monotonic() value, or None for no deadline
-    initial: States | None  # [directions, b, units] per initial_state name; None: zeros
     future: asyncio.Future[Arrays]
     timing: RunTiming | None = None
     arrived: float = field(default_factory=time.monotonic)
@@ -178,18 +177,30 @@ class Batcher:
         initial: States | None = None,
         timing: RunTiming | None = None,
     ) -> Arrays:
-        """Queues one request and waits for its own rows of the requested outputs."""
+        """Admits and queues one request, and waits for its own rows of the requested outputs."""
         self.admit(inputs.shape[0] * inputs.shape[1])
+        return await self.enqueue(inputs, lengths, outputs, deadline, initial, timing)
+
+    def enqueue(
+        self,
+        inputs: np.ndarray,
+        lengths: np.ndarray,
+        outputs: Sequence[str],
+        deadline: float | None = None,
+        initial: States | None = None,
+        timing: RunTiming | None = None,
+    ) -> asyncio.Future[Arrays]:
+        """Queues a request `admit` has just let in (no await between), and returns the future
+        of its rows: a caller that reads on (a stream) keeps them in order without a task."""
         future: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        request = _Request(inputs, lengths, tuple(outputs), deadline, initial, future, timing)
+        request = _Request(inputs, lengths, initial, tuple(outputs), deadline, future, timing)
         self._submitted += 1
         self._queue.append(request)
         self._queued_rows += inputs.shape[0]
         self._queued_steps += inputs.shape[0] * inputs.shape[1]
         self._idle.clear()
-        self._observer.queue_changed(len(self._queue))
         self._arrival.set()
-        return await future
+        return future
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -264,7 +275,7 @@ class Batcher:
     async def _run(self, batch: list[_Request], inline: bool) -> None:
         """One batch: on the event loop when `inline` (this never suspends), else on the
         worker thread with the event loop free meanwhile."""
-        inputs, lengths, initial = merge([Part(r.inputs, r.lengths, r.initial) for r in batch])
+        inputs, lengths, initial = merge(batch)
         outputs = sorted({name for request in batch for name in request.outputs})
         started = time.monotonic()
         try:
@@ -298,15 +309,17 @@ class Batcher:
                     split(results, request.outputs, start, request.rows, request.inputs.shape[1])
                 )
             start += request.rows
-        asyncio.get_running_loop().call_soon(
-            self._observer.batch_ran,
-            BatchReport(
-                lengths,
-                [started - r.arrived for r in batch],
-                [int(r.lengths.max()) for r in batch],
-                compute,
-            ),
-        )
+        asyncio.get_running_loop().call_soon(self._report, batch, lengths, started, compute)
+
+    def _report(
+        self, batch: list[_Request], lengths: np.ndarray, started: float, compute: float
+    ) -> None:
+        """A batch's metrics, once its callers have their answers: per request in bulk."""
+        arrived = np.fromiter((r.arrived for r in batch), np.float64, len(batch))
+        rows = np.fromiter((r.rows for r in batch), np.intp, len(batch))
+        firsts = np.concatenate(([0], np.cumsum(rows[:-1])))
+        longest = np.maximum.reduceat(lengths, firsts)
+        self._observer.batch_ran(BatchReport(lengths, started - arrived, longest, compute))
 
     def _timed_run(
         self,

@@ -1,11 +1,15 @@
 """The one protocol-neutral path of an inference: resolve the model, validate, submit, answer.
 
 Both protocol servicers decode their message into an `InferRequest`, call `DataPlane.infer`
-and encode the `InferResult`; what a request may hold is checked here, once.
+(or `submit`, to read on before the answer) and encode the `InferResult`; what a request may
+hold is checked here, once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 from lstm_serving.core import masking, validation
@@ -16,7 +20,6 @@ from lstm_serving.core.requests import InferRequest, InferResult
 from lstm_serving.core.runtime import Model
 from lstm_serving.core.settings import Settings
 from lstm_serving.core.validation import Checked, Limits
-from lstm_serving.errors import ServingError
 
 # The runs of the call being traced (set by the server's tracing, one list per call); None, as
 # when tracing is off, records nothing.
@@ -31,6 +34,35 @@ def _traced(served: ServedModel) -> RunTiming | None:
     return runs[-1]
 
 
+# What a caller holds for a request until its answer is sent, reserved before the contents
+# are read: called with the request's input bytes and its answer's bytes; raises to refuse.
+Reserve = Callable[[int, int], None]
+
+
+class Pending:
+    """An accepted request on its way: its rows come from the batcher (or a sequence's step),
+    and `result` is the answer. A caller may hold several (a stream) and await them in order."""
+
+    __slots__ = ("_answer", "_checked", "_served")
+
+    def __init__(self, served: ServedModel, checked: Checked, answer: Awaitable[Arrays]) -> None:
+        self._served, self._checked, self._answer = served, checked, answer
+
+    async def result(self) -> InferResult:
+        arrays = await self._answer
+        model, checked = self._served.model, self._checked
+        if checked.compaction is not None:
+            arrays = masking.restore(arrays, checked.compaction, model.architecture)
+        return InferResult(model.name, model.version, model.architecture, arrays)
+
+    def cancel(self) -> None:
+        """Its answer is no longer wanted (a queued request is then skipped, not run)."""
+        if isinstance(self._answer, asyncio.Future):
+            self._answer.cancel()
+        elif inspect.iscoroutine(self._answer):
+            self._answer.close()
+
+
 class DataPlane:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
@@ -39,16 +71,27 @@ class DataPlane:
     def model(self, name: str, version: int = 0) -> Model:
         return self.registry.resolve(name, version).model
 
-    async def infer(self, request: InferRequest) -> InferResult:
+    async def infer(self, request: InferRequest, reserve: Reserve | None = None) -> InferResult:
+        return await self.submit(request, reserve).result()
+
+    def submit(
+        self, request: InferRequest, reserve: Reserve | None = None, in_order: bool = False
+    ) -> Pending:
+        """One pass over a request, without an await: the model resolved; the shape, limits,
+        admission, outputs and answer size checked; the bytes reserved; the contents decoded;
+        the rows queued. A sequence's step runs once awaited, or at once with `in_order` (a
+        stream that reads on while earlier answers run)."""
         served = self.registry.resolve(request.model, request.version)
-        timing = _traced(served)
         arch = served.model.architecture
-        served.batcher.admit(validation.check_input_shape(request.inputs.shape, arch, self.limits))
-        checked = validation.check_request(request, arch, self.limits)
-        if request.sequence is not None:
-            arrays = await self._step(served, request, checked, timing)
-        else:
-            arrays = await served.batcher.submit(
+        sized = validation.size_request(request, arch, self.limits)
+        served.batcher.admit(sized.batch * sized.steps)
+        if reserve is not None:
+            reserve(request.inputs.sent_bytes, sized.answer_bytes)
+        checked = validation.check_request(request, arch, sized)
+        timing = _traced(served)
+        answer: Awaitable[Arrays]
+        if request.sequence is None:
+            answer = served.batcher.enqueue(
                 checked.inputs,
                 checked.lengths,
                 checked.outputs,
@@ -56,20 +99,11 @@ class DataPlane:
                 checked.initial,
                 timing,
             )
-        if checked.compaction is not None:
-            arrays = masking.restore(arrays, checked.compaction, arch)
-        return InferResult(served.model.name, served.model.version, arch, arrays)
-
-    def answer_bytes(self, request: InferRequest) -> int:
-        """The bytes `request`'s answer will have; 0 for a request that will be refused."""
-        try:
-            served = self.registry.resolve(request.model, request.version)
-            batch, steps = request.inputs.shape[:2]
-            arch = served.model.architecture
-            names = validation.check_outputs(validation.output_names(request, arch), arch)
-        except (ServingError, ValueError):
-            return 0
-        return validation.answer_bytes(names, arch, batch, steps)
+        else:
+            answer = self._step(served, request, checked, timing)
+            if in_order:
+                answer = asyncio.ensure_future(answer)
+        return Pending(served, checked, answer)
 
     async def _step(
         self,

@@ -20,9 +20,9 @@ Arrays = dict[str, np.ndarray]
 States = dict[str, np.ndarray]  # contract.initial_state names -> [directions, batch, units]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Part:
-    """One request's share of a batch."""
+    """One request's share of a batch (the batcher's queued request is one)."""
 
     inputs: np.ndarray  # [b, t, F] float32, or token ids [b, t] int64
     lengths: np.ndarray  # [b]

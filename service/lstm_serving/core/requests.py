@@ -22,7 +22,7 @@ class OutputSet(enum.Enum):
     DEFAULT = "default"  # the model's own answer: its head's, else the final state
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SequenceStep:
     """A call that is one step of a server-held sequence (Triton's sequence_id/start/end)."""
 
@@ -43,7 +43,7 @@ class SequenceStep:
         return f"sequence {shown if len(shown) <= 40 else shown[:37] + '...'}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Caller:
     """Who asks, for server-held sequences: `owner` (a fingerprint of its token, "" without
     one) is whose sequences it may step; `counted_as` (the owner, or without a token its
@@ -56,7 +56,7 @@ class Caller:
 ANYONE = Caller()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InferRequest:
     model: str
     version: int  # 0: the newest loaded
@@ -73,7 +73,7 @@ class InferRequest:
     echoed: int = 0  # bytes of the request its answer carries back (a v2 request's id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InferResult:
     model: str
     version: int

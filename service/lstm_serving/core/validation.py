@@ -195,30 +195,47 @@ def answer_bytes(names: Sequence[str], arch: Architecture, batch: int, steps: in
 ANSWER_FRAMING = 4096
 
 
-def check_request(request: InferRequest, arch: Architecture, limits: Limits) -> Checked:
-    """The request's shape, size, output names, inputs, lengths and initial states, each
-    checked; the contents are decoded only once the shape and the answer's size pass."""
+@dataclass(frozen=True, slots=True)
+class Sized:
+    """A request whose shape and answer passed, its contents not yet read: what it asks for
+    and what it costs (admission and the answer budget are decided from this)."""
+
+    batch: int
+    steps: int
+    outputs: tuple[str, ...]
+    answer_bytes: int  # the answer's numbers (framing aside)
+
+
+def size_request(request: InferRequest, arch: Architecture, limits: Limits) -> Sized:
+    """The request's shape, kind and output names against the model and the limits, and its
+    answer's size from them (no answer is serialized to be measured)."""
     check_input_shape(request.inputs.shape, arch, limits)
     check_kind(request.inputs.dtype, arch)
     batch, steps = request.inputs.shape[:2]
     outputs = check_outputs(output_names(request, arch), arch)
-    size = answer_bytes(outputs, arch, batch, steps) + request.echoed + ANSWER_FRAMING
+    answer = answer_bytes(outputs, arch, batch, steps)
+    size = answer + request.echoed + ANSWER_FRAMING
     if size > limits.max_message_bytes:
         raise ResourceExhausted(
             f"the answer ({', '.join(outputs)} for {batch} sequences x {steps} steps) would be "
             f"{size} bytes, over the {limits.max_message_bytes} a message may hold "
             "(--max-message-bytes): ask for fewer outputs or send fewer sequences per request"
         )
+    return Sized(batch, steps, outputs, answer)
+
+
+def check_request(request: InferRequest, arch: Architecture, sized: Sized) -> Checked:
+    """A sized request's contents decoded and checked: inputs, lengths, initial states."""
     if arch.embedding is not None:
         inputs = check_tokens(request.inputs.decode(), arch.embedding.vocabulary)
     else:
         inputs = check_finite(request.inputs.decode())
-    lengths = check_lengths(request.lengths, batch, steps)
+    lengths = check_lengths(request.lengths, sized.batch, sized.steps)
     compaction = None
     if arch.masks:
         inputs, lengths, compaction = compact(inputs, lengths, masked_steps(inputs, arch))
-    initial = check_initial_states(request.initial_states, arch, batch)
-    return Checked(inputs, lengths, outputs, initial, compaction)
+    initial = check_initial_states(request.initial_states, arch, sized.batch)
+    return Checked(inputs, lengths, sized.outputs, initial, compaction)
 
 
 def output_names(request: InferRequest, arch: Architecture) -> tuple[str, ...]:
@@ -234,7 +251,7 @@ def output_names(request: InferRequest, arch: Architecture) -> tuple[str, ...]:
     return names + tuple(n for n in extra if n not in names)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Checked:
     """A request as the batcher runs it."""
 

@@ -133,6 +133,11 @@ def decode_infer_request(
     )
 
 
+def in_sequence(request: v2.ModelInferRequest) -> bool:
+    """Whether the call names a server-held sequence (and so who calls matters)."""
+    return "sequence_id" in request.parameters
+
+
 def _sequence(parameters: Mapping[str, v2.InferParameter]) -> SequenceStep | None:
     """Triton's sequence parameters; None when the call is not part of a sequence. A start or
     end flag without an id is refused: run statelessly, its state would be lost silently."""

@@ -15,6 +15,10 @@ import collections
 
 from lstm_serving.errors import ResourceExhausted
 
+# What an answer holds until the client's window takes it, in copies of its size: measured,
+# the response message, its serialization and gRPC's copy are all kept until then.
+HELD_ANSWER_COPIES = 4
+
 
 class AnswerBudget:
     def __init__(self, limit: int, per_connection: int) -> None:
@@ -59,6 +63,11 @@ class Share:
         budget.by_connection[self._connection] = on_connection + size
         budget.held += size
         self.size += size
+
+    def hold(self, input_bytes: int, answer_bytes: int) -> None:
+        """Reserves what a call holds until its answer is sent: its inputs, and its answer
+        HELD_ANSWER_COPIES times over (the data plane's `Reserve`)."""
+        self.reserve(input_bytes + HELD_ANSWER_COPIES * answer_bytes)
 
     def release(self, size: int | None = None) -> None:
         """Gives back `size` bytes, or everything this share holds."""

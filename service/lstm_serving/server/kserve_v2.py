@@ -11,18 +11,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 import grpc
 
-from lstm_serving.core.requests import Caller, InferRequest
-from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, ServingError
+from lstm_serving.core.dataplane import Pending
+from lstm_serving.core.requests import ANYONE, Caller
+from lstm_serving.errors import DeadlineExceeded, ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
 from lstm_serving.server.budget import Share
 from lstm_serving.server.registration import decoded
 from lstm_serving.server.servicer import (
-    CallFailed,
     Context,
     ObservedServicer,
     answers_errors,
@@ -33,6 +34,7 @@ from lstm_serving.server.servicer import (
 from lstm_serving.version import __version__
 
 SERVER_NAME = "lstm-serving"
+STREAM_RPC = "ModelStreamInfer"
 STREAM_IN_FLIGHT = 256  # requests of one ModelStreamInfer stream read ahead of its answers
 # Bytes of requests read and answers not yet sent that one stream may hold before it stops
 # reading, so a client that never reads holds little (docs/decisions.md).
@@ -48,9 +50,13 @@ class _ReadAhead:
         self._below = asyncio.Event()
         self._below.set()
 
-    def reserve(self, size: int) -> None:
-        """Takes `size` bytes, or raises the budget's ResourceExhausted."""
-        self._share.reserve(size)
+    @property
+    def size(self) -> int:
+        return self._share.size
+
+    def hold(self, input_bytes: int, answer_bytes: int) -> None:
+        """The data plane's `Reserve`: the share's, or the budget's ResourceExhausted."""
+        self._share.hold(input_bytes, answer_bytes)
         if self._share.size >= self._limit:
             self._below.clear()
 
@@ -108,108 +114,119 @@ class InferenceServicer(ObservedServicer):
         versions = self._dataplane.registry.versions()[model.name]
         return kserve_v2.model_metadata(model.name, versions, model.architecture)
 
-    async def _infer(
-        self,
-        request: v2.ModelInferRequest,
-        call: InferRequest,
-        into: v2.ModelInferResponse | None = None,
-    ) -> v2.ModelInferResponse:
-        result = await self._dataplane.infer(call)
-        return kserve_v2.encode_infer_response(result, request.id, into)
-
     @answers_errors
     async def ModelInfer(
         self, request: v2.ModelInferRequest, context: Context
     ) -> v2.ModelInferResponse:
-        call = kserve_v2.decode_infer_request(
-            decoded(request), deadline_of(context), caller_of(context)
-        )
-        self.held_until_done(context).reserve(self.held_bytes(call))
-        return await self._infer(request, call)
+        caller = caller_of(context) if kserve_v2.in_sequence(request) else ANYONE
+        call = kserve_v2.decode_infer_request(decoded(request), deadline_of(context), caller)
+        result = await self._dataplane.infer(call, self.held_until_done(context).hold)
+        return kserve_v2.encode_infer_response(result, request.id)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
     ) -> None:
-        """Every request is submitted as it arrives (so they batch); answers keep their order.
+        """Every request is checked and queued as it is read (so they batch), and answered in
+        order as its rows come back: one reader task and this writer, no task per message.
 
         A bad request gets `error_message` on the stream, which stays open for the next one.
         Read-ahead is bounded in count and in bytes: a client that sends faster than it reads
         its answers is slowed down by gRPC flow control instead of growing the server's memory.
         """
         deadline, caller = deadline_of(context), caller_of(context)
-        # each answer, and what it holds (of the read-ahead and the budget) until it is sent
-        pending: asyncio.Queue[tuple[asyncio.Task[v2.ModelStreamInferResponse], int] | None]
-        pending = asyncio.Queue(STREAM_IN_FLIGHT)
+        pending: asyncio.Queue[_Streamed | None] = asyncio.Queue(STREAM_IN_FLIGHT)
         held = _ReadAhead(self._budget.share(context.peer()), STREAM_READ_AHEAD_BYTES)
 
         async def read() -> None:
             try:
                 async for request in self._streams.messages(request_iterator):
-                    call = self._decoded(request, deadline, caller)
-                    reserved = 0 if isinstance(call, Exception) else self.held_bytes(call)
-                    try:
-                        held.reserve(reserved)
-                    except ResourceExhausted as over:  # answered in its turn, as a failure
-                        call, reserved = over, 0
-                    running = asyncio.ensure_future(self._stream_one(request, call))
-                    await pending.put((running, reserved))
+                    await pending.put(self._accepted(request, deadline, caller, held))
                     await held.room()
             finally:  # a failed read ends the stream (re-raised by `await reader`)
                 await pending.put(None)
 
-        await self.open_stream("ModelStreamInfer", context, caller)
+        await self.open_stream(STREAM_RPC, context, caller)
         reader = asyncio.ensure_future(read())
         try:
-            while (next_answer := await pending.get()) is not None:
-                answer, reserved = next_answer
-                if not await sent(context, await answer):
+            while (streamed := await pending.get()) is not None:
+                if not await sent(context, await self._answer(streamed)):
                     return
-                held.release(reserved)
+                held.release(streamed.reserved)
             await reader
         except DeadlineExceeded as idle:
-            self.end_stream(
-                context, self.failed("ModelStreamInfer", None, idle, time.perf_counter())
-            )
+            self.end_stream(context, self.failed(STREAM_RPC, None, idle, time.perf_counter()))
         finally:
             held.release()
             self.close_stream(caller)
             reader.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
-                if leftover is not None:
-                    leftover[0].cancel()
+                if leftover is not None and isinstance(leftover.work, Pending):
+                    leftover.work.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
-    @staticmethod
-    def _decoded(
-        request: v2.ModelInferRequest, deadline: float | None, caller: Caller
-    ) -> InferRequest | Exception:
-        """A stream's message decoded once, as it is read; a failure is answered in its turn."""
+    def _accepted(
+        self,
+        request: v2.ModelInferRequest,
+        deadline: float | None,
+        caller: Caller,
+        held: _ReadAhead,
+    ) -> _Streamed:
+        """A stream's message decoded, checked and queued as it is read, its bytes reserved; a
+        refusal is counted and its answer made now. The request itself is not kept: a stream
+        whose answers wait may hold 256 of them."""
+        started, before = time.perf_counter(), held.size
+        # what the request names, for its answer (an Undecodable names nothing)
+        names: tuple[str, str, str] = (
+            getattr(request, "id", ""),
+            getattr(request, "model_name", ""),
+            getattr(request, "model_version", ""),
+        )
         try:
-            return kserve_v2.decode_infer_request(decoded(request), deadline, caller)
-        except Exception as exc:
-            return exc
-
-    async def _stream_one(
-        self, request: v2.ModelInferRequest, call: InferRequest | Exception
-    ) -> v2.ModelStreamInferResponse:
-        streamed = v2.ModelStreamInferResponse()
-
-        async def work() -> v2.ModelInferResponse:
-            if isinstance(call, Exception):  # decoding failed as it was read
-                raise call
-            return await self._infer(request, call, streamed.infer_response)
-
-        try:
-            await self.answered("ModelStreamInfer", request, work)
-        except CallFailed as failure:
-            return v2.ModelStreamInferResponse(
-                error_message=f"{failure.code.name}: {failure.message}",
-                infer_response=v2.ModelInferResponse(
-                    model_name=getattr(request, "model_name", ""),
-                    model_version=getattr(request, "model_version", ""),
-                    id=getattr(request, "id", ""),  # an Undecodable has none of these
-                ),
+            call = kserve_v2.decode_infer_request(decoded(request), deadline, caller)
+            work: Pending | v2.ModelStreamInferResponse = self._dataplane.submit(
+                call, held.hold, in_order=True
             )
-        return streamed
+        except Exception as exc:
+            work = _refusal(*names, self.failed(STREAM_RPC, request, exc, started))
+        return _Streamed(work, *names, reserved=held.size - before, started=started)
+
+    async def _answer(self, streamed: _Streamed) -> v2.ModelStreamInferResponse:
+        """A stream's message's answer, or its error, once its turn has come."""
+        if not isinstance(streamed.work, Pending):
+            return streamed.work
+        answer = v2.ModelStreamInferResponse()
+        try:
+            result = await streamed.work.result()
+            kserve_v2.encode_infer_response(result, streamed.id, answer.infer_response)
+        except Exception as exc:
+            names = streamed.id, streamed.model, streamed.version
+            named = v2.ModelInferRequest(model_name=streamed.model)  # the failure's label
+            return _refusal(*names, self.failed(STREAM_RPC, named, exc, streamed.started))
+        self.count(
+            STREAM_RPC, result.model, str(result.version), grpc.StatusCode.OK, streamed.started
+        )
+        return answer
+
+
+def _refusal(
+    id: str, model: str, version: str, status: tuple[grpc.StatusCode, str]
+) -> v2.ModelStreamInferResponse:
+    """A stream's answer to a message that failed: the stream stays open."""
+    return v2.ModelStreamInferResponse(
+        error_message=f"{status[0].name}: {status[1]}",
+        infer_response=v2.ModelInferResponse(model_name=model, model_version=version, id=id),
+    )
+
+
+@dataclass(slots=True)
+class _Streamed:
+    """One message of a ModelStreamInfer stream, read and not yet answered."""
+
+    work: Pending | v2.ModelStreamInferResponse  # its answer on its way, or its refusal
+    id: str  # what the request named, for its answer
+    model: str
+    version: str
+    reserved: int  # bytes it holds of the stream's read-ahead until its answer is sent
+    started: float  # time.perf_counter() when it was read

@@ -64,8 +64,7 @@ class LstmServicer(ObservedServicer):
         self, request: pb.PredictRequest, deadline: float | None, caller: Caller, share: Share
     ) -> pb.PredictResponse:
         call = lstm_v1.decode_predict(decoded(request), deadline, caller)
-        share.reserve(self.held_bytes(call))
-        return lstm_v1.encode_prediction(await self._dataplane.infer(call))
+        return lstm_v1.encode_prediction(await self._dataplane.infer(call, share.hold))
 
     async def PredictStream(
         self, request_iterator: AsyncIterator[pb.PredictRequest], context: Context

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
-from lstm_serving.core.requests import Caller, InferRequest
+from lstm_serving.core.requests import Caller
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted
 from lstm_serving.server.budget import AnswerBudget, Share
 from lstm_serving.server.registration import Undecodable, decoded
@@ -132,12 +132,6 @@ class ObservedServicer:
         context.add_done_callback(lambda _: share.release())  # type: ignore[arg-type]
         return share
 
-    def held_bytes(self, call: InferRequest) -> int:
-        """What a call holds until its answer is sent: its inputs, and its answer four times
-        over (measured: the response message, its serialization and gRPC's copy are all kept
-        until the client's window takes it)."""
-        return call.inputs.sent_bytes + 4 * self._dataplane.answer_bytes(call)
-
     async def open_stream(self, rpc: str, context: Context, of: Caller) -> None:
         """Takes one of --max-streams (and of its caller's --max-streams-per-caller) for a
         stream's life, or ends the call RESOURCE_EXHAUSTED; `close_stream` gives them back."""
@@ -197,12 +191,18 @@ class ObservedServicer:
         version = (
             str(getattr(response, version_field)) if version_field and response is not None else ""
         )
-        labels = (name, version, rpc, code.name)
+        self.count(rpc, name, version, code, started)
+
+    def count(
+        self, rpc: str, model: str, version: str, code: grpc.StatusCode, started: float
+    ) -> None:
+        """Counts one answered call under its labels (`model` known, or "_unknown")."""
+        labels = (model, version, rpc, code.name)
         children = self._children.get(labels)
         if children is None:  # resolving a label set costs as much as counting with it
             children = self._children[labels] = (
                 self._metrics.requests.labels(*labels),
-                self._metrics.request_duration.labels(name, rpc),
+                self._metrics.request_duration.labels(model, rpc),
             )
         children[0].inc()
         children[1].observe(time.perf_counter() - started)

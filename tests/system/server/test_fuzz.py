@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lstm_serving.contract import EmbeddingSpec
-from lstm_serving.core.validation import Limits, check_request
+from lstm_serving.core.validation import Limits
 from lstm_serving.errors import InvalidArgument, NotFound
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -26,7 +26,7 @@ from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.protocols import kserve_v2 as kserve_codec
 from lstm_serving.protocols import lstm_v1 as codec
-from tests.helpers import architecture, free_port, start, stop, wait_serving
+from tests.helpers import architecture, free_port, start, stop, validated, wait_serving
 
 ARCH = architecture(2, [4, 3])
 dims = st.one_of(st.integers(-2, 6), st.sampled_from([0, 2**31, 2**62]))
@@ -125,7 +125,7 @@ PARAMETER_VALUES: dict[str, list[object]] = {
 @given(predict_requests())
 def test_decoding_lstm_v1_requests_never_fails_unexpectedly(request: pb.PredictRequest) -> None:
     try:
-        checked = check_request(codec.decode_predict(request, None), ARCH, Limits(10, 5))
+        checked = validated(codec.decode_predict(request, None), ARCH, Limits(10, 5))
         inputs, lengths = checked.inputs, checked.lengths
     except InvalidArgument:
         return
@@ -139,7 +139,7 @@ def test_decoding_lstm_v1_requests_never_fails_unexpectedly(request: pb.PredictR
 def test_decoding_v2_requests_never_fails_unexpectedly(request: v2.ModelInferRequest) -> None:
     try:
         call = kserve_codec.decode_infer_request(request, None)
-        checked = check_request(call, ARCH, Limits(10, 5))
+        checked = validated(call, ARCH, Limits(10, 5))
         inputs, lengths = checked.inputs, checked.lengths
     except (InvalidArgument, NotFound):
         return
@@ -177,7 +177,7 @@ def token_requests(draw: st.DrawFn) -> pb.PredictRequest:
 @given(token_requests())
 def test_decoding_token_requests_never_fails_unexpectedly(request: pb.PredictRequest) -> None:
     try:
-        checked = check_request(codec.decode_predict(request, None), TEXT, Limits(10, 5))
+        checked = validated(codec.decode_predict(request, None), TEXT, Limits(10, 5))
     except InvalidArgument:
         return
     inputs, lengths = checked.inputs, checked.lengths
@@ -199,9 +199,7 @@ def test_decoding_v2_token_requests_never_fails_unexpectedly(
     request.inputs.add(name="input", datatype=datatype, shape=shape)
     request.raw_input_contents.append(raw)
     try:
-        checked = check_request(
-            kserve_codec.decode_infer_request(request, None), TEXT, Limits(10, 5)
-        )
+        checked = validated(kserve_codec.decode_infer_request(request, None), TEXT, Limits(10, 5))
     except (InvalidArgument, NotFound):
         return
     assert checked.inputs.ndim == 2 and ((checked.inputs >= 0) & (checked.inputs < 20)).all()

@@ -16,7 +16,7 @@ from lstm_serving.core.runtime import Model
 from lstm_serving.core.sequences import SequenceStore
 from lstm_serving.core.settings import Settings
 from lstm_serving.core.tensors import Encoded
-from lstm_serving.errors import InvalidArgument, NotFound, Unavailable
+from lstm_serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from tests.helpers import SEED_REPOSITORY
 
 RNG = np.random.default_rng(11)
@@ -67,4 +67,19 @@ async def test_refusals_say_what_and_why(dataplane: DataPlane) -> None:
     with pytest.raises(Unavailable):
         await dataplane.infer(_request(x))
     dataplane.registry.ready = True
-    assert dataplane.answer_bytes(_request(x)) == 32 * 4  # last_hidden: 32 floats
+
+
+async def test_a_request_reserves_its_bytes_before_its_contents_are_read(
+    dataplane: DataPlane,
+) -> None:
+    reserved: list[tuple[int, int]] = []
+    x = np.ones((2, 3, 2), np.float32)
+    await dataplane.infer(_request(x), lambda inputs, answer: reserved.append((inputs, answer)))
+    assert reserved == [(x.nbytes, 2 * 32 * 4)]  # last_hidden: 32 floats per sequence
+
+    def refuse(inputs: int, answer: int) -> None:
+        raise ResourceExhausted("over budget")
+
+    nan = np.full((1, 3, 2), np.nan, np.float32)  # refused unread: the NaN is never seen
+    with pytest.raises(ResourceExhausted, match="over budget"):
+        await dataplane.infer(_request(nan), refuse)

@@ -4,10 +4,11 @@ exposition parsed by prometheus-client."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from prometheus_client import generate_latest
 
 from lstm_serving.core.batching import BatchReport
-from lstm_serving.core.metrics import INFERENCE_RPCS, Metrics
+from lstm_serving.core.metrics import INFERENCE_RPCS, Metrics, observe_all
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2_pb2
 from lstm_serving.proto.v1 import lstm_pb2
 from tests.helpers import parse, value
@@ -17,7 +18,9 @@ def test_a_batch_records_its_size_padding_waits_and_lengths() -> None:
     metrics = Metrics()
     observer = metrics.batch_observer("seed", "CPUExecutionProvider")
     observer.queue_changed(3)
-    report = BatchReport(np.array([4, 2, 2], np.int32), [0.001, 0.002], [4, 2], 0.0005)
+    report = BatchReport(
+        np.array([4, 2, 2], np.int32), np.array([1e-3, 2e-3]), np.array([4, 2]), 5e-4
+    )
     observer.batch_ran(report)
     samples = parse(generate_latest(metrics.registry).decode())
     assert value(samples, "lstm_queue_depth", model="seed") == 3
@@ -28,6 +31,20 @@ def test_a_batch_records_its_size_padding_waits_and_lengths() -> None:
     provider = {"model": "seed", "provider": "CPUExecutionProvider"}
     assert value(samples, "lstm_inference_duration_seconds_count", **provider) == 1
     assert value(samples, "lstm_inference_duration_seconds_bucket", le="5e-05", **provider) == 0
+
+
+def test_observing_in_bulk_exposes_what_observing_each_value_does() -> None:
+    values = np.array([0.0, 5e-5, 6e-5, 1e-3, 0.7, 3.0, 11.0, 1e-3, 2.5e-4])
+    one_by_one, in_bulk = Metrics(), Metrics()
+    for value_ in values:
+        one_by_one.queue_duration.labels("seed").observe(value_)
+    observe_all(in_bulk.queue_duration.labels("seed"), values)
+    expected = parse(generate_latest(one_by_one.registry).decode())
+    got = parse(generate_latest(in_bulk.registry).decode())
+    buckets = {k: v for k, v in expected.items() if k[0] == "lstm_queue_duration_seconds_bucket"}
+    assert len(buckets) == 18 and all(got[key] == count for key, count in buckets.items())
+    total = "lstm_queue_duration_seconds_sum", frozenset({("model", "seed")})
+    assert got[total] == pytest.approx(expected[total])
 
 
 def test_sequences_record_opens_steps_and_why_they_closed() -> None:

@@ -7,9 +7,9 @@ import pytest
 
 from lstm_serving.core.requests import InferRequest, OutputSet
 from lstm_serving.core.tensors import Encoded
-from lstm_serving.core.validation import Limits, check_lengths, check_request
+from lstm_serving.core.validation import Limits, check_lengths
 from lstm_serving.errors import InvalidArgument
-from tests.helpers import architecture
+from tests.helpers import architecture, validated
 
 ARCH = architecture(2, [4, 3])
 
@@ -35,14 +35,14 @@ def request(
 )
 def test_input_shape_checks(shape: list[int], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        check_request(request(np.zeros(shape, np.float32)), ARCH, Limits(10, 3))
+        validated(request(np.zeros(shape, np.float32)), ARCH, Limits(10, 3))
 
 
 def test_non_finite_input_names_the_index() -> None:
     x = np.zeros((2, 2, 2), np.float32)
     x[1, 0, 1] = -np.inf
     with pytest.raises(InvalidArgument, match=r"first at index \[1, 0, 1\]"):
-        check_request(request(x), ARCH, Limits(10, 3))
+        validated(request(x), ARCH, Limits(10, 3))
 
 
 def test_lengths() -> None:
@@ -60,13 +60,13 @@ def test_lengths() -> None:
 
 def test_outputs_default_states_and_unknown_names() -> None:
     x = np.zeros((1, 2, 2), np.float32)
-    every = check_request(request(x, outputs=OutputSet.ALL), ARCH, Limits(10, 3)).outputs
+    every = validated(request(x, outputs=OutputSet.ALL), ARCH, Limits(10, 3)).outputs
     assert every == tuple(ARCH.output_shapes)
-    with_states = check_request(
+    with_states = validated(
         request(x, outputs=("sequence",), with_states=True), ARCH, Limits(10, 3)
     ).outputs
     assert with_states == ("sequence", "final_h_0", "final_c_0", "final_h_1", "final_c_1")
     with pytest.raises(InvalidArgument, match="unknown output 'x'"):
-        check_request(request(x, outputs=("x",)), ARCH, Limits(10, 3))
+        validated(request(x, outputs=("x",)), ARCH, Limits(10, 3))
     with pytest.raises(InvalidArgument, match="requested twice"):
-        check_request(request(x, outputs=("sequence", "sequence")), ARCH, Limits(10, 3))
+        validated(request(x, outputs=("sequence", "sequence")), ARCH, Limits(10, 3))
