@@ -39,6 +39,7 @@ from lstm_serving.server.budget import AnswerBudget
 from lstm_serving.server.kserve_v2 import InferenceServicer
 from lstm_serving.server.lstm_v1 import LstmServicer
 from lstm_serving.server.metrics_endpoint import MetricsEndpoint, serve_metrics
+from lstm_serving.server.overdue import Overdue
 from lstm_serving.server.registration import add_servicer
 from lstm_serving.server.security import BearerTokenInterceptor, server_credentials
 from lstm_serving.server.servicer import OpenStreams
@@ -134,12 +135,12 @@ class LstmServer:
         self._tracing = _tracing(settings, span_exporter)
         traced = self._tracing.traced if self._tracing is not None else None
         budget = AnswerBudget(*settings.answer_budgets())
-        read_timeout = settings.request_read_timeout
+        reading = Overdue(settings.request_read_timeout)
         lstm_servicer = LstmServicer(dataplane, settings, self.metrics, streams, budget)
-        add_servicer(self._server, lstm_servicer, LSTM_API, read_timeout, traced)
+        add_servicer(self._server, lstm_servicer, LSTM_API, reading, traced)
         v2_servicer = InferenceServicer(dataplane, self.metrics, streams, budget)
-        add_servicer(self._server, v2_servicer, V2_API, read_timeout, traced)
-        add_servicer(self._server, self.health, HEALTH_API, read_timeout, answers_errors=False)
+        add_servicer(self._server, v2_servicer, V2_API, reading, traced)
+        add_servicer(self._server, self.health, HEALTH_API, reading, answers_errors=False)
         if settings.reflection:
             reflection.enable_server_reflection(SERVICES, self._server)
         self._metrics_http: MetricsEndpoint | None = None

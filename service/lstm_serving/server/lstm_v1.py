@@ -7,14 +7,16 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
-from lstm_serving.core.dataplane import DataPlane
+import grpc
+
+from lstm_serving.core.dataplane import DataPlane, Pending, Reserve
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.requests import ANYONE, Caller
 from lstm_serving.core.settings import Settings
 from lstm_serving.errors import DeadlineExceeded
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
-from lstm_serving.server.budget import AnswerBudget, Share
+from lstm_serving.server.budget import AnswerBudget
 from lstm_serving.server.registration import decoded
 from lstm_serving.server.servicer import (
     CallFailed,
@@ -24,8 +26,10 @@ from lstm_serving.server.servicer import (
     answers_errors,
     caller_of,
     deadline_of,
-    sent,
 )
+from lstm_serving.server.streams import Accepted, ReadAhead, answer_in_order
+
+STREAM_RPC = "PredictStream"
 
 
 class LstmServicer(ObservedServicer):
@@ -56,40 +60,62 @@ class LstmServicer(ObservedServicer):
     @answers_errors
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         caller = caller_of(context) if lstm_v1.in_sequence(request) else ANYONE
-        return await self._predict(
-            request, deadline_of(context), caller, self.held_until_done(context)
-        )
-
-    async def _predict(
-        self, request: pb.PredictRequest, deadline: float | None, caller: Caller, share: Share
-    ) -> pb.PredictResponse:
-        call = lstm_v1.decode_predict(decoded(request), deadline, caller)
-        return lstm_v1.encode_prediction(await self._dataplane.infer(call, share.hold))
+        call = lstm_v1.decode_predict(decoded(request), deadline_of(context), caller)
+        result = await self._dataplane.infer(call, self.held_until_done(context).hold)
+        return lstm_v1.encode_prediction(result)
 
     async def PredictStream(
         self, request_iterator: AsyncIterator[pb.PredictRequest], context: Context
     ) -> None:
-        """One message at a time, each answered before the next is read: a failed message
-        ends the stream with its status, and nothing after it has run."""
+        """Messages are checked and queued as they are read, so they batch, and answered in
+        order (`streams`); a step of a server-held sequence starts when its turn comes, once
+        every earlier message is answered. A failed message ends the stream with its status:
+        nothing after it is answered, and no sequence step after it runs."""
         deadline, caller = deadline_of(context), caller_of(context)
-        await self.open_stream("PredictStream", context, caller)
-        share = self._budget.share(context.peer())
+        await self.open_stream(STREAM_RPC, context, caller)
         try:
-            async for request in self._streams.messages(request_iterator):
-                work = functools.partial(self._predict, request, deadline, caller, share)
-                try:
-                    response = await self.answered("PredictStream", request, work)
-                except CallFailed as failure:
-                    self.end_stream(context, (failure.code, failure.message))
-                    return
-                if not await sent(context, response):
-                    return
-                share.release()
+            await answer_in_order(
+                context,
+                self._streams.messages(request_iterator),
+                functools.partial(self._accepted, deadline, caller),
+                self._answer,
+                ReadAhead(self._budget.share(context.peer())),
+            )
+        except CallFailed as failure:
+            self.end_stream(context, (failure.code, failure.message))
         except DeadlineExceeded as idle:
-            self.end_stream(context, self.failed("PredictStream", None, idle, time.perf_counter()))
+            self.end_stream(context, self.failed(STREAM_RPC, None, idle, time.perf_counter()))
         finally:
-            share.release()
             self.close_stream(caller)
+
+    def _accepted(
+        self, deadline: float | None, caller: Caller, request: pb.PredictRequest, reserve: Reserve
+    ) -> Accepted[pb.PredictResponse]:
+        """A stream's message decoded, checked and queued; a failure is counted now and ends
+        the stream in its turn."""
+        model = getattr(request, "model", "")  # the label of a later failure
+        try:
+            call = lstm_v1.decode_predict(decoded(request), deadline, caller)
+            return Accepted(self._dataplane.submit(call, reserve), (model,))
+        except Exception as exc:
+            status = self.failed(STREAM_RPC, request, exc, time.perf_counter())
+            return Accepted(CallFailed(*status))
+
+    async def _answer(self, accepted: Accepted[pb.PredictResponse]) -> pb.PredictResponse:
+        """A stream's message's answer once its turn has come; CallFailed ends the stream."""
+        work = accepted.work
+        if isinstance(work, CallFailed):
+            raise work
+        assert isinstance(work, Pending)  # answers are never made ahead
+        try:
+            result = await work.result()
+        except Exception as exc:
+            named = pb.PredictRequest(model=accepted.echoed[0])  # the failure's label
+            raise CallFailed(*self.failed(STREAM_RPC, named, exc, accepted.started)) from exc
+        self.count(
+            STREAM_RPC, result.model, str(result.version), grpc.StatusCode.OK, accepted.started
+        )
+        return lstm_v1.encode_prediction(result)
 
     @answers_errors
     async def ListModels(

@@ -16,7 +16,6 @@ DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,6 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from lstm_serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ServingError
+from lstm_serving.server.overdue import Overdue
 from lstm_serving.server.status import status_of
 
 Request = TypeVar("Request")
@@ -66,11 +66,11 @@ def decoded(request: Request) -> Request:
 
 
 async def _request_of(
-    context: grpc.aio.ServicerContext[Any, Any], limit: float, answers_errors: bool
+    context: grpc.aio.ServicerContext[Any, Any], reading: Overdue, answers_errors: bool
 ) -> Any:
-    """A unary call's request, read within `limit` seconds (0: no limit). Unless the handler
+    """A unary call's request, read within `reading`'s limit. Unless the handler
     `answers_errors`, a request that was not read or did not parse ends the call here."""
-    request = await _read(context, limit)
+    request = await _read(context, reading)
     if not answers_errors and isinstance(request, Undecodable | Unread):
         try:
             decoded(request)
@@ -79,15 +79,14 @@ async def _request_of(
     return request
 
 
-async def _read(context: grpc.aio.ServicerContext[Any, Any], limit: float) -> Any:
+async def _read(context: grpc.aio.ServicerContext[Any, Any], reading: Overdue) -> Any:
     """The request, or why it was not read (`Unread`)."""
     try:
-        async with asyncio.timeout(limit or None):
-            request = await context.read()
+        request = await reading.wait(context.read())
     except TimeoutError:
         return Unread(
             DeadlineExceeded(
-                f"the request did not arrive in full within {limit:g} s "
+                f"the request did not arrive in full within {reading.limit:g} s "
                 "(--request-read-timeout): send the message with the call's headers"
             )
         )
@@ -102,17 +101,17 @@ async def _read(context: grpc.aio.ServicerContext[Any, Any], limit: float) -> An
 
 
 def _read_in_time(
-    handler: Callable[[Any, Any], Any], timeout: float, answers_errors: bool
+    handler: Callable[[Any, Any], Any], reading: Overdue, answers_errors: bool
 ) -> Callable[[Any, Any], Any]:
     """`handler` of one request, served as a client-streaming method that reads its message
-    within `timeout` seconds (see `_request_of`)."""
+    within `reading`'s limit (see `_request_of`)."""
 
-    async def reading(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def read_then_handle(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         # No local holds the request: a refusal's traceback keeps this frame (see
         # servicer.answers_errors).
-        return await handler(await _request_of(context, timeout, answers_errors), context)
+        return await handler(await _request_of(context, reading, answers_errors), context)
 
-    return reading
+    return read_then_handle
 
 
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
@@ -135,21 +134,22 @@ def add_servicer(
     server: grpc.aio.Server,
     servicer: Any,
     service: ServiceDescriptor,
-    read_timeout: float,
+    reading: Overdue,
     traced: Callable[[str, Any], Any] | None = None,
     answers_errors: bool = True,
 ) -> None:
     """Serves every method of `service` from the servicer's method of the same name (each a
     coroutine), wrapped by `traced(rpc, handler)` when tracing is on; a method of one request
-    reads it within `read_timeout` seconds. `answers_errors`: the servicer answers requests
-    that did not parse or were not read (`decoded`); otherwise they end the call here."""
+    reads it within `reading`'s limit (--request-read-timeout). `answers_errors`: the servicer
+    answers requests that did not parse or were not read (`decoded`); otherwise they end the
+    call here."""
     handlers = {}
     for method in service.methods:
         handler = getattr(servicer, method.name)
         if traced is not None:
             handler = traced(f"{service.full_name}/{method.name}", handler)
         if not method.client_streaming:
-            handler = _read_in_time(handler, read_timeout, answers_errors)
+            handler = _read_in_time(handler, reading, answers_errors)
         handlers[method.name] = _HANDLER_KINDS[method.server_streaming](
             handler,
             request_deserializer=_decoder(GetMessageClass(method.input_type)),

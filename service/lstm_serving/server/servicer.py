@@ -1,13 +1,12 @@
 """The servicer base both protocols share: per-call metrics, stream limits, answering errors.
 
 Both protocols' servicers derive from `ObservedServicer` and wrap their unary handlers in
-`answers_errors`; the streaming handlers record each message through the same methods. The
-status a failure gets comes from `status`.
+`answers_errors`; the streaming handlers (`streams`) record each message through the same
+methods. The status a failure gets comes from `status`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
 import hashlib
@@ -25,6 +24,7 @@ from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.requests import Caller
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted
 from lstm_serving.server.budget import AnswerBudget, Share
+from lstm_serving.server.overdue import Overdue
 from lstm_serving.server.registration import Undecodable, decoded
 from lstm_serving.server.status import LOGGED, ThrottledLog, status_of
 
@@ -85,7 +85,7 @@ class OpenStreams:
     def __init__(self, limit: int, per_caller: int = 256, idle_timeout: float = 0.0) -> None:
         self.limit, self.count = limit, 0
         self.per_caller, self.by_caller = per_caller, collections.Counter[str]()
-        self.idle_timeout = idle_timeout
+        self._idle = Overdue(idle_timeout)
 
     async def messages(self, requests: AsyncIterator[Req]) -> AsyncIterator[Req]:
         """A stream's messages; DeadlineExceeded once none comes for the idle timeout, so an
@@ -93,13 +93,12 @@ class OpenStreams:
         iterator = aiter(requests)
         while True:
             try:
-                async with asyncio.timeout(self.idle_timeout or None):
-                    message = await anext(iterator)
+                message = await self._idle.wait(anext(iterator))
             except StopAsyncIteration:
                 return
             except TimeoutError:
                 raise DeadlineExceeded(
-                    f"no message for {self.idle_timeout:g} s (--stream-idle-timeout): the "
+                    f"no message for {self._idle.limit:g} s (--stream-idle-timeout): the "
                     "stream is ended; open a new one (a server-held sequence stays open until "
                     "its own idle timeout)"
                 ) from None
@@ -167,10 +166,9 @@ class ObservedServicer:
         context.set_details(status[1])
 
     async def answered(self, rpc: str, request: Any, work: Callable[[], Awaitable[Resp]]) -> Resp:
-        """The one call path of every RPC, unary or a stream's message: runs `work`, counts it;
-        a failure is counted, logged as its status says, and raised as CallFailed. (An answer
-        is never measured: an inference's size is checked from its shape before it runs, the
-        rest are small.)"""
+        """The call path of every unary RPC: runs `work`, counts it; a failure is counted,
+        logged as its status says, and raised as CallFailed. (An answer is never measured: an
+        inference's size is checked from its shape before it runs, the rest are small.)"""
         started = time.perf_counter()
         try:
             response = await work()

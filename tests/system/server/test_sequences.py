@@ -16,14 +16,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from prometheus_client import generate_latest
 
 from lstm_export import StackedLSTM, build_model
 from lstm_serving.client.client import AsyncLstmClient, Prediction
+from lstm_serving.client.messages import predict_request, prediction
 from lstm_serving.core.requests import SequenceStep
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from lstm_serving.proto.v1 import lstm_pb2 as pb
+from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.protocols.kserve_v2 import build_infer_request, decode_infer_response
 from lstm_serving.server.app import LstmServer
-from tests.helpers import start_server
+from tests.helpers import parse, start_server, value
 
 # name: (input size, layer widths, bidirectional)
 MODELS = {"uni": (3, [5, 3], False), "stack3": (2, [8, 4, 6], False), "bi": (2, [4, 3], True)}
@@ -184,6 +188,62 @@ async def test_steps_pipelined_on_one_v2_stream_run_in_order(client: AsyncLstmCl
         got = decode_infer_response(answer.infer_response)["sequence"]
         want = expected[sid].sequence
         assert want is not None and np.abs(got - want[:, 2 * n : 2 * n + 2]).max() <= 1e-6
+
+
+def batch_runs(server: LstmServer, model: str) -> float:
+    """How many batches `model` has run on this server."""
+    samples = parse(generate_latest(server.metrics.registry).decode())
+    return value(samples, "lstm_batch_size_count", model=model)
+
+
+async def test_predict_stream_reads_ahead_and_a_failure_stops_every_later_step(
+    client: AsyncLstmClient, server: LstmServer
+) -> None:
+    """PredictStream queues each message as it arrives, so one stream's messages share
+    batches, each answer still bit for bit its own input's alone, in order. A message that
+    fails ends the stream: a step of a server-held sequence sent after it never runs (the
+    sequence then continues from its first step only)."""
+    stub = pb_grpc.LstmServiceStub(client.channel)
+    xs = np.random.default_rng(8).standard_normal((32, 1, 6, 3)).astype(np.float32)
+    before = batch_runs(server, "uni")
+    answers = [a async for a in stub.PredictStream(iter(predict_request("uni", x) for x in xs))]
+    runs = batch_runs(server, "uni") - before
+    assert runs <= 16, runs  # one message at a time took 32 runs
+    for x, answer in zip(xs, answers, strict=True):
+        alone = await client.predict("uni", x)
+        np.testing.assert_array_equal(prediction(answer).last_hidden, alone.last_hidden)
+
+    x = xs[0, :, :4]
+    stream = stub.PredictStream(
+        iter(
+            [
+                predict_request(
+                    "uni", x[:, :2], sequence_id="after-a-failure", sequence_start=True
+                ),
+                predict_request("uni", np.ones((1, 2, 9), np.float32)),  # 9 features: refused
+                predict_request("uni", 100 * x[:, 2:], sequence_id="after-a-failure"),
+            ]
+        )
+    )
+    first = await stream.read()  # the step before the failure is answered
+    assert isinstance(first, pb.PredictResponse)
+    got = prediction(first).last_hidden
+    unheld = (await client.predict("uni", x[:, :2])).last_hidden
+    assert got is not None and unheld is not None
+    assert np.abs(got - unheld).max() <= CONTINUATION_TOLERANCE
+    code, details = await status_of(_drained(stream))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "9 features" in details, details
+    rest = await client.predict(
+        "uni", x[:, 2:], output="both", sequence_id="after-a-failure", sequence_end=True
+    )
+    assert_chunk(rest, await whole(client, "uni", x), 2, 4)
+
+
+async def _drained(
+    stream: grpc.aio.StreamStreamCall[pb.PredictRequest, pb.PredictResponse],
+) -> None:
+    while await stream.read() is not grpc.aio.EOF:
+        pass
 
 
 async def test_a_checkpoint_moves_a_sequence(client: AsyncLstmClient) -> None:

@@ -68,10 +68,12 @@ class LstmServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PredictStream(self, request_iterator, context):
-        """The same over one bidirectional stream: each message is answered, in order. Made for
-        server-held sequences (every chunk of a sequence on one stream stays on one replica
-        behind any L7 balancer); a message that fails ends the stream with its status, and a
-        server-held sequence stays open for the next stream.
+        """The same over one bidirectional stream: each message is answered, in order; messages
+        are read ahead and batched together. Made for server-held sequences (every chunk of a
+        sequence on one stream stays on one replica behind any L7 balancer): a step starts once
+        every earlier message is answered. A message that fails ends the stream with its status;
+        nothing after it is answered or stepped, and a server-held sequence stays open for the
+        next stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

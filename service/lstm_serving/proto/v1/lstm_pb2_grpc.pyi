@@ -40,10 +40,12 @@ class LstmServiceStub:
     together server-side without changing any answer.
     """
     PredictStream: _grpc.StreamStreamMultiCallable[_lstm_pb2.PredictRequest, _lstm_pb2.PredictResponse]
-    """The same over one bidirectional stream: each message is answered, in order. Made for
-    server-held sequences (every chunk of a sequence on one stream stays on one replica
-    behind any L7 balancer); a message that fails ends the stream with its status, and a
-    server-held sequence stays open for the next stream.
+    """The same over one bidirectional stream: each message is answered, in order; messages
+    are read ahead and batched together. Made for server-held sequences (every chunk of a
+    sequence on one stream stays on one replica behind any L7 balancer): a step starts once
+    every earlier message is answered. A message that fails ends the stream with its status;
+    nothing after it is answered or stepped, and a server-held sequence stays open for the
+    next stream.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_lstm_pb2.ListModelsRequest, _lstm_pb2.ListModelsResponse]
     """Lists every loaded model and its versions."""
@@ -58,10 +60,12 @@ class LstmServiceAsyncStub(LstmServiceStub):
     together server-side without changing any answer.
     """
     PredictStream: _aio.StreamStreamMultiCallable[_lstm_pb2.PredictRequest, _lstm_pb2.PredictResponse]  # type: ignore[assignment]
-    """The same over one bidirectional stream: each message is answered, in order. Made for
-    server-held sequences (every chunk of a sequence on one stream stays on one replica
-    behind any L7 balancer); a message that fails ends the stream with its status, and a
-    server-held sequence stays open for the next stream.
+    """The same over one bidirectional stream: each message is answered, in order; messages
+    are read ahead and batched together. Made for server-held sequences (every chunk of a
+    sequence on one stream stays on one replica behind any L7 balancer): a step starts once
+    every earlier message is answered. A message that fails ends the stream with its status;
+    nothing after it is answered or stepped, and a server-held sequence stays open for the
+    next stream.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_lstm_pb2.ListModelsRequest, _lstm_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists every loaded model and its versions."""
@@ -85,10 +89,12 @@ class LstmServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_lstm_pb2.PredictRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lstm_pb2.PredictResponse], _abc.AsyncIterator[_lstm_pb2.PredictResponse]]:
-        """The same over one bidirectional stream: each message is answered, in order. Made for
-        server-held sequences (every chunk of a sequence on one stream stays on one replica
-        behind any L7 balancer); a message that fails ends the stream with its status, and a
-        server-held sequence stays open for the next stream.
+        """The same over one bidirectional stream: each message is answered, in order; messages
+        are read ahead and batched together. Made for server-held sequences (every chunk of a
+        sequence on one stream stays on one replica behind any L7 balancer): a step starts once
+        every earlier message is answered. A message that fails ends the stream with its status;
+        nothing after it is answered or stepped, and a server-held sequence stays open for the
+        next stream.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,116 @@
+"""Both streaming RPCs' pipeline: messages checked and queued as they are read, answered in
+order as their rows come back.
+
+A reader task decodes, checks and submits each message as it arrives, so the messages of a
+stream batch together (and with everyone else's); the handler's own task writes the answers in
+order, awaiting the batcher's futures. No task per message. Read-ahead is bounded in messages
+(STREAM_IN_FLIGHT) and in bytes (STREAM_READ_AHEAD_BYTES of the stream's share of the answer
+budget): a client that sends faster than it reads its answers is slowed down by gRPC flow
+control instead of growing the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from lstm_serving.core.dataplane import Pending, Reserve
+from lstm_serving.server.budget import Share
+from lstm_serving.server.servicer import CallFailed, Context, sent
+
+STREAM_IN_FLIGHT = 256  # messages of one stream read ahead of their answers
+# Bytes of requests read and answers not yet sent that one stream may hold before it stops
+# reading, so a client that never reads holds little (docs/decisions.md).
+STREAM_READ_AHEAD_BYTES = 1 << 20
+
+M = TypeVar("M")  # a request message (or the Undecodable that stands for one)
+R = TypeVar("R", bound=Message)  # an answer
+
+
+class ReadAhead:
+    """What a stream holds for its caller, taken from its connection's answer budget (`share`);
+    `room()` waits while it is over the stream's read-ahead limit."""
+
+    def __init__(self, share: Share, limit: int = STREAM_READ_AHEAD_BYTES) -> None:
+        self._share, self._limit = share, limit
+        self._below = asyncio.Event()
+        self._below.set()
+
+    @property
+    def size(self) -> int:
+        return self._share.size
+
+    def hold(self, input_bytes: int, answer_bytes: int) -> None:
+        """The data plane's `Reserve`: the share's, or the budget's ResourceExhausted."""
+        self._share.hold(input_bytes, answer_bytes)
+        if self._share.size >= self._limit:
+            self._below.clear()
+
+    def release(self, size: int | None = None) -> None:
+        """Gives back `size` bytes, or everything the stream holds."""
+        self._share.release(size)
+        if self._share.size < self._limit:
+            self._below.set()
+
+    async def room(self) -> None:
+        await self._below.wait()
+
+
+@dataclass(slots=True)
+class Accepted(Generic[R]):
+    """One message read and not yet answered."""
+
+    work: Pending | R | CallFailed  # its answer on its way, its ready answer, or its failure
+    echoed: tuple[str, ...] = ()  # what its answer repeats of it (v2: id, model, version)
+    reserved: int = 0  # bytes it holds of the stream's read-ahead until its answer is sent
+    started: float = 0.0  # time.perf_counter() when it was read
+
+
+async def answer_in_order(
+    context: Context,
+    messages: AsyncIterator[M],
+    accept: Callable[[M, Reserve], Accepted[R]],
+    answer: Callable[[Accepted[R]], Awaitable[R]],
+    held: ReadAhead,
+) -> None:
+    """Reads `messages`, `accept`ing each as it comes (without an await: decode, check, submit,
+    reserving through `held`), and writes `answer(accepted)` for each in order. Returns when
+    the messages end or the caller has gone; raises what `answer` or the read raises (the
+    stream's end), with everything still queued cancelled: a step of a server-held sequence
+    that has not started then never runs."""
+    pending: asyncio.Queue[Accepted[R] | None] = asyncio.Queue(STREAM_IN_FLIGHT)
+
+    async def read() -> None:
+        try:
+            async for message in messages:
+                started, before = time.perf_counter(), held.size
+                accepted = accept(message, held.hold)
+                accepted.reserved, accepted.started = held.size - before, started
+                await pending.put(accepted)
+                await held.room()
+        finally:  # a failed read ends the stream (re-raised by `await reader`)
+            await pending.put(None)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while (accepted := await pending.get()) is not None:
+            if not await sent(context, await answer(accepted)):
+                return
+            held.release(accepted.reserved)
+        await reader
+    finally:
+        held.release()
+        reader.cancel()
+        while not pending.empty():
+            leftover = pending.get_nowait()
+            if leftover is not None and isinstance(leftover.work, Pending):
+                leftover.work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await reader
