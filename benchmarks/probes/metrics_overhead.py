@@ -54,9 +54,7 @@ def measure() -> dict[str, object]:
 
             def record(lengths: np.ndarray = lengths, requests: int = requests) -> None:
                 observer.queue_changed(0)
-                observer.batch_ran(
-                    BatchReport(lengths, np.full(requests, 1e-4), np.full(requests, 10), 1e-3)
-                )
+                observer.batch_ran(BatchReport(lengths, [1e-4] * requests, [10] * requests, 1e-3))
                 for _ in range(requests):  # the servicer's per-call counter and histogram
                     metrics.requests.labels("seed", "1", "Predict", "OK").inc()
                     metrics.request_duration.labels("seed", "Predict").observe(1e-3)

@@ -55,8 +55,8 @@ class BatchReport:
     """One run, as the metrics see it."""
 
     lengths: np.ndarray  # every sequence run
-    waits: np.ndarray  # per request: seconds it waited in the queue
-    longest: np.ndarray  # per request: its longest sequence
+    waits: list[float]  # per request: seconds it waited in the queue
+    longest: list[int]  # per request: its longest sequence
     compute_seconds: float
 
 
@@ -314,12 +314,13 @@ class Batcher:
     def _report(
         self, batch: list[_Request], lengths: np.ndarray, started: float, compute: float
     ) -> None:
-        """A batch's metrics, once its callers have their answers: per request in bulk."""
-        arrived = np.fromiter((r.arrived for r in batch), np.float64, len(batch))
-        rows = np.fromiter((r.rows for r in batch), np.intp, len(batch))
-        firsts = np.concatenate(([0], np.cumsum(rows[:-1])))
-        longest = np.maximum.reduceat(lengths, firsts)
-        self._observer.batch_ran(BatchReport(lengths, started - arrived, longest, compute))
+        """A batch's metrics, once its callers have their answers."""
+        every, longest, first = lengths.tolist(), [], 0
+        for request in batch:
+            longest.append(max(every[first : first + request.rows]))
+            first += request.rows
+        waits = [started - request.arrived for request in batch]
+        self._observer.batch_ran(BatchReport(lengths, waits, longest, compute))
 
     def _timed_run(
         self,

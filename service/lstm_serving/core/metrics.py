@@ -207,8 +207,8 @@ class BatchMetrics:
         self._queue_depth.set(depth)
 
     def batch_ran(self, report: BatchReport) -> None:
-        """A few increments per batch, none per request or sequence (the requests' waits and
-        lengths are counted into their buckets with numpy)."""
+        """A few increments per batch, none per sequence (and for a batch of many requests,
+        none per request: their waits and lengths are counted into buckets with numpy)."""
         lengths = report.lengths
         steps = int(lengths.max()) * len(lengths)
         self._inference.observe(report.compute_seconds)
@@ -218,17 +218,26 @@ class BatchMetrics:
         observe_all(self._length, report.longest)
 
 
-def observe_all(histogram: Histogram, values: np.ndarray) -> None:
-    """`histogram.observe` of each value, as one increment per non-empty bucket and one of the
-    sum: `observe` takes a lock and scans the buckets per value. Relies on prometheus-client's
-    layout (pinned): `_upper_bounds` ending in +Inf, one value per bucket, not cumulative
-    (test_metrics compares the two)."""
+# Values from which counting them into buckets with numpy is cheaper than observing each
+# (measured: ~0.6 us a value observed, ~5 us a numpy count whatever the number).
+BULK_FROM = 8
+
+
+def observe_all(histogram: Histogram, values: list[float] | list[int]) -> None:
+    """`histogram.observe` of each value; from BULK_FROM values on, as one increment per
+    non-empty bucket and one of the sum (`observe` takes a lock and scans the buckets per
+    value). Relies on prometheus-client's layout (pinned): `_upper_bounds` ending in +Inf, one
+    value per bucket, not cumulative (test_metrics compares the two)."""
+    if len(values) < BULK_FROM:
+        for value in values:
+            histogram.observe(value)
+        return
     bounds = histogram._upper_bounds
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
     buckets = histogram._buckets
     for index in np.flatnonzero(counts):
         buckets[index].inc(int(counts[index]))
-    histogram._sum.inc(float(values.sum()))
+    histogram._sum.inc(float(sum(values)))
 
 
 def aggregate_registry() -> CollectorRegistry:

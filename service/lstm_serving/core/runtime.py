@@ -87,6 +87,28 @@ def file_signature(path: Path) -> FileSignature:
     return info.st_mtime_ns, info.st_size, info.st_ino
 
 
+# Multiply-adds (weights x sequence-steps) from which a run is faster on --intra-op-threads
+# threads than on one. Measured on 2 cores, 1 against 2 threads: below it the threads' wake-up
+# costs more than they share (a seed B=1 call: 22 against 30 us; the large model's B=1 x 10
+# steps: 354 against 460 us); both models break even near 60M (seed B=32 x 100, large B=4 x 10)
+# and larger runs gain up to 2x (large B=16 x 100: 19.6 against 11.6 ms).
+THREADED_FROM = 64_000_000
+
+
+def _session(contents: bytes, threads: int, providers: list[str]) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle ORT threads spin by default, taking the cores the gRPC event loop needs
+    # (docs/decisions.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ORT's CPU arena keeps the peak of the largest run for the process's life; without it
+    # memory returns after a large request at no cost to small ones (docs/decisions.md).
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3  # ORT's warnings go to stderr unformatted otherwise
+    return ort.InferenceSession(contents, options, providers=providers)
+
+
 class Model:
     """One loaded model version: runs padded batches with their lengths as sequence_lens."""
 
@@ -96,19 +118,9 @@ class Model:
         self.name, self.version, self.path = name, version, path
         self.file_signature = file_signature(path)  # before reading: a write during it shows
         contents = read_model_file(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        # Idle ORT threads spin by default, taking the cores the gRPC event loop needs
-        # (docs/decisions.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # ORT's CPU arena keeps the peak of the largest run for the process's life; without it
-        # memory returns after a large request at no cost to small ones (docs/decisions.md).
-        options.enable_cpu_mem_arena = False
-        options.log_severity_level = 3  # ORT's warnings go to stderr unformatted otherwise
         providers = choose_providers(device)
         try:
-            self.session = ort.InferenceSession(contents, options, providers=providers)
+            self.session = _session(contents, intra_op_threads, providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
         self.provider = self.session.get_providers()[0]
@@ -119,6 +131,11 @@ class Model:
             )
         self.architecture = self._read_architecture()
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # Small runs go to a one-thread session of the same model (see THREADED_FROM)
+        self._one_thread = self.session
+        if self.provider == CPU and intra_op_threads > 1:
+            self._one_thread = _session(contents, 1, providers)
+        self._per_step = sum(layer.parameters for layer in self.architecture.layers)
 
     def _read_architecture(self) -> Architecture:
         metadata = self.session.get_modelmeta().custom_metadata_map
@@ -163,7 +180,9 @@ class Model:
                 zeros = np.zeros((layer.directions, batch, layer.units), dtype=np.float32)
                 for part in STATE_PARTS:
                     feeds[initial_state(k, part)] = zeros
-        answers = self.session.run(list(outputs), feeds)
+        work = batch * inputs.shape[1] * self._per_step
+        session = self.session if work >= THREADED_FROM else self._one_thread
+        answers = session.run(list(outputs), feeds)
         return {name: np.asarray(answer) for name, answer in zip(outputs, answers, strict=True)}
 
     def warm_up(self, max_batch_size: int) -> None:

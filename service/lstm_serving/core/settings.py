@@ -69,7 +69,11 @@ class Settings:
         default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"}
     )
     intra_op_threads: int = field(
-        default=0, metadata={"help": "ONNX Runtime threads per worker (0: cores / workers)"}
+        default=0,
+        metadata={
+            "help": "ONNX Runtime threads per worker for large runs (0: cores / workers); small "
+            "runs, where waking threads costs more than they share, use one"
+        },
     )
     max_batch_size: int = field(
         default=64, metadata={"help": "most sequences in one batch; a larger request runs alone"}

@@ -18,9 +18,7 @@ def test_a_batch_records_its_size_padding_waits_and_lengths() -> None:
     metrics = Metrics()
     observer = metrics.batch_observer("seed", "CPUExecutionProvider")
     observer.queue_changed(3)
-    report = BatchReport(
-        np.array([4, 2, 2], np.int32), np.array([1e-3, 2e-3]), np.array([4, 2]), 5e-4
-    )
+    report = BatchReport(np.array([4, 2, 2], np.int32), [1e-3, 2e-3], [4, 2], 5e-4)
     observer.batch_ran(report)
     samples = parse(generate_latest(metrics.registry).decode())
     assert value(samples, "lstm_queue_depth", model="seed") == 3
@@ -34,7 +32,7 @@ def test_a_batch_records_its_size_padding_waits_and_lengths() -> None:
 
 
 def test_observing_in_bulk_exposes_what_observing_each_value_does() -> None:
-    values = np.array([0.0, 5e-5, 6e-5, 1e-3, 0.7, 3.0, 11.0, 1e-3, 2.5e-4])
+    values = [0.0, 5e-5, 6e-5, 1e-3, 0.7, 3.0, 11.0, 1e-3, 2.5e-4]  # from BULK_FROM on
     one_by_one, in_bulk = Metrics(), Metrics()
     for value_ in values:
         one_by_one.queue_duration.labels("seed").observe(value_)

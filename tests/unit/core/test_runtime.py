@@ -14,7 +14,13 @@ import onnxruntime as ort
 import pytest
 
 from lstm_serving.core.repository import scan_repository
-from lstm_serving.core.runtime import CPU, Model, choose_providers, read_model_file
+from lstm_serving.core.runtime import (
+    CPU,
+    THREADED_FROM,
+    Model,
+    choose_providers,
+    read_model_file,
+)
 from lstm_serving.errors import ModelLoadError, ProviderError
 
 
@@ -108,6 +114,26 @@ def test_rows_are_independent_of_batch_and_padding(seed_repository: Path) -> Non
         assert alone["last_hidden"].tobytes() == batch["last_hidden"][i : i + 1].tobytes()
         assert alone["sequence"].tobytes() == batch["sequence"][i : i + 1, :n].tobytes()
         assert not batch["sequence"][i, n:].any()
+
+
+def test_a_row_alone_on_one_thread_equals_it_in_a_large_batch_on_several(
+    seed_repository: Path,
+) -> None:
+    """With --intra-op-threads > 1, runs under THREADED_FROM multiply-adds take a one-thread
+    session: exact batching must hold across the two (a row alone runs on one thread, the
+    same row in a large batch on several)."""
+    model = Model(seed_repository / "seed/1/model.onnx", "seed", 1, "cpu", 2)
+    assert model._one_thread is not model.session
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 100, 2)).astype(np.float32)
+    lengths = rng.integers(1, 101, size=300).astype(np.int32)
+    assert 300 * 100 * model._per_step >= THREADED_FROM > 100 * model._per_step
+    batch = model.run(x, lengths, ["last_hidden", "sequence"])
+    for i in (0, 150, 299):
+        n = int(lengths[i])
+        alone = model.run(x[i : i + 1, :n], lengths[i : i + 1], ["last_hidden", "sequence"])
+        assert alone["last_hidden"].tobytes() == batch["last_hidden"][i : i + 1].tobytes()
+        assert alone["sequence"].tobytes() == batch["sequence"][i : i + 1, :n].tobytes()
 
 
 def test_model_without_architecture_metadata_is_refused(
