@@ -6,8 +6,10 @@ turns; each run gives the mean latency and the server's CPU per call (all its th
 /proc). Then the parts lstm-serve adds to a call are timed alone, on the same request: the
 decode, the data plane (checks, queue, the ONNX Runtime run inline, the rows split out), the
 run by itself, the encode, and the metrics a call and its batch record. What the parts do not
-account for of the gap to the echo is grpc.aio's per-call work beyond the echo's (the unary
-method served as client-streaming, the call's context and its done callback).
+account for of the gap to the echo is grpc.aio's per-call work beyond the echo's (the call's
+peer and done callback for the answer budget, the handler's wrappers). On a small VM a
+lone call's latency is bimodal by server process (where its threads are placed): compare
+several processes, or pin them (benchmarks/NOTES.md).
 Prints tables and writes JSON.
 Usage: python -m benchmarks.probes.lone_call [--duration 4] [--rounds 3] [--json FILE]
 """
