@@ -7,7 +7,6 @@ share one batch. Decode, one data-plane call, encode; errors map and are counted
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
@@ -16,19 +15,17 @@ import grpc
 
 from lstm_serving.core.dataplane import Pending, Reserve
 from lstm_serving.core.requests import ANYONE, Caller
-from lstm_serving.errors import DeadlineExceeded, ServingError
+from lstm_serving.errors import ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
 from lstm_serving.server.registration import decoded
 from lstm_serving.server.servicer import (
-    CallFailed,
-    Context,
     ObservedServicer,
     answers_errors,
     caller_of,
     deadline_of,
 )
-from lstm_serving.server.streams import Accepted, ReadAhead, answer_in_order
+from lstm_serving.server.streams import Accepted, CallFailed, Context
 from lstm_serving.version import __version__
 
 SERVER_NAME = "lstm-serving"
@@ -94,20 +91,9 @@ class InferenceServicer(ObservedServicer):
         """Every request is checked and queued as it is read, so they batch, and answered in
         order (`streams`). A bad request gets `error_message` on the stream, which stays open
         for the next one."""
-        deadline, caller = deadline_of(context), caller_of(context)
-        await self.open_stream(STREAM_RPC, context, caller)
-        try:
-            await answer_in_order(
-                context,
-                self._streams.messages(request_iterator),
-                functools.partial(self._accepted, deadline, caller),
-                self._answer,
-                ReadAhead(self._budget.share(context.peer())),
-            )
-        except DeadlineExceeded as idle:
-            self.end_stream(context, self.failed(STREAM_RPC, None, idle, time.perf_counter()))
-        finally:
-            self.close_stream(caller)
+        await self.answer_stream(
+            STREAM_RPC, request_iterator, context, self._accepted, self._answer
+        )
 
     def _accepted(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
@@ -13,21 +12,18 @@ from lstm_serving.core.dataplane import DataPlane, Pending, Reserve
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.requests import ANYONE, Caller
 from lstm_serving.core.settings import Settings
-from lstm_serving.errors import DeadlineExceeded
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
 from lstm_serving.server.budget import AnswerBudget
 from lstm_serving.server.registration import decoded
 from lstm_serving.server.servicer import (
-    CallFailed,
-    Context,
     ObservedServicer,
     OpenStreams,
     answers_errors,
     caller_of,
     deadline_of,
 )
-from lstm_serving.server.streams import Accepted, ReadAhead, answer_in_order
+from lstm_serving.server.streams import Accepted, CallFailed, Context
 
 STREAM_RPC = "PredictStream"
 
@@ -71,22 +67,9 @@ class LstmServicer(ObservedServicer):
         order (`streams`); a step of a server-held sequence starts when its turn comes, once
         every earlier message is answered. A failed message ends the stream with its status:
         nothing after it is answered, and no sequence step after it runs."""
-        deadline, caller = deadline_of(context), caller_of(context)
-        await self.open_stream(STREAM_RPC, context, caller)
-        try:
-            await answer_in_order(
-                context,
-                self._streams.messages(request_iterator),
-                functools.partial(self._accepted, deadline, caller),
-                self._answer,
-                ReadAhead(self._budget.share(context.peer())),
-            )
-        except CallFailed as failure:
-            self.end_stream(context, (failure.code, failure.message))
-        except DeadlineExceeded as idle:
-            self.end_stream(context, self.failed(STREAM_RPC, None, idle, time.perf_counter()))
-        finally:
-            self.close_stream(caller)
+        await self.answer_stream(
+            STREAM_RPC, request_iterator, context, self._accepted, self._answer
+        )
 
     def _accepted(
         self, deadline: float | None, caller: Caller, request: pb.PredictRequest, reserve: Reserve

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from prometheus_client import Counter, Histogram
 
-from lstm_serving.core.dataplane import DataPlane
+from lstm_serving.core.dataplane import DataPlane, Reserve
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.requests import Caller
 from lstm_serving.errors import DeadlineExceeded, ResourceExhausted
@@ -27,10 +27,16 @@ from lstm_serving.server.budget import AnswerBudget, Share
 from lstm_serving.server.overdue import Overdue
 from lstm_serving.server.registration import Undecodable, decoded
 from lstm_serving.server.status import LOGGED, ThrottledLog, status_of
+from lstm_serving.server.streams import (
+    Accepted,
+    CallFailed,
+    Context,
+    ReadAhead,
+    answer_in_order,
+)
 
 log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp", bound=Message)
 Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
@@ -54,27 +60,6 @@ def deadline_of(context: Context) -> float | None:
     """The caller's deadline on the time.monotonic() clock, if it set one."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
-
-
-async def sent(context: Context, response: Message) -> bool:
-    """Writes one answer of a stream; False when it cannot be (the caller has gone: gRPC
-    marks the call cancelled only a moment later), which ends the stream quietly. An answer
-    yielded to such a stream makes gRPC log a traceback instead."""
-    try:
-        await context.write(response)
-    except Exception as exc:  # gRPC's own ExecuteBatchError, not a public type
-        log.debug("a stream's answer could not be sent, its caller has gone: %r", exc)
-        return False
-    return True
-
-
-class CallFailed(Exception):
-    """A call (or one message of a stream) failed with this status, already counted and logged;
-    how the caller hears it is the RPC's own: an abort, or an error message on the stream."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 class OpenStreams:
@@ -156,6 +141,34 @@ class ObservedServicer:
         self._streams.by_caller[of.counted_as] -= 1
         if not self._streams.by_caller[of.counted_as]:
             del self._streams.by_caller[of.counted_as]
+
+    async def answer_stream(
+        self,
+        rpc: str,
+        requests: AsyncIterator[Req],
+        context: Context,
+        accept: Callable[[float | None, Caller, Req, Reserve], Accepted[Resp]],
+        answer: Callable[[Accepted[Resp]], Awaitable[Resp]],
+    ) -> None:
+        """A stream's life: its place among the open streams, and its messages read ahead,
+        `accept`ed (with the call's deadline and caller) and answered in order (`streams`). An
+        idle stream, or a CallFailed that `answer` raises, ends it with that status."""
+        deadline, caller = deadline_of(context), caller_of(context)
+        await self.open_stream(rpc, context, caller)
+        try:
+            await answer_in_order(
+                context,
+                self._streams.messages(requests),
+                functools.partial(accept, deadline, caller),
+                answer,
+                ReadAhead(self._budget.share(context.peer())),
+            )
+        except CallFailed as failure:
+            self.end_stream(context, (failure.code, failure.message))
+        except DeadlineExceeded as idle:
+            self.end_stream(context, self.failed(rpc, None, idle, time.perf_counter()))
+        finally:
+            self.close_stream(caller)
 
     @staticmethod
     def end_stream(context: Context, status: tuple[grpc.StatusCode, str]) -> None:

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from lstm_serving.core.dataplane import Pending, Reserve
 from lstm_serving.server.budget import Share
-from lstm_serving.server.servicer import CallFailed, Context, sent
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
 
 STREAM_IN_FLIGHT = 256  # messages of one stream read ahead of their answers
 # Bytes of requests read and answers not yet sent that one stream may hold before it stops
@@ -32,6 +35,27 @@ STREAM_READ_AHEAD_BYTES = 1 << 20
 
 M = TypeVar("M")  # a request message (or the Undecodable that stands for one)
 R = TypeVar("R", bound=Message)  # an answer
+
+
+class CallFailed(Exception):
+    """A call (or one message of a stream) failed with this status, already counted and logged;
+    how the caller hears it is the RPC's own: an abort, or an error message on the stream."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+async def sent(context: Context, response: Message) -> bool:
+    """Writes one answer of a stream; False when it cannot be (the caller has gone: gRPC
+    marks the call cancelled only a moment later), which ends the stream quietly. An answer
+    yielded to such a stream makes gRPC log a traceback instead."""
+    try:
+        await context.write(response)
+    except Exception as exc:  # gRPC's own ExecuteBatchError, not a public type
+        log.debug("a stream's answer could not be sent, its caller has gone: %r", exc)
+        return False
+    return True
 
 
 class ReadAhead:

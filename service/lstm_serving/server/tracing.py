@@ -22,7 +22,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from lstm_serving.core.batching import RunTiming
 from lstm_serving.core.dataplane import TRACED_RUNS
-from lstm_serving.server.servicer import Context
+from lstm_serving.server.streams import Context
 
 Handler = Callable[[Any, Context], Awaitable[Any]]
 SERVICE_NAME = "lstm-serve"
