@@ -117,7 +117,11 @@ async def answer_in_order(
                 started, before = time.perf_counter(), held.size
                 accepted = accept(message, held.hold)
                 accepted.reserved, accepted.started = held.size - before, started
-                await pending.put(accepted)
+                try:
+                    await pending.put(accepted)  # waits while STREAM_IN_FLIGHT are queued
+                except asyncio.CancelledError:  # the stream ended meanwhile
+                    _cancel(accepted)
+                    raise
                 await held.room()
         finally:  # a failed read ends the stream (re-raised by `await reader`)
             await pending.put(None)
@@ -134,7 +138,13 @@ async def answer_in_order(
         reader.cancel()
         while not pending.empty():
             leftover = pending.get_nowait()
-            if leftover is not None and isinstance(leftover.work, Pending):
-                leftover.work.cancel()
+            if leftover is not None:
+                _cancel(leftover)
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await reader
+
+
+def _cancel(accepted: Accepted[Any]) -> None:
+    """An answer no longer wanted: its queued rows are skipped, its sequence step never runs."""
+    if isinstance(accepted.work, Pending):
+        accepted.work.cancel()

@@ -520,6 +520,32 @@ def test_a_stream_that_never_reads_holds_about_a_megabyte(seed_repository: Path)
     assert grown < 40, grown
 
 
+def test_a_full_stream_ended_unread_leaves_no_sequence_step_behind(seed_repository: Path) -> None:
+    """400 sequence starts on a PredictStream whose answers are never read: 256 wait in its
+    queue and the reader holds the next. When the caller goes, every one of them is dropped,
+    the one the reader held too (it had been left a coroutine never awaited, which Python
+    reports on stderr)."""
+    port = free_port()
+    process = start(seed_repository, port)
+    try:
+        wait_serving(process, port)
+        starts = [
+            predict_request(
+                "seed", np.zeros((1, 2, 2), np.float32), sequence_id=f"s{i}", sequence_start=True
+            ).SerializeToString()
+            for i in range(400)
+        ]
+        hostile = NeverReading(port)
+        hostile.call("/lstm.v1.LstmService/PredictStream", starts, end=False)
+        time.sleep(3)
+        hostile.close()
+        time.sleep(2)
+    finally:
+        code, err = stop(process)
+    assert code == 0, err
+    assert "never awaited" not in err and "Traceback" not in err, err
+
+
 async def test_what_a_caller_controls_is_capped_and_never_echoed_whole(
     seed_repository: Path,
 ) -> None:
