@@ -89,7 +89,7 @@ def file_signature(path: Path) -> FileSignature:
 
 # Multiply-adds (weights x sequence-steps) from which a run is faster on --intra-op-threads
 # threads than on one. Measured on 2 cores, 1 against 2 threads: below it the threads' wake-up
-# costs more than they share (a seed B=1 call: 22 against 30 us; the large model's B=1 x 10
+# costs more than they share (a seed B=1 run: 22 against 30 us; the large model's B=1 x 10
 # steps: 354 against 460 us); both models break even near 60M (seed B=32 x 100, large B=4 x 10)
 # and larger runs gain up to 2x (large B=16 x 100: 19.6 against 11.6 ms).
 THREADED_FROM = 64_000_000

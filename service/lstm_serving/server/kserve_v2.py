@@ -131,8 +131,7 @@ class InferenceServicer(ObservedServicer):
             result = await work.result()
             kserve_v2.encode_infer_response(result, request_id, answer.infer_response)
         except Exception as exc:
-            named = v2.ModelInferRequest(model_name=model)  # the failure's label
-            status = self.failed(STREAM_RPC, named, exc, accepted.started)
+            status = self.failed(STREAM_RPC, None, exc, accepted.started, model)
             return _refusal(request_id, model, version, status)
         self.count(
             STREAM_RPC, result.model, str(result.version), grpc.StatusCode.OK, accepted.started

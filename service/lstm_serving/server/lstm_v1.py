@@ -93,8 +93,8 @@ class LstmServicer(ObservedServicer):
         try:
             result = await work.result()
         except Exception as exc:
-            named = pb.PredictRequest(model=accepted.echoed[0])  # the failure's label
-            raise CallFailed(*self.failed(STREAM_RPC, named, exc, accepted.started)) from exc
+            status = self.failed(STREAM_RPC, None, exc, accepted.started, accepted.echoed[0])
+            raise CallFailed(*status) from exc
         self.count(
             STREAM_RPC, result.model, str(result.version), grpc.StatusCode.OK, accepted.started
         )

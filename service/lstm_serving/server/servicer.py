@@ -194,15 +194,17 @@ class ObservedServicer:
     def record(
         self, rpc: str, request: Any, response: Any, code: grpc.StatusCode, started: float
     ) -> None:
-        """Counts one answered call. Unknown model names become "_unknown" (bounded labels)."""
+        """Counts one answered call, labelled from its messages' fields (LABEL_FIELDS)."""
         model_field, version_field = self.LABEL_FIELDS.get(rpc, ("", ""))
         name = getattr(request, model_field, "") if model_field else ""
-        if name and not self._dataplane.registry.has(name):
-            name = "_unknown"
         version = (
             str(getattr(response, version_field)) if version_field and response is not None else ""
         )
-        self.count(rpc, name, version, code, started)
+        self.count(rpc, self._model_label(name), version, code, started)
+
+    def _model_label(self, name: str) -> str:
+        """A model name as a label: unknown names become "_unknown" (bounded labels)."""
+        return "_unknown" if name and not self._dataplane.registry.has(name) else name
 
     def count(
         self, rpc: str, model: str, version: str, code: grpc.StatusCode, started: float
@@ -219,16 +221,20 @@ class ObservedServicer:
         children[1].observe(time.perf_counter() - started)
 
     def failed(
-        self, rpc: str, request: Any, exc: Exception, started: float
+        self, rpc: str, request: Any, exc: Exception, started: float, model: str | None = None
     ) -> tuple[grpc.StatusCode, str]:
-        """The status a failed call gets, counted; internal faults, refusals and undecodable
+        """The status a failed call gets, counted under `model` (given when the request itself
+        is no longer kept) or its request's model; internal faults, refusals and undecodable
         requests are logged at a rate limit (a caller's mistake otherwise is not logged)."""
         code, message = status_of(exc)
         if code == grpc.StatusCode.INTERNAL:
             self._log.line(logging.ERROR, code, rpc, message, exc)
         elif code in LOGGED or isinstance(request, Undecodable):
             self._log.line(logging.WARNING, code, rpc, message)
-        self.record(rpc, request, None, code, started)
+        if model is None:
+            self.record(rpc, request, None, code, started)
+        else:
+            self.count(rpc, self._model_label(model), "", code, started)
         return code, message
 
 

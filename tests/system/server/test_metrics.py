@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 
 from lstm_serving.client.client import AsyncLstmClient, LstmClient
 from lstm_serving.client.messages import predict_request
+from lstm_serving.core.requests import SequenceStep
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
 from lstm_serving.protocols.kserve_v2 import build_infer_request
@@ -49,6 +50,17 @@ async def test_counts_labels_and_sums_after_known_requests(seed_repository: Path
         for _ in range(3):
             await stub.ModelInfer(build_infer_request("seed", np.zeros((1, 6, 2), np.float32)))
             lengths_sent.append(6)
+        # steps of a sequence never started: each fails in its turn on a stream, after the
+        # request itself is let go, and still counts under its model
+        zeros = np.zeros((1, 2, 2), np.float32)
+        v2_step = build_infer_request("seed", zeros, sequence=SequenceStep("never-started"))
+        (answer,) = [a async for a in stub.ModelStreamInfer(iter([v2_step]))]
+        assert answer.error_message.startswith("NOT_FOUND"), answer.error_message
+        v1_step = predict_request("seed", zeros, sequence_id="never-started")
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for _ in pb_grpc.LstmServiceStub(client.channel).PredictStream(iter([v1_step])):
+                pass
+        assert ended.value.code() == grpc.StatusCode.NOT_FOUND
         await client.list_models()
     samples = parse(generate_latest(server.metrics.registry).decode())
     await server.stop(grace=1)
@@ -63,6 +75,8 @@ async def test_counts_labels_and_sums_after_known_requests(seed_repository: Path
         value(samples, requests, model="_unknown", version="", rpc="Predict", code="NOT_FOUND") == 1
     )
     assert value(samples, requests, model="seed", version="1", rpc="ModelInfer", code="OK") == 3
+    for stream in ("ModelStreamInfer", "PredictStream"):
+        assert value(samples, requests, model="seed", version="", rpc=stream, code="NOT_FOUND") == 1
     assert value(samples, requests, model="", version="", rpc="ListModels", code="OK") == 1
     duration = "lstm_request_duration_seconds"
     assert value(samples, duration + "_count", model="seed", rpc="Predict") == 7
