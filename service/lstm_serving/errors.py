@@ -6,6 +6,8 @@ A ConfigurationError stops a start or refuses a model file, for the operator's l
 Anything else is an internal fault: logged, never shown to a caller.
 """
 
+from collections.abc import Awaitable, Callable
+
 
 class ServingError(Exception):
     """Base class; the message is safe and useful to send to the caller."""
@@ -29,6 +31,15 @@ class FailedPrecondition(ServingError):
 
 class ResourceExhausted(ServingError):
     """The server is full right now; retry with backoff."""
+
+
+class QueueFull(ResourceExhausted):
+    """A model's queue is full; `room()` waits until its next batch leaves the queue. A stream
+    waits for that, instead of being refused, for a message it read ahead of its own answers."""
+
+    def __init__(self, message: str, room: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(message)
+        self.room = room
 
 
 class DeadlineExceeded(ServingError):

@@ -26,7 +26,7 @@ import numpy as np
 
 from lstm_serving.core.inline import InlinePolicy
 from lstm_serving.core.merge import Arrays, Part, States, check_rows, merge, split
-from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from lstm_serving.errors import DeadlineExceeded, QueueFull, Unavailable
 
 log = logging.getLogger(__name__)
 # Batches handed to the worker thread at once: the next is formed and waiting while the current
@@ -117,6 +117,7 @@ class Batcher:
         self._queued_rows = 0
         self._queued_steps = 0  # sequence-steps (rows x padded time) waiting
         self._arrival = asyncio.Event()
+        self._taken = asyncio.Event()  # set as requests leave the queue
         self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(PIPELINE_DEPTH)
         self._runs: set[asyncio.Task[None]] = set()  # batches handed over, not yet answered
@@ -133,6 +134,7 @@ class Batcher:
         """Stops taking requests; the batch running finishes, those queued get UNAVAILABLE."""
         self._stopping = True
         self._arrival.set()
+        self._taken.set()
         if self._task is not None:
             await self._task
             self._task = None
@@ -151,22 +153,33 @@ class Batcher:
         await self.wait_idle()
         await self.stop()
 
-    def admit(self, steps: int) -> None:
+    def admit(self, steps: int, ahead: bool = False) -> None:
         """Raises unless a request of `steps` sequence-steps can be queued now: callers check
-        before decoding anything, so a refusal in overload costs as little as it can."""
+        before decoding anything, so a refusal in overload costs as little as it can. A
+        stream's message read `ahead` of its stream's unanswered ones may fill the queue only
+        halfway (its stream waits for `taken` instead): the rest is kept for calls and for each
+        stream's next message, so what streams read ahead never gets a caller refused."""
         if self._task is None or self._stopping:
             raise Unavailable(f"model {self.name} is not accepting requests (shutting down)")
-        if len(self._queue) >= self.max_queue_size:
-            raise ResourceExhausted(
+        share = 2 if ahead else 1
+        if len(self._queue) * share >= self.max_queue_size:
+            raise QueueFull(
                 f"model {self.name} has {len(self._queue)} requests queued (the limit, "
-                "--max-queue-size): retry with backoff"
+                "--max-queue-size): retry with backoff",
+                self.taken,
             )
-        if self._queued_steps + steps > self.max_queue_steps and self._queue:
-            raise ResourceExhausted(
+        if (self._queued_steps + steps) * share > self.max_queue_steps and self._queue:
+            raise QueueFull(
                 f"model {self.name} has {self._queued_steps} sequence-steps queued; this "
                 f"request's {steps} would pass the limit of {self.max_queue_steps} "
-                "(--max-queue-steps): retry with backoff"
+                "(--max-queue-steps): retry with backoff",
+                self.taken,
             )
+
+    async def taken(self) -> None:
+        """Waits until the next batch leaves the queue (or the batcher stops)."""
+        self._taken.clear()
+        await self._taken.wait()
 
     async def submit(
         self,
@@ -270,6 +283,7 @@ class Batcher:
                 continue
             batch.append(request)
             rows += request.rows
+        self._taken.set()
         return batch
 
     async def _run(self, batch: list[_Request], inline: bool) -> None:

@@ -75,16 +75,21 @@ class DataPlane:
         return await self.submit(request, reserve).result()
 
     def submit(
-        self, request: InferRequest, reserve: Reserve | None = None, in_order: bool = False
+        self,
+        request: InferRequest,
+        reserve: Reserve | None = None,
+        in_order: bool = False,
+        ahead: bool = False,
     ) -> Pending:
         """One pass over a request, without an await: the model resolved; the shape, limits,
         admission, outputs and answer size checked; the bytes reserved; the contents decoded;
         the rows queued. A sequence's step runs once awaited, or at once with `in_order` (a
-        stream that reads on while earlier answers run)."""
+        stream that reads on while earlier answers run). `ahead`: a stream's message read
+        ahead of its stream's unanswered ones (`Batcher.admit`)."""
         served = self.registry.resolve(request.model, request.version)
         arch = served.model.architecture
         sized = validation.size_request(request, arch, self.limits)
-        served.batcher.admit(sized.batch * sized.steps)
+        served.batcher.admit(sized.batch * sized.steps, ahead)
         if reserve is not None:
             reserve(request.inputs.sent_bytes, sized.answer_bytes)
         checked = validation.check_request(request, arch, sized)

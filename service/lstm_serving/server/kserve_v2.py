@@ -15,7 +15,7 @@ import grpc
 
 from lstm_serving.core.dataplane import Pending, Reserve
 from lstm_serving.core.requests import ANYONE, Caller
-from lstm_serving.errors import ServingError
+from lstm_serving.errors import QueueFull, ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
 from lstm_serving.server.registration import decoded
@@ -101,10 +101,11 @@ class InferenceServicer(ObservedServicer):
         caller: Caller,
         request: v2.ModelInferRequest,
         reserve: Reserve,
+        alone: bool,
     ) -> Accepted[v2.ModelStreamInferResponse]:
         """A stream's message decoded, checked and queued; a refusal is counted and its answer
         made now. The request itself is not kept: a stream whose answers wait holds up to
-        STREAM_IN_FLIGHT messages."""
+        STREAM_IN_FLIGHT messages. QueueFull is raised (to wait) unless the message is `alone`."""
         named: tuple[str, str, str] = (  # what its answer repeats (an Undecodable names none)
             getattr(request, "id", ""),
             getattr(request, "model_name", ""),
@@ -112,8 +113,11 @@ class InferenceServicer(ObservedServicer):
         )
         try:
             call = kserve_v2.decode_infer_request(decoded(request), deadline, caller)
-            return Accepted(self._dataplane.submit(call, reserve, in_order=True), named)
+            submitted = self._dataplane.submit(call, reserve, in_order=True, ahead=not alone)
+            return Accepted(submitted, named)
         except Exception as exc:
+            if isinstance(exc, QueueFull) and not alone:
+                raise
             status = self.failed(STREAM_RPC, request, exc, time.perf_counter())
             return Accepted(_refusal(*named, status), named)
 

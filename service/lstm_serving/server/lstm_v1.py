@@ -12,6 +12,7 @@ from lstm_serving.core.dataplane import DataPlane, Pending, Reserve
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.requests import ANYONE, Caller
 from lstm_serving.core.settings import Settings
+from lstm_serving.errors import QueueFull
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
 from lstm_serving.server.budget import AnswerBudget
@@ -72,15 +73,22 @@ class LstmServicer(ObservedServicer):
         )
 
     def _accepted(
-        self, deadline: float | None, caller: Caller, request: pb.PredictRequest, reserve: Reserve
+        self,
+        deadline: float | None,
+        caller: Caller,
+        request: pb.PredictRequest,
+        reserve: Reserve,
+        alone: bool,
     ) -> Accepted[pb.PredictResponse]:
         """A stream's message decoded, checked and queued; a failure is counted now and ends
-        the stream in its turn."""
+        the stream in its turn. QueueFull is raised (to wait) unless the message is `alone`."""
         model = getattr(request, "model", "")  # the label of a later failure
         try:
             call = lstm_v1.decode_predict(decoded(request), deadline, caller)
-            return Accepted(self._dataplane.submit(call, reserve), (model,))
+            return Accepted(self._dataplane.submit(call, reserve, ahead=not alone), (model,))
         except Exception as exc:
+            if isinstance(exc, QueueFull) and not alone:
+                raise
             status = self.failed(STREAM_RPC, request, exc, time.perf_counter())
             return Accepted(CallFailed(*status))
 

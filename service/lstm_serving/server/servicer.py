@@ -147,7 +147,7 @@ class ObservedServicer:
         rpc: str,
         requests: AsyncIterator[Req],
         context: Context,
-        accept: Callable[[float | None, Caller, Req, Reserve], Accepted[Resp]],
+        accept: Callable[[float | None, Caller, Req, Reserve, bool], Accepted[Resp]],
         answer: Callable[[Accepted[Resp]], Awaitable[Resp]],
     ) -> None:
         """A stream's life: its place among the open streams, and its messages read ahead,

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.message import Message
 
 from lstm_serving.core.dataplane import Pending, Reserve
+from lstm_serving.errors import QueueFull
 from lstm_serving.server.budget import Share
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Accepted(Generic[R]):
 async def answer_in_order(
     context: Context,
     messages: AsyncIterator[M],
-    accept: Callable[[M, Reserve], Accepted[R]],
+    accept: Callable[[M, Reserve, bool], Accepted[R]],
     answer: Callable[[Accepted[R]], Awaitable[R]],
     held: ReadAhead,
 ) -> None:
@@ -108,15 +109,29 @@ async def answer_in_order(
     reserving through `held`), and writes `answer(accepted)` for each in order. Returns when
     the messages end or the caller has gone; raises what `answer` or the read raises (the
     stream's end), with everything still queued cancelled: a step of a server-held sequence
-    that has not started then never runs."""
+    that has not started then never runs.
+
+    `accept(message, reserve, alone)` raises QueueFull only when not `alone` (this stream has
+    earlier messages unanswered) and the model's queue is half full: the reader then waits for
+    the queue's next batch and tries again. So what a stream reads ahead never gets it, or
+    another caller, refused; a message with nothing of its stream before it is refused as a
+    unary call would be."""
     pending: asyncio.Queue[Accepted[R] | None] = asyncio.Queue(STREAM_IN_FLIGHT)
+    unanswered = 0  # messages accepted whose answers are not yet sent
 
     async def read() -> None:
+        nonlocal unanswered
         try:
             async for message in messages:
                 started, before = time.perf_counter(), held.size
-                accepted = accept(message, held.hold)
+                while True:
+                    try:
+                        accepted = accept(message, held.hold, not unanswered)
+                        break
+                    except QueueFull as full:  # not alone: wait for room, not refused
+                        await full.room()
                 accepted.reserved, accepted.started = held.size - before, started
+                unanswered += 1
                 try:
                     await pending.put(accepted)  # waits while STREAM_IN_FLIGHT are queued
                 except asyncio.CancelledError:  # the stream ended meanwhile
@@ -132,6 +147,7 @@ async def answer_in_order(
             if not await sent(context, await answer(accepted)):
                 return
             held.release(accepted.reserved)
+            unanswered -= 1
         await reader
     finally:
         held.release()

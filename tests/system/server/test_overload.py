@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import grpc
@@ -20,7 +21,9 @@ import torch
 from lstm_export import StackedLSTM, build_model
 from lstm_serving.client.client import AsyncLstmClient, aio_channel, predict_request
 from lstm_serving.client.load import generator, workload
+from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
+from lstm_serving.protocols.kserve_v2 import build_infer_request
 from tests.helpers import scrape, serving_with_metrics, value
 
 
@@ -185,3 +188,30 @@ async def overload_round(target: str) -> Round:
         probe_s=probe_seconds,
         after_p99_ms=after.latency_ms["p99"],
     )
+
+
+async def test_streams_read_ahead_of_a_full_queue_are_answered_not_refused(
+    slow_server: tuple[str, int],
+) -> None:
+    """A stream reads its messages ahead of their answers (so they batch); with the queue (16)
+    full, a message behind its own stream's unanswered ones waits for them instead of being
+    refused. Before, 3 pipelining streams of 40 were refused RESOURCE_EXHAUSTED a dozen in."""
+    target, _ = slow_server
+    x = np.random.default_rng(3).standard_normal((1, 100, 64)).astype(np.float32)
+    async with aio_channel(target) as channel:
+        alone = await pb_grpc.LstmServiceStub(channel).Predict(predict_request("wide", x))
+        v1_stream = pb_grpc.LstmServiceStub(channel).PredictStream
+        v2_stream = v2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
+
+        async def v1(messages: int) -> list[bytes]:
+            call = v1_stream(iter([predict_request("wide", x)] * messages), timeout=120)
+            return [answer.last_hidden.data async for answer in call]
+
+        async def v2(messages: int) -> list[str]:
+            call = v2_stream(iter([build_infer_request("wide", x)] * messages), timeout=120)
+            return [answer.error_message async for answer in call]
+
+        answers = await asyncio.gather(v1(40), v1(40), v1(40), v2(40))
+    assert [len(a) for a in answers] == [40] * 4
+    assert all(data == alone.last_hidden.data for data in chain(*answers[:3]))
+    assert answers[3] == [""] * 40  # no message of the v2 stream refused

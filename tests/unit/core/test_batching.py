@@ -19,7 +19,7 @@ import pytest
 from lstm_serving.core import inline
 from lstm_serving.core.batching import Batcher, RunFn
 from lstm_serving.core.merge import States
-from lstm_serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from lstm_serving.errors import DeadlineExceeded, QueueFull, ResourceExhausted, Unavailable
 
 
 class GatedModel:
@@ -154,6 +154,44 @@ async def test_full_queue_answers_resource_exhausted(
     model.release.set()
     await asyncio.gather(blocker, *queued)
     await batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])  # recovered at once
+
+
+async def test_read_ahead_fills_half_the_queue_then_waits_for_a_batch(
+    model_and_batcher: tuple[GatedModel, Batcher],
+) -> None:
+    """A stream's message read ahead of its own answers is admitted while the queue (4) is under
+    half full; past that it gets QueueFull with the wait for the next batch, while a call is
+    still admitted up to the full queue."""
+    model, batcher = model_and_batcher
+    blocker = await _block(model, batcher)
+
+    def one() -> asyncio.Future[object]:
+        return asyncio.ensure_future(
+            batcher.submit(_x(1, 1), np.ones(1, np.int32), ["last_hidden"])
+        )
+
+    second = one()  # taken at once, to run next: both of the pipeline's slots are taken
+    await _queued()
+    await _queued()
+    queued = [one(), one()]
+    await _queued()
+    with pytest.raises(QueueFull, match="2 requests queued"):
+        batcher.admit(1, ahead=True)
+    batcher.admit(1)  # a call, or a stream's message with nothing of its stream before it
+
+    async def ahead_when_room() -> None:
+        while True:
+            try:
+                return batcher.admit(1, ahead=True)
+            except QueueFull as full:
+                await full.room()
+
+    ahead = asyncio.ensure_future(ahead_when_room())
+    await _queued()
+    assert not ahead.done()
+    model.release.set()
+    await asyncio.wait_for(ahead, 5)  # the queued two left in the next batch
+    await asyncio.gather(blocker, second, *queued)
 
 
 async def test_queue_bounded_in_sequence_steps() -> None:
