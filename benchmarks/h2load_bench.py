@@ -1,15 +1,16 @@
 """lstm-serve against the bare grpc.aio echo server, with h2load as the client.
 
 h2load (nghttp2's native HTTP/2 load generator, Debian's nghttp2-client) replays one
-pre-encoded gRPC body (5-byte frame header + protobuf, per message) on one connection with C
-streams in flight, costing the client side far less CPU than a Python load generator, so the
-ratios are the servers'. A streaming case sends 100 messages on each stream; its rate counts
-messages. The large model (64 features -> 3 x LSTM(256), T=100) is exported for the run.
+pre-encoded gRPC body (5-byte frame header + protobuf, per message) on one connection (or four)
+with C streams on each, costing the client side far less CPU than a Python load generator, so
+the ratios are the servers'. A streaming case sends 100 messages on each stream; its rate
+counts messages. The large model (64 features -> 3 x LSTM(256), T=100) is exported for the run.
 h2load counts HTTP 200s, and gRPC reports errors in trailers, so every lstm-serve run is
 followed by a server-side count of non-OK answers, which must be 0. Raw ONNX Runtime runs and
-#13's targets, each checked against this run's numbers, follow. Both servers stay up and take
-turns on each case, --rounds times; a row is the median of its rounds and its ratio to the echo
-the median of the rounds' ratios, so a slow spell of a shared machine hits both sides.
+issue 29's targets, each checked against this run's numbers, follow. The lone-call case runs
+with both servers pinned to one core and h2load on another (`pinned`). Both servers stay up and
+take turns on each case, --rounds times; a row is the median of its rounds and its ratio to the
+echo the median of the rounds' ratios, so a slow spell of a shared machine hits both sides.
 Prints tables and writes JSON. Over 250 lines: the cases, the turns, the server-side read-back
 and the targets are one measurement, read together.
 Usage: python -m benchmarks.h2load_bench [--duration 5] [--rounds 3] [--json FILE]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +64,10 @@ class Case:
 
     rpc: str
     batch: int
-    streams: int
+    streams: int  # per connection
     messages: int = 1
     model: str = "seed"
+    connections: int = 1
 
     @property
     def label(self) -> str:
@@ -73,13 +77,17 @@ class Case:
     def name(self) -> str:
         per_stream = f", {self.messages} per stream" if self.messages > 1 else ""
         model = f" {self.model}" if self.model != "seed" else ""
-        return f"{self.label}{model} B={self.batch} x{self.streams}{per_stream}"
+        over = f" on {self.connections} connections" if self.connections > 1 else ""
+        return f"{self.label}{model} B={self.batch} x{self.streams}{over}{per_stream}"
 
 
+LONE = Case(V1 + "Predict", 1, 1)  # run with both servers pinned to one core (`pinned`)
 UNARY_ECHO = Case(V1 + "Predict", 1, 64)  # what the stream rows are compared with
+SPREAD = Case(V1 + "Predict", 1, 16, connections=4)  # 64 in flight, as issue 29 measures
 CASES = (
-    Case(V1 + "Predict", 1, 1),
+    LONE,
     UNARY_ECHO,
+    SPREAD,
     Case(V1 + "Predict", 32, 16),
     Case(V1 + "PredictStream", 1, 16, STREAM_MESSAGES),
     Case(V2 + "ModelStreamInfer", 1, 16, STREAM_MESSAGES),
@@ -103,12 +111,19 @@ def grpc_body(case: Case, directory: Path) -> Path:
 
 
 def h2load(
-    target: str, case: Case, body: Path, duration: float, connections: int = 1, threads: int = 1
+    target: str,
+    case: Case,
+    body: Path,
+    duration: float,
+    threads: int = 1,
+    cpu: int | None = None,
 ) -> dict[str, float]:
-    """One h2load run of `case`: `connections` connections (driven by `threads` threads), each
-    with `case.streams` streams in flight."""
+    """One h2load run of `case`: its connections (driven by `threads` threads, on `cpu` if
+    given), each with `case.streams` streams in flight."""
+    on_cpu = ["taskset", "-c", str(cpu)] if cpu is not None else []
     done = subprocess.run(
-        ["h2load", "-c", str(connections), "-t", str(threads), "-m", str(case.streams),
+        [*on_cpu, "h2load", "-c", str(case.connections), "-t", str(threads),
+         "-m", str(case.streams),
          "-D", str(round(duration)), "--warm-up-time", "1", "-d", str(body),
          "-H", "content-type: application/grpc",
          "-H", "te: trailers", f"http://{target}{case.rpc}"],
@@ -157,28 +172,28 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
 
 
 def targets(rows: list[dict[str, Any]], ort: dict[str, float]) -> list[str]:
-    """#13's targets, each as measured in this run: 'met' or 'missed', with the numbers."""
+    """Issue 29's targets (and 13's for the large model), each as measured in this run: 'met'
+    or 'missed', with the numbers."""
     echo = {r["case"]: r for r in rows if r["server"] == "echo"}
     ours = {r["case"]: r for r in rows if r["server"] == "lstm-serve"}
     ort_b32, large = ort["B=32"], ours[LARGE.name]["requests_per_second"] * LARGE.batch
     run_ms = 1000 / ort["B=1"]
-    limit_ms = echo["Predict B=1 x1"]["mean_ms"] + run_ms + 0.1
+    limit_ms = echo[LONE.name]["mean_ms"] + run_ms + 0.1
     unary_echo = echo[UNARY_ECHO.name]["requests_per_second"]
+    b32 = ours["Predict B=32 x16"]["requests_per_second"] * 32 / ort_b32
     checks = [
-        (f"B=1 x1 mean <= echo + ORT run ({run_ms:.3f} ms) + 0.1 ms = {limit_ms:.3f} ms",
-         ours["Predict B=1 x1"]["mean_ms"], ours["Predict B=1 x1"]["mean_ms"] <= limit_ms),
-        ("B=1 x64 >= 0.8x echo", ours["Predict B=1 x64"]["vs_echo"],
-         ours["Predict B=1 x64"]["vs_echo"] >= 0.8),
-        (f"B=32 x16 >= 0.6x raw ORT B=32 one thread ({ort_b32:.0f} sequences/s)",
-         ours["Predict B=32 x16"]["requests_per_second"] * 32 / ort_b32,
-         ours["Predict B=32 x16"]["requests_per_second"] * 32 >= 0.6 * ort_b32),
+        (f"{LONE.name} (pinned) mean <= echo + ORT run ({run_ms:.3f} ms) + 0.1 ms = "
+         f"{limit_ms:.3f} ms", ours[LONE.name]["mean_ms"], ours[LONE.name]["mean_ms"] <= limit_ms),
+        (f"{SPREAD.name} >= 0.9x echo", ours[SPREAD.name]["vs_echo"],
+         ours[SPREAD.name]["vs_echo"] >= 0.9),
+        (f"B=32 x16 >= 0.7x raw ORT B=32 one thread ({ort_b32:.0f} sequences/s)", b32, b32 >= 0.7),
         (f"{LARGE.name} >= 0.95x raw ORT large B=16 two threads ({ort['large B=16']:.0f} "
          "sequences/s)", large / ort["large B=16"], large >= 0.95 * ort["large B=16"]),
     ]  # fmt: skip
     for case in CASES:
         if case.messages > 1:
             ratio = ours[case.name]["requests_per_second"] / unary_echo
-            checks.append((f"{case.name} >= 1.5x unary echo x64", ratio, ratio >= 1.5))
+            checks.append((f"{case.name} >= 1.2x unary echo x64", ratio, ratio >= 1.2))
     return [f"| {what} | {value:.3f} | {'met' if ok else 'missed'} |" for what, value, ok in checks]
 
 
@@ -198,7 +213,37 @@ def markdown(data: dict[str, Any]) -> list[str]:
             inside = f"{row['server_batch']:.1f}, {row['run_ms']:.2f}, {row['queue_ms']:.2f}"
         lines.append(f"| {row['server']} | {row['case']} | {row['requests_per_second']:,.0f} | "
                      f"{mean} | {ratio} | {checked} | {inside} |")  # fmt: skip
-    return [*lines, "", "| target (#13) | measured | |", "|---|---|---|", *data["targets"]]
+    return [
+        *lines,
+        "",
+        "| target (issues 29, 13) | measured | |",
+        "|---|---|---|",
+        *data["targets"],
+    ]
+
+
+@contextlib.contextmanager
+def pinned(pids: list[int], cpu: int, when: bool = True) -> Iterator[None]:
+    """Every thread of `pids` on `cpu` meanwhile (if `when`). A lone call's latency on a small
+    VM is bimodal by server process, by where the scheduler puts its event loop and gRPC's
+    poller thread (0.38-0.40 or 0.49-0.57 ms, benchmarks/NOTES.md); on one core it is steady,
+    so the lone-call case compares the servers, not their placements."""
+
+    def pin(cpus: set[int]) -> None:
+        for pid in pids:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):  # a thread that has just ended
+                    os.sched_setaffinity(int(task.name), cpus)
+
+    if not when:
+        yield
+        return
+    everywhere = os.sched_getaffinity(0)
+    pin({cpu})
+    try:
+        yield
+    finally:
+        pin(everywhere)
 
 
 def merged_row(
@@ -236,26 +281,27 @@ def main() -> None:
         shutil.copytree(ROOT / "models", repository)
         print("exporting the large model (3 x 256, 64 features) ...", file=sys.stderr)
         large = export_large(repository)
-        servers = {
-            server.name: up.enter_context(running(server))
-            for server in (
-                Server("echo", echo, metrics=False),
-                Server("lstm-serve", lstm_serve(repository, *args.flags)),
-            )
-        }
+        both = (
+            Server("echo", echo, metrics=False),
+            Server("lstm-serve", lstm_serve(repository, *args.flags)),
+        )
+        servers = {server.name: up.enter_context(running(server)) for server in both}
+        spare = max(os.sched_getaffinity(0))
         for case in (*CASES, LARGE):
             body = grpc_body(case, Path(tmp))
-            for _round in range(args.rounds):
-                for name, (target, metrics_url, _) in servers.items():
-                    if name == "echo" and (case.rpc not in ECHO_RPCS or case is LARGE):
-                        continue
-                    before = server_totals(metrics_url) if metrics_url else {}
-                    result = h2load(target, case, body, args.duration)
-                    if metrics_url:
-                        result |= server_side(before, server_totals(metrics_url))
-                    print(f"{name} {case.name}: {result['requests_per_second']:.0f}/s",
-                          file=sys.stderr)  # fmt: skip
-                    rounds.setdefault((name, case), []).append(result)
+            lone = case is LONE and spare > 0
+            with pinned([pid for server in both for pid in server.pids], spare, lone):
+                for _round in range(args.rounds):
+                    for name, (target, metrics_url, _) in servers.items():
+                        if name == "echo" and (case.rpc not in ECHO_RPCS or case is LARGE):
+                            continue
+                        before = server_totals(metrics_url) if metrics_url else {}
+                        result = h2load(target, case, body, args.duration, cpu=0 if lone else None)
+                        if metrics_url:
+                            result |= server_side(before, server_totals(metrics_url))
+                        print(f"{name} {case.name}: {result['requests_per_second']:.0f}/s",
+                              file=sys.stderr)  # fmt: skip
+                        rounds.setdefault((name, case), []).append(result)
         ort = {
             "B=1": raw_ort(SEED, 1, 10, 1, args.duration),
             "B=32": raw_ort(SEED, 32, 10, 1, args.duration),

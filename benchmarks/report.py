@@ -17,14 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 H2LOAD_SECTION = """## Per-call cost with a native client (h2load)
 
 `benchmarks/h2load_bench.py` (`benchmarks/results/h2load.json`): the bare echo and lstm-serve
-(defaults) driven by h2load over one connection with pre-encoded bodies, so the client costs far
-less CPU than `lstm-client load` and the ratios are the servers'. A streaming row sends 100
-messages on each stream and counts messages. Around each lstm-serve run the server's metrics are
-read back: its count of non-OK answers, and its mean batch, ONNX Runtime run and queue wait
-during the run. The two servers take turns on each case, 3 rounds of 5 s after 1 s of warm-up; a
-row is the median of its rounds, its ratio to the echo the median of the rounds' ratios. Raw
-ONNX Runtime (seed B=1 and B=32, the large model's B=16) is timed after the servers, in the same
-run, and issue 13's targets are checked against this run's numbers."""
+(defaults) driven by h2load over one connection (one row: four) with pre-encoded bodies, so the
+client costs far less CPU than `lstm-client load` and the ratios are the servers'. A streaming
+row sends 100 messages on each stream and counts messages. The lone-call row runs with both
+servers pinned to one core and h2load on the other: unpinned, a lone call's latency on this VM
+depends on where the scheduler puts a server's threads (benchmarks/NOTES.md). Around each
+lstm-serve run the server's metrics are read back: its count of non-OK answers, and its mean
+batch, ONNX Runtime run and queue wait during the run. The two servers take turns on each case,
+3 rounds of 5 s after 1 s of warm-up; a row is the median of its rounds, its ratio to the echo
+the median of the rounds' ratios. Raw ONNX Runtime (seed B=1 and B=32, the large model's B=16)
+is timed after the servers, in the same run, and issue 29's targets are checked against this
+run's numbers."""
 
 GIL_SECTION = """## A batch on the worker thread while the event loop is busy
 

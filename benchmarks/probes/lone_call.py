@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.h2load_bench import V1, Case, grpc_body, h2load
+from benchmarks.h2load_bench import LONE, grpc_body, h2load
 from benchmarks.servers import ROOT, SEED, Server, echo, lstm_serve, running
 from lstm_serving.client.messages import predict_request
 from lstm_serving.core.batching import Batcher, BatchReport
@@ -42,7 +42,6 @@ from lstm_serving.core.sequences import SequenceStore
 from lstm_serving.core.settings import Settings
 from lstm_serving.protocols import lstm_v1
 
-LONE = Case(V1 + "Predict", 1, 1)
 CALLS = 5000  # per in-process part
 
 

@@ -61,7 +61,9 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         sys.exit("h2load not found: apt-get install nghttp2-client")
-    cases = (Case(V1 + "Predict", 1, args.streams), Case(V1 + "Predict", 32, args.streams))
+    cases = tuple(
+        Case(V1 + "Predict", batch, args.streams, connections=args.connections) for batch in (1, 32)
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         bodies = {case: grpc_body(case, Path(tmp)) for case in cases}
@@ -76,8 +78,8 @@ def main() -> None:
                 time.sleep(max(2.0, 2 * ready_s))
                 for case in cases:
                     before = server_totals(metrics_url)
-                    result = h2load(target, case, bodies[case], args.duration, args.connections,
-                                    min(args.threads, args.connections))  # fmt: skip
+                    threads = min(args.threads, args.connections)
+                    result = h2load(target, case, bodies[case], args.duration, threads)
                     result |= server_side(before, server_totals(metrics_url))
                     print(f"{workers} workers, {case.name}: {result['requests_per_second']:.0f}/s",
                           file=sys.stderr)  # fmt: skip
