@@ -110,6 +110,12 @@ def grpc_body(case: Case, directory: Path) -> Path:
     return path
 
 
+def require_h2load() -> None:
+    """Exits saying how to get h2load when it is not installed."""
+    if shutil.which("h2load") is None:
+        sys.exit("h2load not found: apt-get install nghttp2-client")
+
+
 def h2load(
     target: str,
     case: Case,
@@ -273,8 +279,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/h2load.json")
     parser.add_argument("flags", nargs="*", help="extra lstm-serve flags (after --)")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        sys.exit("h2load not found: apt-get install nghttp2-client")
+    require_h2load()
     rounds: dict[tuple[str, Case], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as up:
         repository = Path(tmp) / "models"

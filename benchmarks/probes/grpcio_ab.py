@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.h2load_bench import V1, Case, grpc_body, h2load, server_totals
+from benchmarks.h2load_bench import V1, Case, grpc_body, h2load, require_h2load, server_totals
 from benchmarks.servers import ROOT, Server, echo_on, lstm_serve, running
 
 CASES = (
@@ -112,8 +112,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/grpcio_ab.json")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        sys.exit("h2load not found: apt-get install nghttp2-client")
+    require_h2load()
     pinned = pins()
     setups = {v: (python_with(v, pinned), source_for(v)) for v in args.versions}
     runs: dict[tuple[str, str, str], list[dict[str, float]]] = {}

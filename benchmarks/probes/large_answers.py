@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.h2load_bench import V1, Case, h2load, server_side, server_totals
+from benchmarks.h2load_bench import V1, Case, h2load, require_h2load, server_side, server_totals
 from benchmarks.servers import ROOT, Server, export_large, lstm_serve, running
 from lstm_serving.client.messages import predict_request
 from lstm_serving.proto.v1 import lstm_pb2_grpc as pb_grpc
@@ -71,8 +71,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/large_answers.json")
     parser.add_argument("flags", nargs="*", help="extra lstm-serve flags (after --)")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        sys.exit("h2load not found: apt-get install nghttp2-client")
+    require_h2load()
     case = Case(V1 + "Predict", LARGE_SHAPE[0], args.streams, model="large")
     runs: dict[str, list[dict[str, float]]] = {"alone": [], "beside": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.h2load_bench import LONE, grpc_body, h2load
+from benchmarks.h2load_bench import LONE, grpc_body, h2load, require_h2load
 from benchmarks.servers import ROOT, SEED, Server, echo, lstm_serve, running
 from lstm_serving.client.messages import predict_request
 from lstm_serving.core.batching import Batcher, BatchReport
@@ -110,8 +109,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/lone_call.json")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        sys.exit("h2load not found: apt-get install nghttp2-client")
+    require_h2load()
     runs: dict[str, list[dict[str, float]]] = {}
     echo_server = Server("echo", echo, metrics=False)
     serve = Server("lstm-serve", lstm_serve(ROOT / "models"))

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from benchmarks.h2load_bench import CASES, SHAPES, grpc_body, h2load
+from benchmarks.h2load_bench import CASES, SHAPES, grpc_body, h2load, require_h2load
 from benchmarks.servers import ROOT, SEED
 from lstm_serving.client.messages import predict_request
 from lstm_serving.core.batching import Batcher
@@ -184,8 +183,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/stream_parts.json")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        sys.exit("h2load not found: apt-get install nghttp2-client")
+    require_h2load()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         body = grpc_body(STREAM, Path(tmp))

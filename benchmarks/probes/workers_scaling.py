@@ -15,14 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.h2load_bench import V1, Case, grpc_body, h2load, server_side, server_totals
+from benchmarks.h2load_bench import (
+    V1,
+    Case,
+    grpc_body,
+    h2load,
+    require_h2load,
+    server_side,
+    server_totals,
+)
 from benchmarks.servers import ROOT, Server, lstm_serve, running
 
 
@@ -59,8 +66,7 @@ def main() -> None:
         "--json", type=Path, default=ROOT / "benchmarks/results/workers_scaling.json"
     )
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        sys.exit("h2load not found: apt-get install nghttp2-client")
+    require_h2load()
     cases = tuple(
         Case(V1 + "Predict", batch, args.streams, connections=args.connections) for batch in (1, 32)
     )
