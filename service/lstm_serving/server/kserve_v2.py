@@ -7,7 +7,6 @@ share one batch. Decode, one data-plane call, encode; errors map and are counted
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
@@ -15,7 +14,7 @@ import grpc
 
 from lstm_serving.core.dataplane import Pending, Reserve
 from lstm_serving.core.requests import ANYONE, Caller
-from lstm_serving.errors import QueueFull, ServingError
+from lstm_serving.errors import ServingError
 from lstm_serving.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from lstm_serving.protocols import kserve_v2
 from lstm_serving.server.registration import decoded
@@ -116,9 +115,7 @@ class InferenceServicer(ObservedServicer):
             submitted = self._dataplane.submit(call, reserve, in_order=True, ahead=not alone)
             return Accepted(submitted, named)
         except Exception as exc:
-            if isinstance(exc, QueueFull) and not alone:
-                raise
-            status = self.failed(STREAM_RPC, request, exc, time.perf_counter())
+            status = self.refused_as_read(STREAM_RPC, request, exc, alone)
             return Accepted(_refusal(*named, status), named)
 
     async def _answer(

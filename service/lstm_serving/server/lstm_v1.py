@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar
 
@@ -12,7 +11,6 @@ from lstm_serving.core.dataplane import DataPlane, Pending, Reserve
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.requests import ANYONE, Caller
 from lstm_serving.core.settings import Settings
-from lstm_serving.errors import QueueFull
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
 from lstm_serving.server.budget import AnswerBudget
@@ -87,10 +85,7 @@ class LstmServicer(ObservedServicer):
             call = lstm_v1.decode_predict(decoded(request), deadline, caller)
             return Accepted(self._dataplane.submit(call, reserve, ahead=not alone), (model,))
         except Exception as exc:
-            if isinstance(exc, QueueFull) and not alone:
-                raise
-            status = self.failed(STREAM_RPC, request, exc, time.perf_counter())
-            return Accepted(CallFailed(*status))
+            return Accepted(CallFailed(*self.refused_as_read(STREAM_RPC, request, exc, alone)))
 
     async def _answer(self, accepted: Accepted[pb.PredictResponse]) -> pb.PredictResponse:
         """A stream's message's answer once its turn has come; CallFailed ends the stream."""

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 from lstm_serving.core.dataplane import DataPlane, Reserve
 from lstm_serving.core.metrics import Metrics
 from lstm_serving.core.requests import Caller
-from lstm_serving.errors import DeadlineExceeded, ResourceExhausted
+from lstm_serving.errors import DeadlineExceeded, QueueFull, ResourceExhausted
 from lstm_serving.server.budget import AnswerBudget, Share
 from lstm_serving.server.overdue import Overdue
 from lstm_serving.server.registration import Undecodable, decoded
@@ -219,6 +219,16 @@ class ObservedServicer:
             )
         children[0].inc()
         children[1].observe(time.perf_counter() - started)
+
+    def refused_as_read(
+        self, rpc: str, request: Any, exc: Exception, alone: bool
+    ) -> tuple[grpc.StatusCode, str]:
+        """The status of a stream's message refused as it is read, counted now. A QueueFull is
+        raised again unless the message is `alone`: its stream waits for room instead
+        (`streams.answer_in_order`)."""
+        if isinstance(exc, QueueFull) and not alone:
+            raise exc
+        return self.failed(rpc, request, exc, time.perf_counter())
 
     def failed(
         self, rpc: str, request: Any, exc: Exception, started: float, model: str | None = None
