@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.h2load_bench import LONE, grpc_body, h2load, require_h2load
-from benchmarks.servers import ROOT, SEED, Server, echo, lstm_serve, running
+from benchmarks.servers import ROOT, Server, echo, lstm_serve, running
 from lstm_serving.client.messages import predict_request
-from lstm_serving.core.batching import Batcher, BatchReport
+from lstm_serving.core.batching import BatchReport
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
-from lstm_serving.core.registry import Registry, ServedModel
-from lstm_serving.core.runtime import Model
-from lstm_serving.core.sequences import SequenceStore
+from lstm_serving.core.registry import Registry
+from lstm_serving.core.repository import load_models, serve_models
 from lstm_serving.core.settings import Settings
 from lstm_serving.protocols import lstm_v1
 
@@ -61,15 +60,10 @@ def per_call_us(work: Callable[[], object], calls: int = CALLS) -> float:
 
 async def parts() -> dict[str, float]:
     """lstm-serve's own parts of one lone B=1 call, each timed in process (us)."""
-    model = Model(SEED, "seed", 1)
-    batcher = Batcher(
-        model.run, name="seed:1", max_batch_size=32, max_queue_delay_s=0.0, max_queue_size=64
-    )
-    registry = Registry()
-    registry.add(ServedModel(model, batcher, SequenceStore("seed:1", 4, 60.0)))
-    batcher.start()
-    registry.ready = True
-    dataplane = DataPlane(registry, Settings())
+    settings, registry = Settings(repository=ROOT / "models"), Registry()
+    serve_models(registry, load_models(settings), settings, Metrics())  # as lstm-serve does
+    dataplane = DataPlane(registry, settings)
+    model = dataplane.model("seed")
     x = np.random.default_rng(0).standard_normal((1, 10, 2)).astype(np.float32)
     request = lstm_v1.decode_predict(predict_request("seed", x), None)
     for _ in range(200):

@@ -37,15 +37,13 @@ import grpc
 import numpy as np
 
 from benchmarks.h2load_bench import CASES, SHAPES, grpc_body, h2load, require_h2load
-from benchmarks.servers import ROOT, SEED
+from benchmarks.servers import ROOT
 from lstm_serving.client.messages import predict_request
-from lstm_serving.core.batching import Batcher
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
-from lstm_serving.core.registry import Registry, ServedModel
+from lstm_serving.core.registry import Registry
+from lstm_serving.core.repository import load_models, serve_models
 from lstm_serving.core.requests import InferResult
-from lstm_serving.core.runtime import Model
-from lstm_serving.core.sequences import SequenceStore
 from lstm_serving.core.settings import Settings
 from lstm_serving.proto.v1 import lstm_pb2 as pb
 from lstm_serving.protocols import lstm_v1
@@ -63,24 +61,6 @@ LEVELS = {
     3: "lstm-serve's PredictStream handler on a bare server",
     4: "lstm-serve",
 }
-
-
-def _dataplane(settings: Settings, metrics: Metrics) -> DataPlane:
-    """The seed model served as lstm-serve serves it, in this process."""
-    model = Model(SEED, "seed", 1)
-    batcher = Batcher(
-        model.run,
-        name="seed:1",
-        max_batch_size=settings.max_batch_size,
-        max_queue_delay_s=settings.max_queue_delay_ms / 1000,
-        max_queue_size=settings.max_queue_size,
-        observer=metrics.batch_observer("seed", model.provider),
-    )
-    registry = Registry()
-    registry.add(ServedModel(model, batcher, SequenceStore("seed:1", 4, 60.0)))
-    batcher.start()
-    registry.ready = True
-    return DataPlane(registry, settings)
 
 
 class Level:
@@ -129,9 +109,9 @@ class Level:
 
 
 async def serve(port: int, level: int) -> None:
-    settings = Settings()
-    metrics = Metrics()
-    dataplane = _dataplane(settings, metrics)
+    settings, metrics, registry = Settings(repository=ROOT / "models"), Metrics(), Registry()
+    serve_models(registry, load_models(settings), settings, metrics)  # as lstm-serve does
+    dataplane = DataPlane(registry, settings)
     streams = OpenStreams(settings.max_streams, 256, settings.stream_idle_timeout)
     budget = AnswerBudget(*settings.answer_budgets())
     servicer = LstmServicer(dataplane, settings, metrics, streams, budget)
