@@ -198,7 +198,7 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per level")
     parser.add_argument("--quick", action="store_true", help="1 repeat of 2 s: a smoke run")

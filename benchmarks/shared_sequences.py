@@ -72,7 +72,7 @@ async def drive(ports: list[int], sequences: int, duration: float) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--sequences", type=int, default=256)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()

@@ -125,7 +125,7 @@ def soak(args: argparse.Namespace, target: str, pid: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--target", help="HOST:PORT of a running server (needs --pid)")
     parser.add_argument("--pid", type=int, help="its process id, for RSS and descriptors")
     parser.add_argument("--repository", type=Path, default=ROOT / "models")

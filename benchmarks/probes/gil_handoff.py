@@ -65,7 +65,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/gil_handoff.json")
     args = parser.parse_args()

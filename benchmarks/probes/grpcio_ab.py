@@ -107,7 +107,7 @@ def measure(server: Server, bodies: dict[Case, Path]) -> list[dict[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--versions", nargs="+", default=["1.75.1", "1.83.2", "1.85.3"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/grpcio_ab.json")

@@ -69,7 +69,7 @@ def run(args: list[str], duration: float) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(

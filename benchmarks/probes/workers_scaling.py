@@ -54,7 +54,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--workers", default="1,2,4,8", help="worker counts, comma-separated")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--streams", type=int, default=8, help="in flight per connection")
