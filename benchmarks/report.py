@@ -219,10 +219,11 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    # matplotlib comes with the bench extra, which `make bench` installs and `make test` does not
+    import matplotlib  # pyright: ignore[reportMissingImports]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     rows = [r for r in results["rows"] if r["scenario"] == "B=1 unary" and "failed" not in r]
