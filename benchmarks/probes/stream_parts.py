@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import grpc
 import numpy as np
 
 from benchmarks.h2load_bench import CASES, SHAPES, grpc_body, h2load, require_h2load
-from benchmarks.servers import ROOT
+from benchmarks.servers import ROOT, Server, StartFn, lstm_serve, running
 from lstm_serving.client.messages import predict_request
 from lstm_serving.core.dataplane import DataPlane
 from lstm_serving.core.metrics import Metrics
@@ -50,7 +49,6 @@ from lstm_serving.protocols import lstm_v1
 from lstm_serving.server.budget import AnswerBudget
 from lstm_serving.server.lstm_v1 import LstmServicer
 from lstm_serving.server.servicer import OpenStreams
-from tests.helpers import free_port, health, serve_command
 
 STREAM = next(case for case in CASES if case.label == "PredictStream")
 SEED_SHAPE = SHAPES["seed"]
@@ -115,14 +113,22 @@ async def serve(port: int, level: int) -> None:
     streams = OpenStreams(settings.max_streams, 256, settings.stream_idle_timeout)
     budget = AnswerBudget(*settings.answer_budgets())
     servicer = LstmServicer(dataplane, settings, metrics, streams, budget)
-    handler = grpc.stream_stream_rpc_method_handler(
-        Level(level, dataplane, servicer).predict_stream,
-        request_deserializer=pb.PredictRequest.FromString,
-        response_serializer=pb.PredictResponse.SerializeToString,
-    )
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "PredictStream": grpc.stream_stream_rpc_method_handler(
+            Level(level, dataplane, servicer).predict_stream,
+            request_deserializer=pb.PredictRequest.FromString,
+            response_serializer=pb.PredictResponse.SerializeToString,
+        ),
+        # what `servers.wait_ready` asks before the level is measured
+        "DescribeModel": grpc.unary_unary_rpc_method_handler(
+            servicer.DescribeModel,
+            request_deserializer=pb.DescribeModelRequest.FromString,
+            response_serializer=pb.ModelDescription.SerializeToString,
+        ),
+    }
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("lstm.v1.LstmService", {"PredictStream": handler}),)
+        (grpc.method_handlers_generic_handler("lstm.v1.LstmService", handlers),)
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -135,26 +141,17 @@ def loop_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(level: int, port: int) -> subprocess.Popen[bytes]:
+def level_server(level: int) -> StartFn:
+    """Level 4 is lstm-serve itself; the others run `serve` in a process of their own."""
     if level == 4:
-        command = serve_command(ROOT / "models", port, "--log-level", "warning")
-    else:
+        return lstm_serve(ROOT / "models")
+
+    def start(port: int, metrics_port: int) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "benchmarks.probes.stream_parts", "serve",
                    str(port), str(level)]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        if level == 4 and health(port) == "SERVING":
-            return process
-        if level < 4:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=0.1)
-                    return process
-                except grpc.FutureTimeoutError:
-                    pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"level {level}'s server did not start")
+        return subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
+
+    return start
 
 
 def main() -> None:
@@ -168,21 +165,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         body = grpc_body(STREAM, Path(tmp))
         for level, what in LEVELS.items():
-            port = free_port()
-            process = start(level, port)
-            try:
-                h2load(f"127.0.0.1:{port}", STREAM, body, 2)  # warm-up
+            server = Server(f"level {level}", level_server(level), metrics=False)
+            with running(server) as (target, _, _):
+                pid = server.pids[-1]
+                h2load(target, STREAM, body, 2)  # warm-up
                 runs = []
                 for _round in range(args.rounds):
-                    before = loop_cpu_seconds(process.pid)
-                    result = h2load(f"127.0.0.1:{port}", STREAM, body, args.duration)
-                    spent = loop_cpu_seconds(process.pid) - before  # with h2load's warm-up
+                    before = loop_cpu_seconds(pid)
+                    result = h2load(target, STREAM, body, args.duration)
+                    spent = loop_cpu_seconds(pid) - before  # with h2load's warm-up
                     messages = result["requests_per_second"] * (args.duration + 1)
                     runs.append((result["requests_per_second"], spent / messages * 1e6))
                     print(f"level {level}: {runs[-1][0]:,.0f} msg/s", file=sys.stderr)
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
             rows.append({"level": level, "what": what,
                          "messages_per_second": statistics.median(r[0] for r in runs),
                          "loop_cpu_us_per_message": statistics.median(r[1] for r in runs),
